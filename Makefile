@@ -1,0 +1,22 @@
+# Two entry points: `make app` (install, then serve the demo) and `make test` (install, then lint and test).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: app test browser
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+app: $(VENV)/.installed
+	$(PY) app.py
+
+test: $(VENV)/.installed browser
+	$(PY) -m ruff check .
+	$(PY) -m pytest

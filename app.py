@@ -1,0 +1,1 @@
+"""Hugging Face Space entry point (the web demo is built in a later step)."""

@@ -1,0 +1,40 @@
+"""Scenario presets, loaded from ``data/presets.json`` shipped in the package."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for one usage scenario; explicit arguments to ``rerank`` win over them."""
+
+    name: str
+    label: Mapping[str, str]          # {"zh": ..., "en": ...}
+    description: Mapping[str, str]    # {"zh": ..., "en": ...}
+    score_threshold: float
+    top_k: int
+    raw_output_expanded: bool
+    lenient_parsing: bool
+    raise_on_error: bool
+    fixed_length: bool                # reports always show top_k slots, empty ones marked
+
+
+def _load() -> Mapping[str, Preset]:
+    text = resources.files("lychee").joinpath("data/presets.json").read_text(encoding="utf-8")
+    return MappingProxyType({name: Preset(name=name, **fields) for name, fields in json.loads(text).items()})
+
+
+PRESETS: Mapping[str, Preset] = _load()
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ``ValueError`` lists the valid names otherwise."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -1,0 +1,85 @@
+"""The prompt and score protocol of lychee-rerank-mm, in one place.
+
+Sources:
+- Paper: "Supervised Fine-Tuning or Contrastive Learning? Towards Better Multimodal
+  LLM Reranking" (arXiv 2510.14824): relevance s = e^{z_yes} / (e^{z_yes} + e^{z_no}),
+  the logits of "yes" and "no" at the last position.
+- The same authors' Qwen3-VL-Reranker (QwenLM/Qwen3-VL-Embedding,
+  ``src/models/qwen3_vl_reranker.py``): system prompt and the
+  ``<Instruct>`` / ``<Query>`` / ``<Document>`` user-content layout used below.
+- Model card of ``vec-ai/lychee-rerank-mm``: BF16, instruction aware, English.
+
+A correction to any string here is a one-line change; nothing else hard-codes them.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "vec-ai/lychee-rerank-mm"
+MODEL_ENV_VAR = "LYCHEE_MODEL"
+
+SYSTEM_PROMPT = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct '
+    'provided. Note that the answer can only be "yes" or "no".'
+)
+DEFAULT_INSTRUCTION = "Given a caption, determine if the image matches the description."
+YES_TOKEN = "yes"
+NO_TOKEN = "no"
+
+# Generate mode: generic instruction-tuned VLMs are asked for a 0-10 score as text.
+GENERATE_SYSTEM_PROMPT = (
+    "You rate how well an image matches a description. "
+    "Answer only with 'Score: X', where X is a number from 0 to 10."
+)
+GENERATE_MAX_NEW_TOKENS = 16
+
+# Fallback used only when a checkpoint ships no chat template: chat_template.json of
+# Qwen/Qwen2-VL-7B-Instruct (also used by Qwen2.5-VL), verbatim.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _system(text: str) -> dict:
+    return {"role": "system", "content": [{"type": "text", "text": text}]}
+
+
+def rerank_messages(query: str, instruction: str | None = None) -> list[dict]:
+    """Chat messages scoring one candidate image against a text query (logit mode).
+
+    The candidate is the single ``{"type": "image"}`` part; the processor expands it
+    to the image's visual tokens.
+    """
+    user = [
+        {"type": "text", "text": f"<Instruct>: {instruction or DEFAULT_INSTRUCTION}"},
+        {"type": "text", "text": "<Query>:"},
+        {"type": "text", "text": query},
+        {"type": "text", "text": "\n<Document>:"},
+        {"type": "image"},
+    ]
+    return [_system(SYSTEM_PROMPT), {"role": "user", "content": user}]
+
+
+def generate_messages(query: str, instruction: str | None = None) -> list[dict]:
+    """Chat messages asking a generic VLM for a 0-10 score as text (generate mode)."""
+    user = [
+        {"type": "image"},
+        {"type": "text", "text": f"{instruction or DEFAULT_INSTRUCTION}\nDescription: {query}\n"
+                                 "How well does the image match? Answer 'Score: X' (0-10)."},
+    ]
+    return [_system(GENERATE_SYSTEM_PROMPT), {"role": "user", "content": user}]
+

@@ -1,0 +1,154 @@
+"""Ranking post-processing: pure functions over scored records (no torch, no gradio).
+
+Rules, applied in this order by :func:`rank`:
+
+1. **Errors** score 0.0 and always sink below every image that was scored.
+2. **Normalisation** (opt-in): batch-local min-max over the scored images, mapped back
+   to 0-10. When every score is equal there is nothing to stretch and each score is
+   left as it is (never NaN).
+3. **score_threshold** keeps ``score >= score_threshold`` (the normalised score when
+   normalising); it never changes a score. Failed images never pass a threshold.
+4. **Sorting** of what passed by score, descending; equal scores keep input order.
+5. **Ties**: after sorting, neighbours whose gap is below ``tie_epsilon`` are joined
+   into one tie group - single linkage, so a chain 9.27, 9.24, 9.21 is one group even
+   though its ends are 0.06 apart. Inside a group, input order decides, and every
+   member of a group of two or more is marked ``tied``.
+6. **top_k** truncates the ordered list: the result length is ``min(top_k, passing)``.
+
+:func:`split` also returns everything left out (below the threshold or beyond top_k),
+ordered by the same rules, so a caller can show what was filtered and why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+WinnerStrength = Literal["close", "clear", "dominant"]
+
+CLOSE_GAP = 0.1
+DOMINANT_RATIO = 1.5
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    """One candidate as scored by the model, before any ranking."""
+
+    index: int
+    source: str
+    raw_score: float
+    raw_output: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One ranked candidate. ``score`` is the final 0-10 score (normalised if asked)."""
+
+    rank: int
+    index: int
+    source: str
+    score: float
+    raw_score: float
+    tied: bool
+    raw_output: str
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable record."""
+        return asdict(self)
+
+
+def normalized_scores(raw_scores: Sequence[float]) -> list[float]:
+    """Min-max map ``raw_scores`` onto 0-10; an all-equal batch is returned unchanged."""
+    if not raw_scores:
+        return []
+    low, high = min(raw_scores), max(raw_scores)
+    if high - low <= 0.0:
+        return list(raw_scores)
+    return [10.0 * ((s - low) / (high - low)) for s in raw_scores]
+
+
+def tie_groups(sorted_scores: Sequence[float], tie_epsilon: float) -> list[range]:
+    """Split descending ``sorted_scores`` into runs whose neighbour gaps are < epsilon."""
+    groups: list[range] = []
+    start = 0
+    for i in range(1, len(sorted_scores) + 1):
+        if i == len(sorted_scores) or sorted_scores[i - 1] - sorted_scores[i] >= tie_epsilon:
+            groups.append(range(start, i))
+            start = i
+    return groups
+
+
+def validate_selection(score_threshold: float | None, top_k: int | None) -> None:
+    """Raise ``ValueError`` naming the bad argument and what is allowed."""
+    if score_threshold is not None and (
+        isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))
+        or not math.isfinite(score_threshold) or not 0.0 <= score_threshold <= 10.0
+    ):
+        raise ValueError(f"score_threshold must be a number from 0 to 10 or None, got {score_threshold!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number >= 1 or None, got {top_k!r}")
+
+
+def _ordered(items: Sequence[tuple[float, ScoredImage]], tie_epsilon: float,
+             first_rank: int) -> list[RerankResult]:
+    """Rules 1, 4 and 5 over (final score, record) pairs."""
+    scored = sorted((p for p in items if p[1].error is None), key=lambda p: (-p[0], p[1].index))
+    ranked: list[tuple[float, ScoredImage, bool]] = []
+    for group in tie_groups([score for score, _ in scored], tie_epsilon):
+        members = sorted((scored[i] for i in group), key=lambda p: p[1].index)
+        ranked += [(score, record, len(group) > 1) for score, record in members]
+    ranked += [(0.0, r, False) for _, r in sorted((p for p in items if p[1].error), key=lambda p: p[1].index)]
+    return [
+        RerankResult(rank=first_rank + i, index=r.index, source=r.source, score=score,
+                     raw_score=r.raw_score if r.error is None else 0.0, tied=tied,
+                     raw_output=r.raw_output, error=r.error)
+        for i, (score, r, tied) in enumerate(ranked)
+    ]
+
+
+def split(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
+          top_k: int | None = None, normalize: bool = False,
+          tie_epsilon: float = 0.05) -> tuple[list[RerankResult], list[RerankResult]]:
+    """``(results, left_out)``: the ranked results (rules 1-6, ranks 1..n) and every
+    other image, ordered by the same rules, ranks continuing after the results."""
+    validate_selection(score_threshold, top_k)
+    if not (isinstance(tie_epsilon, (int, float)) and math.isfinite(tie_epsilon) and tie_epsilon >= 0):
+        raise ValueError(f"tie_epsilon must be a finite number >= 0, got {tie_epsilon!r}")
+    scored = [r for r in records if r.error is None]
+    finals = normalized_scores([r.raw_score for r in scored]) if normalize else [r.raw_score for r in scored]
+    final_of = {r.index: f for r, f in zip(scored, finals)}
+    items = [(final_of.get(r.index, 0.0), r) for r in records]
+    passing = [p for p in items if score_threshold is None or (p[1].error is None and p[0] >= score_threshold)]
+    ordered = _ordered(passing, tie_epsilon, first_rank=1)
+    results = ordered if top_k is None else ordered[:top_k]
+    kept = {r.index for r in results}
+    left_out = _ordered([p for p in items if p[1].index not in kept], tie_epsilon, first_rank=len(results) + 1)
+    return results, left_out
+
+
+def rank(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
+         top_k: int | None = None, normalize: bool = False,
+         tie_epsilon: float = 0.05) -> list[RerankResult]:
+    """The ranked results only (see :func:`split`)."""
+    return split(records, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
+                 tie_epsilon=tie_epsilon)[0]
+
+
+def winner_strength(ranked: Sequence[RerankResult]) -> WinnerStrength | None:
+    """How decisive #1 (``ranked[0]``) is over the best of the rest: ``close`` (gap < 0.1
+    or tied), ``clear``, or ``dominant`` (#1 >= 1.5 x #2). ``None`` when there is no
+    scored #1 or nothing to compare it with. Pass results and left-out images together."""
+    if not ranked or ranked[0].error is not None:
+        return None
+    first, rest = ranked[0], [r for r in ranked[1:] if r.error is None]
+    if not rest:
+        return None
+    second = max(rest, key=lambda r: r.score)
+    if first.tied or first.score - second.score < CLOSE_GAP:
+        return "close"
+    return "dominant" if first.score >= DOMINANT_RATIO * second.score else "clear"
+

@@ -1,0 +1,178 @@
+"""``LycheeReranker``: the public entry point - images and a query in, ranked records out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from PIL import Image
+
+from . import protocol, ranking
+from .engine import Engine, run_batched
+from .images import DEFAULT_MAX_SIDE, ImageLoadError, ImageSource, load_image, source_label
+from .limits import Limits
+from .parsing import parse_score
+from .presets import get_preset
+from .ranking import RerankResult, ScoredImage
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["logit", "generate"]
+Progress = Callable[[int, int], None]
+
+_UNSET: Any = object()  # "not given": lets a preset supply the value
+
+
+class RerankError(RuntimeError):
+    """Raised by ``rerank(..., raise_on_error=True)`` when any image failed."""
+
+
+def default_model() -> str:
+    """``$LYCHEE_MODEL`` if set, else the hub id of lychee-rerank-mm."""
+    return os.environ.get(protocol.MODEL_ENV_VAR) or protocol.DEFAULT_MODEL
+
+
+def clean_query(query: str, max_chars: int) -> str:
+    """Strip ``query``; reject an empty one; cut one longer than ``max_chars`` (with a warning)."""
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("the query is empty; describe what the image should show")
+    query = query.strip()
+    if len(query) > max_chars:
+        log.warning("query of %d characters truncated to %d", len(query), max_chars)
+        query = query[:max_chars]
+    return query
+
+
+class LycheeReranker:
+    """Score and rank images against a Chinese/English/mixed text query.
+
+    ``model`` is a hub id or a local directory (default ``$LYCHEE_MODEL`` or
+    ``vec-ai/lychee-rerank-mm``). ``mode="logit"`` is the lychee-rerank-mm protocol
+    (p(yes) of a yes/no judgement); ``mode="generate"`` asks a generic instruction-tuned
+    VLM for a 0-10 score as text and parses it.
+    """
+
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,
+                 mode: Mode = "logit", batch_size: int = 8, min_pixels: int | None = None,
+                 max_pixels: int | None = None, max_side: int = DEFAULT_MAX_SIDE,
+                 limits: Limits | None = None) -> None:
+        if mode not in ("logit", "generate"):
+            raise ValueError(f"mode must be 'logit' or 'generate', got {mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.mode: Mode = mode
+        self.batch_size = batch_size
+        self.max_side = max_side
+        self.limits = limits or Limits.from_env()
+        self.engine = Engine.load(model or default_model(), device=device, dtype=dtype,
+                                  min_pixels=min_pixels, max_pixels=max_pixels,
+                                  need_yes_no=mode == "logit")
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    def describe(self) -> dict[str, str]:
+        """What is loaded: model, device, dtype, attention, mode."""
+        e = self.engine
+        return {"model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
+                "attention": e.attention, "mode": self.mode}
+
+    def score(self, query: str, images: Sequence[ImageSource], *, instruction: str | None = None,
+              labels: Sequence[str] | None = None, max_side: int | None = None,
+              lenient_parsing: bool = True, progress: Progress | None = None) -> list[ScoredImage]:
+        """Score every image, in input order; nothing is filtered. Failures carry ``error``."""
+        query = clean_query(query, self.limits.max_query_chars)
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"got {len(labels)} labels for {len(images)} images")
+        names = list(labels) if labels is not None else [source_label(s, i) for i, s in enumerate(images)]
+        loaded: dict[int, Image.Image] = {}
+        errors: dict[int, str] = {}
+        for i, source in enumerate(images):
+            try:
+                loaded[i] = load_image(source, max_side=max_side or self.max_side, limits=self.limits)
+            except ImageLoadError as exc:
+                errors[i] = f"image {i + 1} '{names[i]}': {exc}"
+                log.warning("%s", errors[i])
+        outputs = self._score_loaded(query, instruction, loaded, lenient_parsing, progress,
+                                     total=len(images), already_done=len(errors))
+        records = []
+        for i in range(len(images)):
+            if i in errors:
+                records.append(ScoredImage(i, names[i], 0.0, "", errors[i]))
+                continue
+            value, raw_output, problem = outputs[i]
+            if problem:
+                problem = f"image {i + 1} '{names[i]}': {problem}"
+                log.warning("%s", problem)
+            records.append(ScoredImage(i, names[i], value, raw_output, problem))
+        return records
+
+    def _score_loaded(self, query: str, instruction: str | None, loaded: dict[int, Image.Image],
+                      lenient: bool, progress: Progress | None, *, total: int,
+                      already_done: int) -> dict[int, tuple[float, str, str | None]]:
+        keys = list(loaded)
+        if self.mode == "logit":
+            prompt = self.engine.render(protocol.rerank_messages(query, instruction))
+            fn = lambda batch: self._logit_batch(prompt, batch)  # noqa: E731
+        else:
+            prompt = self.engine.render(protocol.generate_messages(query, instruction))
+            fn = lambda batch: self._generate_batch(prompt, batch, lenient)  # noqa: E731
+
+        def report(done: int, _: int) -> None:
+            if progress:
+                progress(already_done + done, total)
+
+        with self._lock:
+            results = run_batched([loaded[k] for k in keys], fn, batch_size=self.batch_size,
+                                  cost=self.engine.visual_tokens, progress=report)
+        if progress and not keys:
+            progress(total, total)
+        return {k: (r if not isinstance(r, Exception) else (0.0, "", f"model error: {r}"))
+                for k, r in zip(keys, results)}
+
+    def _logit_batch(self, prompt: str, images: list[Image.Image]) -> list[tuple[float, str, None]]:
+        logits = self.engine.yes_no_logits(prompt, images)  # [n, 2]: (yes, no)
+        p_yes = (logits[:, 0] - logits[:, 1]).sigmoid().tolist()
+        return [(10.0 * p, f"p(yes)={p:.4f} p(no)={1 - p:.4f}", None) for p in p_yes]
+
+    def _generate_batch(self, prompt: str, images: list[Image.Image],
+                        lenient: bool) -> list[tuple[float, str, str | None]]:
+        out = []
+        for text in self.engine.generate(prompt, images):
+            value = parse_score(text, lenient=lenient)
+            if value is None:
+                out.append((0.0, text, "could not read a 0-10 score in the model's answer"))
+            else:
+                out.append((value, text, None))
+        return out
+
+    def rerank(self, query: str, images: Sequence[ImageSource], *, score_threshold: float | None = _UNSET,
+               top_k: int | None = _UNSET, preset: str | None = None, instruction: str | None = None,
+               normalize: bool = False, tie_epsilon: float = 0.05, raise_on_error: bool = _UNSET,
+               labels: Sequence[str] | None = None, max_side: int | None = None,
+               progress: Progress | None = None) -> list[RerankResult]:
+        """Score, then rank: best first, ``min(top_k, passing)`` results (see ``lychee.ranking``).
+
+        A ``preset`` supplies ``score_threshold``, ``top_k`` and ``raise_on_error``
+        defaults; arguments given explicitly win.
+        """
+        chosen = get_preset(preset) if preset is not None else None
+        if score_threshold is _UNSET:
+            score_threshold = chosen.score_threshold if chosen else None
+        if top_k is _UNSET:
+            top_k = chosen.top_k if chosen else None
+        if raise_on_error is _UNSET:
+            raise_on_error = chosen.raise_on_error if chosen else False
+        ranking.validate_selection(score_threshold, top_k)
+        records = self.score(query, images, instruction=instruction, labels=labels, max_side=max_side,
+                             lenient_parsing=chosen.lenient_parsing if chosen else True, progress=progress)
+        failures = [r.error for r in records if r.error]
+        if raise_on_error and failures:
+            raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
+        return ranking.rank(records, score_threshold=score_threshold, top_k=top_k,
+                            normalize=normalize, tie_epsilon=tie_epsilon)

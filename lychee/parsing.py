@@ -36,7 +36,7 @@ def _in_range(text: str | None) -> float | None:
     return value if math.isfinite(value) and 0.0 <= value <= 10.0 else None
 
 
-def parse_score(text: str, *, lenient: bool = True) -> float | None:
+def parse_score(text: str, *, lenient: bool = False) -> float | None:
     """Return the 0-10 score stated in ``text``, or ``None`` when there is none."""
     folded = unicodedata.normalize("NFKC", text or "")
     for pattern in (_LABELLED, _OUT_OF_TEN):

@@ -84,7 +84,7 @@ class LycheeReranker:
 
     def score(self, query: str, images: Sequence[ImageSource], *, instruction: str | None = None,
               labels: Sequence[str] | None = None, max_side: int | None = None,
-              lenient_parsing: bool = True, progress: Progress | None = None) -> list[ScoredImage]:
+              lenient_parsing: bool = False, progress: Progress | None = None) -> list[ScoredImage]:
         """Score every image, in input order; nothing is filtered. Failures carry ``error``."""
         query = clean_query(query, self.limits.max_query_chars)
         if labels is not None and len(labels) != len(images):
@@ -170,7 +170,7 @@ class LycheeReranker:
             raise_on_error = chosen.raise_on_error if chosen else False
         ranking.validate_selection(score_threshold, top_k)
         records = self.score(query, images, instruction=instruction, labels=labels, max_side=max_side,
-                             lenient_parsing=chosen.lenient_parsing if chosen else True, progress=progress)
+                             lenient_parsing=chosen.lenient_parsing if chosen else False, progress=progress)
         failures = [r.error for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))

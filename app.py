@@ -1,1 +1,6 @@
-"""Hugging Face Space entry point (the web demo is built in a later step)."""
+"""Hugging Face Space entry point: serve the lychee-rerank-mm web demo (built in ``lychee.ui``)."""
+
+from lychee.ui import main
+
+if __name__ == "__main__":
+    main()

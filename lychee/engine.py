@@ -1,17 +1,21 @@
 """Model-facing code: load a Qwen2.5-VL reranker checkpoint and score batches of pairs.
 
 The only module that imports torch and transformers. The scoring story, top to bottom:
-chat prompt (rendered once per query) -> processor (left-padded batch) -> forward pass
-keeping only the last position's logits -> the "yes"/"no" logits -> p(yes) = sigmoid
-(z_yes - z_no) -> 0-10.
+chat prompt (rendered once per query) -> each image's vision-tower output (from the
+vision cache, or processor + vision tower for the images not seen before) -> token
+embeddings of the left-padded prompts with the image features scattered in at the
+image-token positions -> forward pass keeping only the last position's logits -> the
+"yes"/"no" logits -> p(yes) = sigmoid(z_yes - z_no) -> 0-10.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -19,12 +23,18 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from . import protocol
+from .vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+DEFAULT_BATCH_SIZE = 8       # pairs per forward pass off CUDA, where free memory is not measured
+MAX_AUTO_BATCH_SIZE = 32     # beyond this a GPU gains little and progress updates get coarse
+TEXT_TOKENS_ALLOWANCE = 512  # the prompt around the image (~100 tokens) plus a long query
+USABLE_FREE_MEMORY = 0.5     # of the free GPU memory, for the estimate's error and the allocator's slack
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -76,6 +86,30 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def pair_activation_bytes(config: Any, visual_tokens: int, *, text_tokens: int = TEXT_TOKENS_ALLOWANCE,
+                          dtype_bytes: int = 2) -> int:
+    """A rough peak of one (query, image) pair's activations in an inference forward pass.
+
+    Per token of the language model: the residual stream, its normalised copy and the
+    attention's q/k/v/output (~4 x hidden) plus the MLP's gate, up and their product
+    (3 x intermediate); per patch of the vision tower (4 patches per visual token) the
+    same with its own widths. Layers run one after another and keep no cache, so depth
+    does not multiply; SDPA/flash kernels keep attention scores out of memory.
+    """
+    text, vision = config.text_config, config.vision_config
+    tokens = visual_tokens + text_tokens
+    patches = visual_tokens * vision.spatial_merge_size ** 2
+    per_pair = (tokens * (4 * text.hidden_size + 3 * text.intermediate_size)
+                + patches * (4 * vision.hidden_size + 3 * vision.intermediate_size))
+    return dtype_bytes * per_pair
+
+
+def batch_size_for_memory(free_bytes: int, pair_bytes: int, *, usable: float = USABLE_FREE_MEMORY,
+                          cap: int = MAX_AUTO_BATCH_SIZE) -> int:
+    """How many pairs of ``pair_bytes`` fit in ``usable`` of ``free_bytes``: 1 to ``cap``."""
+    return max(1, min(cap, int(free_bytes * usable) // pair_bytes))
+
+
 @dataclass
 class Engine:
     """A loaded checkpoint plus the settings that shape its inputs."""
@@ -90,28 +124,45 @@ class Engine:
     no_id: int | None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    vision_cache: VisionCache = field(default_factory=lambda: VisionCache(0))
 
     @classmethod
     def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
              min_pixels: int | None = None, max_pixels: int | None = None,
-             need_yes_no: bool = True) -> Engine:
-        """Load processor and model with ``from_pretrained`` (hub id or local directory)."""
+             need_yes_no: bool = True, vision_cache_bytes: int | None = None) -> Engine:
+        """Load processor and model with ``from_pretrained`` (hub id or local directory).
+
+        ``vision_cache_bytes``: bound of the vision cache (None: ``$LYCHEE_VISION_CACHE_MB``
+        or 1 GiB; 0: off).
+        """
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        attention = pick_attention(torch_device, torch_dtype)
         processor = AutoProcessor.from_pretrained(model_id)
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_id, dtype=torch_dtype, attn_implementation=pick_attention(torch_device, torch_dtype),
+            device_map={"": torch_device})
+        return cls.from_model(model, processor, model_id, min_pixels=min_pixels, max_pixels=max_pixels,
+                              need_yes_no=need_yes_no, vision_cache_bytes=vision_cache_bytes)
+
+    @classmethod
+    def from_model(cls, model: Any, processor: Any, model_id: str, *, min_pixels: int | None = None,
+                   max_pixels: int | None = None, need_yes_no: bool = True,
+                   vision_cache_bytes: int | None = None) -> Engine:
+        """Wrap a model and processor already in memory (``load`` ends here; the benchmarks
+        build a random 7B directly on the GPU)."""
         processor.tokenizer.padding_side = "left"  # the last position is every row's real end
         if not getattr(processor, "chat_template", None):
             log.warning("%s ships no chat template; using the Qwen2-VL template", model_id)
             processor.chat_template = protocol.QWEN2_VL_CHAT_TEMPLATE
-        model = AutoModelForImageTextToText.from_pretrained(
-            model_id, dtype=torch_dtype, attn_implementation=attention, device_map={"": torch_device})
         model.eval()
         yes_id = single_token_id(processor.tokenizer, protocol.YES_TOKEN) if need_yes_no else None
         no_id = single_token_id(processor.tokenizer, protocol.NO_TOKEN) if need_yes_no else None
-        log.info("loaded %s on %s (%s, %s attention)", model_id, torch_device, torch_dtype, attention)
-        return cls(model, processor, model_id, torch_device, torch_dtype, attention, yes_id, no_id,
-                   min_pixels, max_pixels)
+        attention = model.config._attn_implementation
+        vision_cache = VisionCache(cache_bytes(vision_cache_bytes))
+        log.info("loaded %s on %s (%s, %s attention, vision cache %.0f MiB)", model_id, model.device,
+                 model.dtype, attention, vision_cache.max_bytes / 2**20)
+        return cls(model, processor, model_id, model.device, model.dtype, attention, yes_id, no_id,
+                   min_pixels, max_pixels, vision_cache)
 
     @property
     def dtype_name(self) -> str:
@@ -132,6 +183,20 @@ class Engine:
             image.height, image.width, {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]})
         return patches // self.processor.image_processor.merge_size ** 2
 
+    def batch_size(self, images: Sequence[Image.Image], requested: int | None = None) -> int:
+        """``requested`` if given; on CUDA, as many pairs as fit in free memory at the largest
+        image (at most 32); elsewhere 8."""
+        if requested is not None:
+            return requested
+        if self.device.type != "cuda" or not images:
+            return DEFAULT_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(self.device)
+        pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images)),
+                                     dtype_bytes=self.dtype.itemsize)
+        size = batch_size_for_memory(free, pair)
+        log.debug("batch size %d: %.1f GiB free, ~%.0f MiB per pair", size, free / 2**30, pair / 2**20)
+        return size
+
     def render(self, messages: list[dict]) -> str:
         """The chat prompt as text, with one image placeholder per image part."""
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -141,11 +206,60 @@ class Engine:
                                return_tensors="pt", size=self._size())
         return batch.to(self.device)
 
+    def _cache_keys(self, images: Sequence[Image.Image]) -> list[Hashable]:
+        """Per image: (pixel hash, pixel settings, model, dtype)."""
+        size = self._size()
+        settings = (size["shortest_edge"], size["longest_edge"], self.model_id, self.dtype_name)
+        # ~5 ms per 1080p image on one core; hashlib releases the GIL, so threads share the work.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(images), os.cpu_count() or 1))) as pool:
+            return [(digest, *settings) for digest in pool.map(image_digest, images)]
+
+    def image_features(self, images: Sequence[Image.Image]) -> list[VisionFeatures]:
+        """Each image's vision-tower output; images in the vision cache skip processor and tower."""
+        keys = self._cache_keys(images) if self.vision_cache.enabled else None
+        features = [self.vision_cache.get(key) for key in keys] if keys else [None] * len(images)
+        missing = [i for i, found in enumerate(features) if found is None]
+        if missing:
+            for i, computed in zip(missing, self._encode([images[i] for i in missing])):
+                features[i] = computed
+                if keys:  # a compact CPU copy: a view would keep the whole batch's output alive
+                    self.vision_cache.put(keys[i], VisionFeatures(computed.grid_thw,
+                                                                  computed.embeds.to("cpu", copy=True)))
+        return features
+
+    def _encode(self, images: list[Image.Image]) -> list[VisionFeatures]:
+        """Processor + vision tower over ``images`` in one batch."""
+        # The resize/normalise takes tens of ms per 1080p image on a CPU core; on CUDA the GPU does it.
+        pixels = self.processor.image_processor(images, size=self._size(), return_tensors="pt",
+                                                device=self.device if self.device.type == "cuda" else None)
+        grids = pixels["image_grid_thw"].to(self.device)        # [n, 3]: (t, h, w) patches of each image
+        patches = pixels["pixel_values"].to(self.device)        # [sum of t*h*w, 3*2*14*14]: all images' patches
+        embeds = self.model.get_image_features(patches, grids).pooler_output  # n x [t*h*w/4, hidden]
+        return [VisionFeatures(tuple(grid), embed) for grid, embed in zip(grids.tolist(), embeds)]
+
+    def _text_inputs(self, prompt: str, visual_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The tokenised prompts, row i's image placeholder widened to ``visual_tokens[i]`` tokens."""
+        placeholder = self.processor.image_token
+        texts = [prompt.replace(placeholder, placeholder * n) for n in visual_tokens]
+        tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
+        input_ids = tokens["input_ids"].to(self.device)         # [batch, seq], left-padded
+        return {"input_ids": input_ids, "attention_mask": tokens["attention_mask"].to(self.device),
+                "mm_token_type_ids": (input_ids == self.processor.image_token_id).long()}  # 1 = image token
+
     @torch.inference_mode()
     def yes_no_logits(self, prompt: str, images: Sequence[Image.Image]) -> torch.Tensor:
         """``[batch, 2]`` float32 logits of ("yes", "no") at each row's last position."""
-        inputs = self._inputs(prompt, images)        # input_ids: [batch, seq], left-padded
-        logits = self.model(**inputs, logits_to_keep=1).logits  # [batch, 1, vocab]
+        features = self.image_features(images)                  # per image: [visual tokens_i, hidden]
+        inputs = self._text_inputs(prompt, [len(f.embeds) for f in features])
+        embeds = self.model.get_input_embeddings()(inputs["input_ids"])  # [batch, seq, hidden]
+        image_positions = inputs["input_ids"] == self.processor.image_token_id  # [batch, seq]: sum_i tokens_i True
+        # Row-major order of the positions is image order, so the concatenated features land in place.
+        embeds[image_positions] = torch.cat([f.embeds.to(self.device) for f in features]).to(embeds.dtype)
+        grids = torch.tensor([f.grid_thw for f in features], device=self.device)  # [batch, 3]
+        # input_ids ride along only for the model to derive its 3D (M-RoPE) positions from them and
+        # the grids, exactly as in a plain call; the embeddings come from inputs_embeds.
+        logits = self.model(**inputs, inputs_embeds=embeds, image_grid_thw=grids, use_cache=False,
+                            logits_to_keep=1).logits            # [batch, 1, vocab]
         return logits[:, -1, [self.yes_id, self.no_id]].float()
 
     @torch.inference_mode()

@@ -1,23 +1,47 @@
 """Load candidate images safely: paths, bytes or PIL images in; small RGB images out.
 
 Every failure is an :class:`ImageLoadError` whose message names the cause, so the
-caller can record it against that one image and go on with the rest.
+caller can record it against that one image and go on with the rest. What is handled:
+
+- size limits checked before decoding: file bytes, and width x height read from the
+  header (decompression bombs never get decoded);
+- empty, truncated, corrupt and non-image files, whatever Pillow raises for them;
+- animated GIF/WebP/PNG (the first frame), EXIF orientation (a broken EXIF block is
+  ignored, not fatal), every Pillow mode: palette, alpha (composited on white), CMYK,
+  16/32-bit and float greyscale (scaled into 8 bits);
+- shapes the model cannot take: an aspect ratio beyond 200:1 is padded with white
+  (tiny images such as 1x1 are left to the processor, which scales them up).
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import math
 import os
-import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps
 
-from .limits import Limits
+from .limits import Limits, env_name
+
+log = logging.getLogger(__name__)
 
 ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
 
 DEFAULT_MAX_SIDE = 1920
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses anything more elongated
+
+# File name extensions worth decoding when a folder is walked (anything else is skipped).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif",
+                              ".bmp", ".dib", ".tif", ".tiff"})
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+# Leading bytes of the common formats, to tell a damaged image from a file that is no image.
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 
 class ImageLoadError(ValueError):
@@ -32,76 +56,144 @@ def source_label(source: ImageSource, index: int) -> str:
     return Path(filename).name if filename else f"image {index + 1}"
 
 
-def _open(source: ImageSource, limits: Limits) -> Image.Image:
-    if isinstance(source, Image.Image):
-        return source
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        path = Path(source)
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True when the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _amount(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size:,} bytes"
+
+
+def _too_large(size: int, limits: Limits) -> ImageLoadError:
+    return ImageLoadError(f"file is {_amount(size)}, above the limit of {_amount(limits.max_file_bytes)} "
+                          f"({env_name('max_file_bytes')})")
+
+
+def _read_bytes(path: Path, limits: Limits) -> bytes:
+    try:
         if not path.is_file():
             raise ImageLoadError("file not found" if not path.exists() else "not a file")
         size = path.stat().st_size
         if size > limits.max_file_bytes:
-            raise ImageLoadError(f"file is {size / 1e6:.1f} MB, above the limit of "
-                                 f"{limits.max_file_bytes / 1e6:.1f} MB (LYCHEE_MAX_FILE_BYTES)")
-        data = path.read_bytes()
+            raise _too_large(size, limits)  # refused without reading it
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read the file ({exc.strerror or exc})") from None
+
+
+def _open(source: ImageSource, limits: Limits) -> Image.Image:
+    """A lazily decoded image: only the header has been read."""
+    if isinstance(source, Image.Image):
+        return source
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else _read_bytes(Path(source), limits)
     if not data:
         raise ImageLoadError("empty file (0 bytes)")
     if len(data) > limits.max_file_bytes:
-        raise ImageLoadError(f"data is {len(data) / 1e6:.1f} MB, above the limit of "
-                             f"{limits.max_file_bytes / 1e6:.1f} MB (LYCHEE_MAX_FILE_BYTES)")
+        raise _too_large(len(data), limits)
     try:
         return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageLoadError("not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # noqa: BLE001 - each format plugin fails its own way on a damaged header
+        raise ImageLoadError(f"not a readable image ({_unidentified(data)})") from None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: scale into 8 bits instead of clipping at 255.
-        high = max(image.getextrema()[1], 1)
-        image = image.point(lambda v: v * 255.0 / high, "L") if image.mode == "I" \
-            else image.convert("I").point(lambda v: v * 255.0 / high, "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+def _unidentified(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "damaged WEBP header"
+    kind = next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
+    return f"damaged {kind} header" if kind else "unknown format, or not an image"
+
+
+def _check_pixels(image: Image.Image, limits: Limits) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageLoadError(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_image_pixels:
+        raise ImageLoadError(f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the limit of "
+                             f"{limits.max_image_pixels / 1e6:.0f} MP ({env_name('max_image_pixels')})")
+
+
+def _exif_transposed(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - a malformed EXIF block must not cost the pixels
+        log.info("ignoring unreadable EXIF orientation: %s", exc)
+        return image
+
+
+def _scaled_to_8_bit(image: Image.Image) -> Image.Image:
+    """16/32-bit and float greyscale: scale by the brightest value instead of clipping at 255."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    high = max(float(values.max(initial=0.0)), 1e-12)
+    return Image.fromarray((np.clip(values, 0.0, high) * (255.0 / high)).astype(np.uint8), "L")
+
+
+def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I") or image.mode == "F":
+        return _scaled_to_8_bit(image).convert("RGB")
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        if image.mode == "La":  # premultiplied alpha converts to RGBA only by way of LA
+            image = image.convert("LA")
+        return image.convert("RGBA")
     return image.convert("RGB")
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """Composite an RGBA image on white; RGB passes through."""
+    if image.mode != "RGBA":
+        return image
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, image).convert("RGB")
+
+
+def _padded_to_model_shape(image: Image.Image) -> Image.Image:
+    """Pad the short side with white until the aspect ratio is <= MAX_ASPECT_RATIO."""
+    width, height = image.size
+    floor = math.ceil(max(width, height) / MAX_ASPECT_RATIO)
+    if width >= floor and height >= floor:
+        return image
+    canvas = Image.new("RGB", (max(width, floor), max(height, floor)), (255, 255, 255))
+    canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+    return canvas
+
+
+def _decode(image: Image.Image, max_side: int) -> Image.Image:
+    image.seek(0)  # animated images: the first frame
+    image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size, much faster
+    image = _to_rgb_or_rgba(_exif_transposed(image))
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return _padded_to_model_shape(_flatten(image))
+
+
+def _describe(exc: Exception, image_format: str | None) -> str:
+    text = str(exc).strip().rstrip(".")
+    if "truncated" in text.lower():
+        return f"truncated {image_format or 'file'}"
+    return f"{image_format + ': ' if image_format else ''}{text or type(exc).__name__}"
 
 
 def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
                limits: Limits | None = None) -> Image.Image:
     """Decode ``source`` into an RGB image, EXIF-rotated, longest side <= ``max_side``.
 
-    Animated images give their first frame. Raises :class:`ImageLoadError`.
+    Animated images give their first frame. Raises :class:`ImageLoadError`, and nothing else.
     """
     limits = limits or Limits()
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, Image.Image)):
         raise ImageLoadError(f"unsupported input type {type(source).__name__}; "
                              "give a file path, bytes or a PIL image")
-    image = _open(source, limits)
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise ImageLoadError(f"image has no pixels ({width}x{height})")
-    if width * height > limits.max_image_pixels:
-        raise ImageLoadError(f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the limit of "
-                             f"{limits.max_image_pixels / 1e6:.0f} MP (LYCHEE_MAX_IMAGE_PIXELS)")
+    image_format = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.seek(0)
-            image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size, much faster
-            image = ImageOps.exif_transpose(image)
-            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"not a readable image ({_describe(exc)})") from None
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip().rstrip(".")
-    if "truncated" in text.lower():
-        return "truncated file"
-    return text or type(exc).__name__
+        image = _open(source, limits)
+        image_format = image.format
+        _check_pixels(image, limits)
+        return _decode(image, max_side)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageLoadError(f"image dimensions are far above the limit of {limits.max_image_pixels / 1e6:.0f} MP "
+                             f"({env_name('max_image_pixels')}); refused as a decompression bomb") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on malformed input
+        raise ImageLoadError(f"not a readable image ({_describe(exc, image_format)})") from None

@@ -1,9 +1,25 @@
-"""Input limits, with safe defaults, each overridable by an environment variable."""
+"""Input limits, with safe defaults, each overridable by an environment variable.
+
+Per-image limits (file size, pixels) fail only that image, with an
+:class:`~lychee.images.ImageLoadError`; per-request limits (image count) refuse the
+request with :class:`LimitExceeded`. Every message names the limit, its value and the
+variable that changes it.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+
+class LimitExceeded(ValueError):
+    """A request asked for more than a limit allows; the message says which limit."""
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a :class:`Limits` field: ``LYCHEE_<FIELD>``."""
+    return f"LYCHEE_{field_name.upper()}"
 
 
 @dataclass(frozen=True)
@@ -19,12 +35,12 @@ class Limits:
     request_timeout_s: int = 600      # LYCHEE_REQUEST_TIMEOUT_S: seconds one web request may run
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Limits:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
         """Defaults overridden by ``LYCHEE_<FIELD>`` variables (positive integers)."""
         environ = os.environ if environ is None else environ
         values = {}
         for field in fields(cls):
-            name = f"LYCHEE_{field.name.upper()}"
+            name = env_name(field.name)
             if name in environ:
                 try:
                     value = int(environ[name])
@@ -34,3 +50,9 @@ class Limits:
                     raise ValueError(f"{name} must be a whole number >= 1, got {environ[name]!r}")
                 values[field.name] = value
         return cls(**values)
+
+    def check_image_count(self, count: int) -> None:
+        """Raise :class:`LimitExceeded` when ``count`` images are more than one request may hold."""
+        if count > self.max_images:
+            raise LimitExceeded(f"{count} images in one request, above the limit of {self.max_images} "
+                                f"({env_name('max_images')}); send them in smaller batches")

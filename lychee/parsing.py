@@ -24,7 +24,7 @@ _LABELLED = re.compile(
     r"(?:score|rating|relevance|得分|评分|分数|打分|分值)\s*(?:is|of|为|是)?\s*[:=]?\s*" + _NUMBER,
     re.IGNORECASE,
 )
-_OUT_OF_TEN = re.compile(_NUMBER + r"\s*(?:/\s*10(?:\.0+)?\b|out of 10\b|分)", re.IGNORECASE)
+_OUT_OF_TEN = re.compile(r"(?<!\d)" + _NUMBER + r"\s*(?:/\s*10(?:\.0+)?\b|out of 10\b|分)", re.IGNORECASE)
 _BARE = re.compile(r"^\s*" + _NUMBER + r"\s*[.。!]?\s*$")
 _ANY = re.compile(r"(?<![\d.])" + _NUMBER + r"(?![\d.]*\s*/\s*(?!10)\d)")
 

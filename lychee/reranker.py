@@ -53,23 +53,30 @@ class LycheeReranker:
     ``vec-ai/lychee-rerank-mm``). ``mode="logit"`` is the lychee-rerank-mm protocol
     (p(yes) of a yes/no judgement); ``mode="generate"`` asks a generic instruction-tuned
     VLM for a 0-10 score as text and parses it.
+
+    ``batch_size``: pairs per forward pass; None picks it from free GPU memory on CUDA
+    (8 elsewhere). ``vision_cache_bytes``: bound of the cache of image features that lets
+    a new query over the same images skip the vision tower (None: ``$LYCHEE_VISION_CACHE_MB``
+    or 1 GiB; 0: off). ``engine``: an :class:`~lychee.engine.Engine` already in memory
+    (the benchmarks' random 7B); the loading arguments are then unused.
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,
-                 mode: Mode = "logit", batch_size: int = 8, min_pixels: int | None = None,
+                 mode: Mode = "logit", batch_size: int | None = None, min_pixels: int | None = None,
                  max_pixels: int | None = None, max_side: int = DEFAULT_MAX_SIDE,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, vision_cache_bytes: int | None = None,
+                 engine: Engine | None = None) -> None:
         if mode not in ("logit", "generate"):
             raise ValueError(f"mode must be 'logit' or 'generate', got {mode!r}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.mode: Mode = mode
         self.batch_size = batch_size
         self.max_side = max_side
         self.limits = limits or Limits.from_env()
-        self.engine = Engine.load(model or default_model(), device=device, dtype=dtype,
-                                  min_pixels=min_pixels, max_pixels=max_pixels,
-                                  need_yes_no=mode == "logit")
+        self.engine = engine or Engine.load(model or default_model(), device=device, dtype=dtype,
+                                            min_pixels=min_pixels, max_pixels=max_pixels,
+                                            need_yes_no=mode == "logit", vision_cache_bytes=vision_cache_bytes)
         self._lock = threading.Lock()
 
     @property
@@ -84,32 +91,39 @@ class LycheeReranker:
 
     def score(self, query: str, images: Sequence[ImageSource], *, instruction: str | None = None,
               labels: Sequence[str] | None = None, max_side: int | None = None,
-              lenient_parsing: bool = False, progress: Progress | None = None) -> list[ScoredImage]:
-        """Score every image, in input order; nothing is filtered. Failures carry ``error``."""
+              lenient_parsing: bool = False, progress: Progress | None = None,
+              start: int = 0) -> list[ScoredImage]:
+        """Score every image, in input order; nothing is filtered. Failures carry ``error``.
+
+        ``start`` is the position of ``images[0]`` in a longer list that a caller scores in
+        chunks: records and messages then carry the position in that list. More than
+        ``LYCHEE_MAX_IMAGES`` images raise :class:`~lychee.limits.LimitExceeded`.
+        """
         query = clean_query(query, self.limits.max_query_chars)
+        self.limits.check_image_count(len(images))
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
-        names = list(labels) if labels is not None else [source_label(s, i) for i, s in enumerate(images)]
+        names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
         loaded: dict[int, Image.Image] = {}
         errors: dict[int, str] = {}
         for i, source in enumerate(images):
             try:
                 loaded[i] = load_image(source, max_side=max_side or self.max_side, limits=self.limits)
             except ImageLoadError as exc:
-                errors[i] = f"image {i + 1} '{names[i]}': {exc}"
+                errors[i] = f"image {start + i + 1} '{names[i]}': {exc}"
                 log.warning("%s", errors[i])
         outputs = self._score_loaded(query, instruction, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors))
         records = []
         for i in range(len(images)):
             if i in errors:
-                records.append(ScoredImage(i, names[i], 0.0, "", errors[i]))
+                records.append(ScoredImage(start + i, names[i], 0.0, "", errors[i]))
                 continue
             value, raw_output, problem = outputs[i]
             if problem:
-                problem = f"image {i + 1} '{names[i]}': {problem}"
+                problem = f"image {start + i + 1} '{names[i]}': {problem}"
                 log.warning("%s", problem)
-            records.append(ScoredImage(i, names[i], value, raw_output, problem))
+            records.append(ScoredImage(start + i, names[i], value, raw_output, problem))
         return records
 
     def _score_loaded(self, query: str, instruction: str | None, loaded: dict[int, Image.Image],
@@ -127,8 +141,9 @@ class LycheeReranker:
             if progress:
                 progress(already_done + done, total)
 
+        batch = [loaded[k] for k in keys]
         with self._lock:
-            results = run_batched([loaded[k] for k in keys], fn, batch_size=self.batch_size,
+            results = run_batched(batch, fn, batch_size=self.engine.batch_size(batch, self.batch_size),
                                   cost=self.engine.visual_tokens, progress=report)
         if progress and not keys:
             progress(total, total)

@@ -1,0 +1,416 @@
+"""Command line for unattended use: rank the images in files and folders against a query.
+
+    python -m lychee rank "QUERY" PATH... [--preset NAME] [--threshold X|none] [--top-k K|all]
+                                          [--format md|json|csv] [--output FILE] [--strict]
+
+Folders are walked recursively in sorted order (hidden files and folders are left out);
+files without an image extension are skipped and reported; a file with an image
+extension that cannot be decoded is scored 0.0 and listed under errors. Images are
+decoded lazily, --chunk-size at a time, so memory stays bounded on large folders.
+
+Exit codes: 0 ok; 1 --strict and at least one image failed; 2 usage error (bad
+argument, path not found, no images, empty query, bad LYCHEE_* variable);
+3 the model could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from . import ranking
+from .images import IMAGE_EXTENSIONS, is_image_path
+from .limits import Limits
+from .presets import PRESETS, Preset
+from .ranking import ScoredImage
+
+if TYPE_CHECKING:
+    from .reranker import LycheeReranker
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_IMAGES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+
+DEFAULT_CHUNK_SIZE = 32
+EMPTY_SLOT = "—"
+FORMATS = ("md", "json", "csv")
+CSV_COLUMNS = ("status", "rank", "index", "source", "score", "raw_score", "tied", "raw_output", "error")
+
+_FROM_PRESET: Any = object()  # argparse default: "not given", the preset (if any) decides
+
+
+class UsageError(ValueError):
+    """A problem with the command line or its inputs, found before any scoring."""
+
+    exit_code = EXIT_USAGE
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do."""
+
+    exit_code = EXIT_MODEL
+
+
+# --- finding the images -------------------------------------------------------------------
+
+def _unreadable(error: OSError) -> None:
+    log.warning("skipped %s: %s", error.filename, error.strerror)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every non-hidden file under ``folder``, depth first, sorted by name at each level;
+    folders that cannot be listed are reported and skipped."""
+    for root, dirs, files in os.walk(folder, onerror=_unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (Path(root, name) for name in sorted(files) if not name.startswith("."))
+
+
+def collect_images(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[str]]:
+    """``(images, skipped)``: image files in the order given (folders walked), and the
+    files left out because their extension is not an image one.
+
+    Raises :class:`UsageError` for a path that does not exist.
+    """
+    images: list[str] = []
+    skipped: list[str] = []
+    for given in map(Path, paths):
+        if not given.exists():
+            raise UsageError(f"no such file or folder: {str(given)!r}")
+        for path in _walk(given) if given.is_dir() else [given]:
+            (images if is_image_path(path) else skipped).append(str(path))
+    return images, skipped
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+def score_in_chunks(reranker: LycheeReranker, query: str, paths: Sequence[str], *,
+                    chunk_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+                    **score_options: Any) -> list[ScoredImage]:
+    """Score ``paths`` ``chunk_size`` at a time (at most that many decoded images in memory;
+    default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come back
+    in input order with their position in ``paths`` as ``index``."""
+    chunk_size = chunk_size or min(DEFAULT_CHUNK_SIZE, reranker.limits.max_images)
+    records: list[ScoredImage] = []
+    for start in range(0, len(paths), chunk_size):
+        chunk = paths[start:start + chunk_size]
+        chunk_progress = None if progress is None else (
+            lambda done, _, start=start: progress(start + done, len(paths)))
+        records += reranker.score(query, chunk, labels=chunk, start=start, progress=chunk_progress,
+                                  **score_options)
+    return records
+
+
+# --- the report ---------------------------------------------------------------------------
+
+def build_report(query: str, records: Sequence[ScoredImage], *, preset: Preset | None = None,
+                 score_threshold: float | None = None, top_k: int | None = None, normalize: bool = False,
+                 tie_epsilon: float = 0.05, instruction: str | None = None,
+                 skipped: Sequence[str] = (), model: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON document of a run; the Markdown and CSV formats are views of it.
+
+    Every input appears exactly once: in ``results`` (ranked, best first), ``filtered_out``
+    (below the threshold or beyond ``top_k``), ``errors`` (failed to load or score) or
+    ``skipped`` (not an image file).
+    """
+    results, left_out = ranking.split(records, score_threshold=score_threshold, top_k=top_k,
+                                      normalize=normalize, tie_epsilon=tie_epsilon)
+    ranked = [r for r in results if r.error is None]  # failures sink last, so ranks stay 1..n
+    filtered_out = [r for r in left_out if r.error is None]
+    errors = [r for r in results + left_out if r.error is not None]
+    return {
+        "query": query,
+        "preset": preset.name if preset else None,
+        "settings": {"score_threshold": score_threshold, "top_k": top_k, "normalize": normalize,
+                     "tie_epsilon": tie_epsilon, "instruction": instruction},
+        "model": model or {},
+        "counts": {"images": len(records), "ranked": len(ranked), "filtered_out": len(filtered_out),
+                   "failed": len(errors), "skipped": len(skipped)},
+        "slots": top_k if preset is not None and preset.fixed_length else None,
+        "winner_strength": ranking.winner_strength(ranked + filtered_out),
+        "results": [r.to_dict() for r in ranked],
+        "filtered_out": [r.to_dict() for r in filtered_out],
+        "errors": [{"index": r.index, "source": r.source, "error": r.error}
+                   for r in sorted(errors, key=lambda r: r.index)],
+        "skipped": list(skipped),
+    }
+
+
+def _slots(report: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """The results, padded with ``None`` up to ``slots`` for fixed-length reports."""
+    results = report["results"]
+    return results + [None] * max(0, (report["slots"] or 0) - len(results))
+
+
+def render_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+
+
+def render_csv(report: dict[str, Any]) -> str:
+    """One row per input (ranked, empty slot, filtered, failed, skipped), ``CSV_COLUMNS``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for rank, result in enumerate(_slots(report), start=1):
+        writer.writerow({"status": "ranked", **result} if result else
+                        {"status": "empty", "rank": rank, "source": EMPTY_SLOT})
+    writer.writerows({"status": "filtered_out", **r} for r in report["filtered_out"])
+    writer.writerows({"status": "failed", **r} for r in report["errors"])
+    writer.writerows({"status": "skipped", "source": path} for path in report["skipped"])
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _settings_line(report: dict[str, Any]) -> str:
+    settings, counts = report["settings"], report["counts"]
+    threshold, top_k = settings["score_threshold"], settings["top_k"]
+    parts = [f"preset `{report['preset']}`"] if report["preset"] else []
+    parts.append("no threshold" if threshold is None else f"threshold {threshold:g}")
+    parts.append("all results" if top_k is None else f"top {top_k}")
+    if settings["normalize"]:
+        parts.append("normalised")
+    parts.append(f"{counts['images']} images, {counts['failed']} failed, {counts['skipped']} files skipped")
+    return " · ".join(parts)
+
+
+def render_markdown(report: dict[str, Any], *, title: str = "Image ranking") -> str:
+    """A short human report: the ranked table, failures and skipped files; filtered-out
+    images are only counted (the JSON and CSV formats list every score)."""
+    lines = [f"# {title}", "", f"**Query:** {_cell(report['query'])}", "", _settings_line(report), "",
+             "| rank | image | score | raw score |", "|---:|---|---:|---:|"]
+    for rank, result in enumerate(_slots(report), start=1):
+        if result is None:
+            lines.append(f"| {rank} | {EMPTY_SLOT} | | |")
+        else:
+            mark = "≈ " if result["tied"] else ""
+            lines.append(f"| {rank} | {_cell(result['source'])} | {mark}{result['score']:.2f} "
+                         f"| {result['raw_score']:.2f} |")
+    if not report["results"] and not report["slots"]:
+        lines.append(f"| {EMPTY_SLOT} | no image passed | | |")
+    if report["filtered_out"]:
+        lines += ["", f"{len(report['filtered_out'])} more images scored below the threshold or beyond top_k."]
+    if report["errors"]:
+        lines += ["", f"## Failed ({len(report['errors'])})", "", "| image | error |", "|---|---|"]
+        lines += [f"| {_cell(e['source'])} | {_cell(e['error'])} |" for e in report["errors"]]
+    if report["skipped"]:
+        lines += ["", f"## Skipped, not image files ({len(report['skipped'])})", ""]
+        lines += [f"- {_cell(path)}" for path in report["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "md": render_markdown, "json": render_json, "csv": render_csv,
+}
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` by way of a temporary file, so a reader never sees half a report."""
+    target = Path(path)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent or ".", prefix=f".{target.name}.",
+                                     delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, target)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+def _threshold(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 10.0):
+        raise argparse.ArgumentTypeError(f"must be from 0 to 10 (or 'none'), got {text!r}")
+    return value
+
+
+def _top_k(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    return _positive_int(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _tie_epsilon(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lychee", description="Rerank images with lychee-rerank-mm.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rank = commands.add_parser(
+        "rank", help="rank image files and folders against a query",
+        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    rank.add_argument("query", help="what the image should show (Chinese, English or mixed)")
+    rank.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (walked recursively)")
+    rank.add_argument("--preset", choices=list(PRESETS), help="defaults for threshold and top-k")
+    rank.add_argument("--threshold", type=_threshold, default=_FROM_PRESET, metavar="X",
+                      help="keep scores >= X (0-10), or 'none' (default: the preset's, else none)")
+    rank.add_argument("--top-k", type=_top_k, default=_FROM_PRESET, metavar="K",
+                      help="keep the best K, or 'all' (default: the preset's, else all)")
+    rank.add_argument("--format", choices=FORMATS,
+                      help="report format (default: from the --output suffix, else md)")
+    rank.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
+    rank.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
+    rank.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
+    rank.add_argument("--instruction", help="task instruction for the model (default: the protocol's)")
+    rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
+    rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=0.05, metavar="E",
+                      help="scores closer than E are ties (default 0.05)")
+    rank.add_argument("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
+    rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    rank.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    rank.add_argument("--batch-size", type=_positive_int, metavar="N",
+                      help="pairs per forward pass (default: from free GPU memory on CUDA, else 8)")
+    rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
+                      help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; "
+                           "bounds memory)")
+    return parser
+
+
+def resolve_selection(preset: Preset | None, score_threshold: Any = _FROM_PRESET,
+                      top_k: Any = _FROM_PRESET) -> tuple[float | None, int | None]:
+    """Threshold and top_k: explicit values win over the preset's; without either, keep all."""
+    if score_threshold is _FROM_PRESET:
+        score_threshold = preset.score_threshold if preset else None
+    if top_k is _FROM_PRESET:
+        top_k = preset.top_k if preset else None
+    ranking.validate_selection(score_threshold, top_k)
+    return score_threshold, top_k
+
+
+def load_reranker(model: str | None, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
+                  limits: Limits | None = None) -> LycheeReranker:
+    """The reranker, or :class:`ModelLoadError` saying what to do when it cannot be loaded."""
+    from .reranker import LycheeReranker, default_model
+
+    try:
+        return LycheeReranker(model, device=device, dtype=dtype, batch_size=batch_size, limits=limits)
+    except Exception as exc:  # noqa: BLE001 - hub, disk, device and format errors all end the same way
+        raise ModelLoadError(f"could not load the model {model or default_model()!r}: {exc}\n"
+                             "Point --model or LYCHEE_MODEL at a local checkpoint directory, or check "
+                             "--device/--dtype.") from exc
+
+
+class _TqdmHandler(logging.Handler):
+    """Log records to stderr without tearing the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+@contextmanager
+def _console(quiet: bool) -> Iterator[None]:
+    """Route the library's warnings (per-image failures, query truncation) to stderr."""
+    logger = logging.getLogger("lychee")
+    handler = logging.NullHandler() if quiet else _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def _output_format(args: argparse.Namespace) -> str:
+    if args.format:
+        return args.format
+    suffix = Path(args.output).suffix.lower().lstrip(".") if args.output else ""
+    return suffix if suffix in FORMATS else "md"
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from .reranker import clean_query  # imports torch: only once the arguments are known good
+
+    try:
+        limits = Limits.from_env()
+        query = clean_query(args.query, limits.max_query_chars)
+        preset = PRESETS[args.preset] if args.preset else None
+        score_threshold, top_k = resolve_selection(preset, args.threshold, args.top_k)
+        if args.chunk_size and args.chunk_size > limits.max_images:
+            raise UsageError(f"--chunk-size {args.chunk_size} is above the limit of {limits.max_images} "
+                             "images per request (LYCHEE_MAX_IMAGES)")
+        if args.output and not Path(args.output).parent.is_dir():
+            raise UsageError(f"cannot write {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
+        paths, skipped = collect_images(args.paths)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for path in skipped:
+        log.warning("skipped %s: not an image file", path)
+    if not paths:
+        raise UsageError(f"no image files found in {', '.join(args.paths)} "
+                         f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+    reranker = load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                             limits=limits)
+    started = time.perf_counter()
+    with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
+        records = score_in_chunks(reranker, query, paths, chunk_size=args.chunk_size, instruction=args.instruction,
+                                  lenient_parsing=preset.lenient_parsing if preset else False,
+                                  progress=lambda done, _: bar.update(done - bar.n))
+    elapsed = time.perf_counter() - started
+    report = build_report(query, records, preset=preset, score_threshold=score_threshold, top_k=top_k,
+                          normalize=args.normalize, tie_epsilon=args.tie_epsilon, instruction=args.instruction,
+                          skipped=skipped, model=reranker.describe())
+    text = RENDERERS[_output_format(args)](report)
+    if args.output:
+        write_atomically(args.output, text)
+    else:
+        sys.stdout.write(text)
+    counts = report["counts"]
+    if not args.quiet:
+        print(f"{counts['images']} images in {elapsed:.1f} s ({counts['images'] / max(elapsed, 1e-9):.2f}/s): "
+              f"{counts['ranked']} ranked, {counts['filtered_out']} filtered out, {counts['failed']} failed, "
+              f"{counts['skipped']} skipped", file=sys.stderr)
+    return EXIT_IMAGES_FAILED if args.strict and counts["failed"] else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
+    with _console(args.quiet):
+        try:
+            return _rank(args)
+        except (UsageError, ModelLoadError) as exc:
+            print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+            return exc.exit_code

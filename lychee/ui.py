@@ -1,0 +1,363 @@
+"""The Gradio 6 web demo in a Hugging Face Space layout: :func:`build_demo` wires the page
+and the ``/rerank`` API, :func:`main` serves it.
+
+The only module that imports gradio. What a request means lives in ``lychee.ui_service``;
+what a result looks like lives in ``lychee.ui_view``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import spaces
+
+from . import ui_service
+from .images import DEFAULT_MAX_SIDE
+from .limits import Limits
+from .presets import PRESETS
+from .ranking import ScoredImage
+from .ui_service import Language, ModelSlot, RerankOutcome, RerankRequest, UserError, text
+from .ui_view import (
+    CSS,
+    filtered_gallery,
+    hints_markdown,
+    ranked_gallery,
+    raw_output_headers,
+    raw_output_rows,
+    status_line,
+    table_headers,
+    table_rows,
+    winner_card,
+)
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_LANGUAGE: Language = "en"
+DEFAULT_PRESET = "screening"
+GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one request
+THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
+# Chinese browsers get the Chinese UI on first load; the radio switches at any time.
+PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
+PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}  # UI-only events: no API, no queue
+
+
+def sample_images() -> list[str]:
+    """The bundled sample photographs (``examples/images``), if this checkout has them."""
+    folder = EXAMPLES_DIR / "images"
+    return sorted(str(p) for p in folder.glob("*.jpg")) if folder.is_dir() else []
+
+
+def example_queries() -> list[str]:
+    """Chinese, English and mixed example queries from ``examples/queries.json``."""
+    path = EXAMPLES_DIR / "queries.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [query for group in ("zh", "en", "mixed") for query in data.get(group, [])]
+
+
+def preset_choices(lang: Language) -> list[tuple[str, str]]:
+    return [(preset.label[lang], name) for name, preset in PRESETS.items()]
+
+
+def preset_description(name: str | None, lang: Language) -> str:
+    preset = PRESETS.get(name or "")
+    if preset is None:
+        return ""
+    return f"{preset.description[lang]}  \n`score_threshold={preset.score_threshold:g} · top_k={preset.top_k}`"
+
+
+def header_markdown(lang: Language) -> str:
+    return f"# {text('title', lang)}\n{text('subtitle', lang)}"
+
+
+def status_html(message: str, *, error: bool = False) -> str:
+    css_class = "lychee-status lychee-status--error" if error else "lychee-status"
+    return f'<div class="{css_class}">{html.escape(message)}</div>'
+
+
+def write_downloads(outcome: RerankOutcome, folder: Path) -> tuple[str, str]:
+    """The outcome as ``rerank.json`` and ``rerank.csv`` in a fresh folder under ``folder``."""
+    target = folder / uuid.uuid4().hex
+    target.mkdir(parents=True)
+    json_path, csv_path = target / "rerank.json", target / "rerank.csv"
+    json_path.write_text(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+    csv_path.write_text(outcome.to_csv(), encoding="utf-8-sig")  # BOM: Excel then reads Chinese names right
+    return str(json_path), str(csv_path)
+
+
+class RerankDemo:
+    """The page's components and the handlers wired to them (one instance per app)."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+        self.limits = slot.limits
+        self.downloads = tempfile.TemporaryDirectory(prefix="lychee-downloads-")  # removed at exit
+        self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
+        self.score_on_gpu = spaces.GPU(duration=self._gpu_seconds)(self._score)
+
+    # -- GPU work ---------------------------------------------------------------------------
+    def _gpu_seconds(self, request: RerankRequest) -> int:
+        seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_IMAGE * len(request.images)
+        return int(min(self.limits.request_timeout_s, seconds))
+
+    def _score(self, request: RerankRequest) -> list[ScoredImage]:
+        """Only this runs on the GPU (``spaces.GPU``; a no-op off Hugging Face Spaces)."""
+        progress = gr.Progress()
+        return self.slot.score(request, progress=lambda done, total: progress(
+            (done, total), desc="Scoring · 打分", unit="images"))
+
+    # -- layout -----------------------------------------------------------------------------
+    def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
+        """A component whose ``keys`` (argument -> UI text key) follow the language switch."""
+        component = factory(**{arg: text(key, DEFAULT_LANGUAGE) for arg, key in keys.items()}, **kwargs)
+        self.localized.append((component, keys))
+        return component
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="Lychee Rerank MM", delete_cache=(3600, 3600)) as demo:
+            self.outcome = gr.State(None)
+            with gr.Row(equal_height=True):
+                self.header = gr.Markdown(header_markdown(DEFAULT_LANGUAGE), elem_classes="lychee-header")
+                self.lang = gr.Radio([("中文", "zh"), ("English", "en")], value=DEFAULT_LANGUAGE, show_label=False,
+                                     container=False, scale=0, min_width=240, elem_id="lychee-language")
+            self.model_status = gr.Markdown(self.slot.status_line(DEFAULT_LANGUAGE),
+                                            elem_classes="lychee-model-status")
+            self.model_timer = gr.Timer(1.0)
+            with gr.Row():
+                with gr.Column(scale=5):
+                    self._build_inputs()
+                with gr.Column(scale=7):
+                    self._build_results()
+            self._build_api()
+            self._wire(demo)
+        demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
+        return demo
+
+    def _build_inputs(self) -> None:
+        tr = self.tr
+        self.images = tr(gr.Gallery, {"label": "images_label"}, type="filepath", file_types=["image"],
+                         interactive=True, columns=4, height=300, object_fit="cover", elem_id="lychee-images")
+        self.samples = sample_images()
+        self.sample_button = tr(gr.Button, {"value": "sample_button"}, size="sm", visible=bool(self.samples))
+        self.query_keys = {"label": "query_label", "placeholder": "query_placeholder"}
+        self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, elem_id="lychee-query")
+        self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
+        queries = example_queries()
+        self.examples = gr.Examples([[q] for q in queries], inputs=[self.query], examples_per_page=9,
+                                    label=text("examples_label", DEFAULT_LANGUAGE)) if queries else None
+        preset = PRESETS[DEFAULT_PRESET]
+        self.preset = gr.Dropdown(preset_choices(DEFAULT_LANGUAGE), value=DEFAULT_PRESET,
+                                  label=text("preset_label", DEFAULT_LANGUAGE))
+        self.preset_info = gr.Markdown(preset_description(DEFAULT_PRESET, DEFAULT_LANGUAGE))
+        self.threshold = tr(gr.Slider, {"label": "threshold_label", "info": "threshold_info"}, minimum=0,
+                            maximum=10, step=0.1, value=preset.score_threshold, elem_id="lychee-threshold")
+        top_k_max = max(self.limits.max_images, *(p.top_k for p in PRESETS.values()))
+        self.top_k = tr(gr.Slider, {"label": "top_k_label", "info": "top_k_info"}, minimum=0, maximum=top_k_max,
+                        step=1, value=preset.top_k)
+        with tr(gr.Accordion, {"label": "advanced_label"}, open=False):
+            self.instruction = tr(gr.Textbox, {"label": "instruction_label", "info": "instruction_info"})
+            self.normalize = tr(gr.Checkbox, {"label": "normalize_label"}, value=False)
+            with gr.Row():
+                self.tie_epsilon = tr(gr.Slider, {"label": "tie_epsilon_label", "info": "tie_epsilon_info"},
+                                      minimum=0, maximum=1, step=0.01, value=0.05)
+                self.max_side = tr(gr.Slider, {"label": "max_side_label", "info": "max_side_info"},
+                                   minimum=256, maximum=DEFAULT_MAX_SIDE, step=64, value=DEFAULT_MAX_SIDE)
+        self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", size="lg", elem_id="lychee-run")
+
+    def _build_results(self) -> None:
+        self.status = gr.HTML(status_html(text("status_idle", DEFAULT_LANGUAGE)), elem_id="lychee-status")
+        self.winner = gr.HTML(elem_id="lychee-winner")
+        self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, object_fit="cover",
+                              interactive=False, elem_id="lychee-ranked", elem_classes="lychee-ranked")
+        self.table = self.tr(gr.Dataframe, {"label": "table_label"}, headers=table_headers(DEFAULT_LANGUAGE),
+                             interactive=False, wrap=True, elem_id="lychee-table")
+        with gr.Accordion(text("filtered_label", DEFAULT_LANGUAGE, count=0), open=False) as self.filtered_box:
+            self.filtered = gr.Gallery(columns=5, height="auto", object_fit="cover", interactive=False,
+                                       show_label=False, elem_id="lychee-filtered")
+        with gr.Accordion(text("raw_label", DEFAULT_LANGUAGE), open=False) as self.raw_box:
+            self.raw_table = gr.Dataframe(headers=raw_output_headers(DEFAULT_LANGUAGE), interactive=False,
+                                          wrap=True, show_label=False)
+        with gr.Row():
+            self.json_file = self.tr(gr.DownloadButton, {"label": "json_button"}, visible=False, size="sm")
+            self.csv_file = self.tr(gr.DownloadButton, {"label": "csv_button"}, visible=False, size="sm")
+        self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
+                        self.raw_box, self.raw_table]
+
+    def _build_api(self) -> None:
+        """The ``/rerank`` endpoint's inputs and output: plain types, not shown on the page."""
+        with gr.Column(visible=False):
+            self.api_inputs = [
+                gr.Textbox(label="query"),
+                gr.File(file_count="multiple", label="images"),
+                gr.Textbox("", label="preset"),
+                gr.Number(None, label="score_threshold"),
+                gr.Number(None, precision=0, label="top_k"),
+                gr.Textbox("", label="instruction"),
+                gr.Checkbox(False, label="normalize"),
+                gr.Number(0.05, label="tie_epsilon"),
+                gr.Number(DEFAULT_MAX_SIDE, precision=0, label="max_side"),
+            ]
+            self.api_output = gr.JSON(label="result")
+
+    def _wire(self, demo: gr.Blocks) -> None:
+        run_inputs = [self.lang, self.query, self.images, self.preset, self.threshold, self.top_k,
+                      self.instruction, self.normalize, self.tie_epsilon, self.max_side]
+        # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
+        gr.on([self.run_button.click, self.query.submit], self.run, inputs=run_inputs,
+              outputs=[self.outcome, *self.results, self.json_file, self.csv_file],
+              show_progress_on=[self.ranked, self.winner], api_visibility="private", concurrency_id="gpu")
+        gr.on([], self.rerank, inputs=self.api_inputs, outputs=[self.api_output], api_name="rerank",
+              concurrency_id="gpu")
+        relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
+                                                        self.preset_info]
+        if self.examples is not None:
+            relabelled.append(self.examples.dataset)
+            # gr.Examples restores the query box's build-time label; put the current language back.
+            self.examples.load_input_event.then(lambda lang: localize(self.query_keys, lang), inputs=[self.lang],
+                                                outputs=[self.query], **PRIVATE)
+        self.lang.change(self.relabel, inputs=[self.lang, self.outcome, self.query, self.preset],
+                         outputs=relabelled + self.results, **PRIVATE)
+        self.query.change(show_hints, inputs=[self.query, self.lang], outputs=[self.hints], show_progress="hidden",
+                          **PRIVATE)
+        self.preset.input(apply_preset, inputs=[self.preset, self.lang],
+                          outputs=[self.threshold, self.top_k, self.preset_info, self.raw_box], **PRIVATE)
+        self.sample_button.click(lambda: self.samples, outputs=[self.images], **PRIVATE)
+        gr.on([demo.load, self.model_timer.tick], self.poll_model, inputs=[self.lang],
+              outputs=[self.model_status, self.model_timer], show_progress="hidden", **PRIVATE)
+        demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
+
+    # -- handlers ---------------------------------------------------------------------------
+    def render(self, outcome: RerankOutcome | None, lang: Language, *, error: str | None = None,
+               raw_open: bool | None = None) -> list[Any]:
+        """Updates for ``self.results``: an outcome, an ``error`` line, or the idle page."""
+        raw_box = {"label": text("raw_label", lang)} | ({} if raw_open is None else {"open": raw_open})
+        if outcome is None:
+            line = status_html(error, error=True) if error else status_html(text("status_idle", lang))
+            return [line, "", gr.update(value=[], elem_classes=["lychee-ranked"]),
+                    {"headers": table_headers(lang), "data": []},
+                    gr.update(label=text("filtered_label", lang, count=0)), [], gr.update(**raw_box),
+                    {"headers": raw_output_headers(lang), "data": []}]
+        strength = outcome.winner_strength or "alone"
+        return [status_html(status_line(outcome, lang)), winner_card(outcome, lang),
+                gr.update(value=ranked_gallery(outcome), elem_classes=["lychee-ranked", f"lychee-ranked--{strength}"]),
+                {"headers": table_headers(lang), "data": table_rows(outcome, lang)},
+                gr.update(label=text("filtered_label", lang, count=len(outcome.filtered_out))),
+                filtered_gallery(outcome, lang), gr.update(**raw_box),
+                {"headers": raw_output_headers(lang), "data": raw_output_rows(outcome)}]
+
+    def run(self, lang: Language, query: str, gallery: list[tuple[str, str | None]] | None, preset: str | None,
+            threshold: float, top_k: float, instruction: str, normalize: bool, tie_epsilon: float, max_side: float,
+            progress: gr.Progress = gr.Progress()) -> list[Any]:  # noqa: B008 - how gradio asks for a progress bar
+        """The Run button and Enter: rerank the gallery's images and render everything."""
+        request = RerankRequest(query=query, images=[path for path, _ in gallery or []], preset=preset,
+                                score_threshold=threshold, top_k=int(top_k), instruction=instruction,
+                                normalize=normalize, tie_epsilon=tie_epsilon, max_side=int(max_side))
+        if not self.slot.settled:
+            progress(None, desc=text("progress_loading", lang))
+        try:
+            outcome = ui_service.rerank(request, self.slot, score=self.score_on_gpu)
+        except UserError as exc:
+            gr.Warning(exc.text(lang))
+            hidden = gr.update(visible=False)
+            return [None, *self.render(None, lang, error=exc.text(lang)), hidden, hidden]
+        json_path, csv_path = write_downloads(outcome, Path(self.downloads.name))
+        chosen = PRESETS.get(outcome.request.preset or "")
+        return [outcome, *self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded)),
+                gr.update(value=json_path, visible=True), gr.update(value=csv_path, visible=True)]
+
+    def rerank(self, query: str, images: list[str] | None, preset: str = "", score_threshold: float | None = None,
+               top_k: int | None = None, instruction: str = "", normalize: bool = False, tie_epsilon: float = 0.05,
+               max_side: int = DEFAULT_MAX_SIDE) -> dict[str, Any]:
+        """Score candidate images against a text query with lychee-rerank-mm and rank them.
+
+        Returns JSON with schema_version 1: "results" (best first; each has rank, index,
+        source, score 0-10, raw_score, tied, raw_output, error), "filtered_out" (scored
+        images below score_threshold or beyond top_k, each with a "reason"), "errors"
+        (images that could not be read or scored), "winner_strength", "counts", "model",
+        "settings", "elapsed_s" and "images_per_s".
+
+        Args:
+            query: What the image should show, in Chinese, English or both (e.g. "一只black cat坐在red sofa上").
+            images: The candidate image files (JPEG, PNG, WebP, ...); each file name becomes its "source".
+            preset: Optional scenario preset supplying defaults: screening, precise, mixed_language or pipeline.
+            score_threshold: Keep images scoring at least this (0-10); empty = the preset's value, or keep all.
+            top_k: Keep at most this many images after the threshold; empty = the preset's value; 0 = all.
+            instruction: Optional task instruction for the model; empty = the model's default.
+            normalize: Min-max normalise the scores within this batch onto 0-10 before the threshold.
+            tie_epsilon: Scores closer than this are tied (marked "tied": true).
+            max_side: Longest image side in pixels before scoring (64-4096); smaller is faster.
+        """
+        request = RerankRequest(query=query, images=list(images or []), preset=preset or None,
+                                score_threshold=score_threshold, top_k=top_k, instruction=instruction,
+                                normalize=normalize, tie_epsilon=tie_epsilon, max_side=max_side)
+        try:
+            return ui_service.rerank(request, self.slot, score=self.score_on_gpu).to_dict()
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None) -> list[Any]:
+        """The language switch: every label, hint and message, and the last result, in ``lang``."""
+        updates = [localize(keys, lang) for _, keys in self.localized]
+        updates += [header_markdown(lang), self.slot.status_line(lang), show_hints(query, lang),
+                    gr.update(label=text("preset_label", lang), choices=preset_choices(lang), value=preset),
+                    preset_description(preset, lang)]
+        if self.examples is not None:
+            updates.append(gr.update(label=text("examples_label", lang)))
+        return updates + self.render(outcome, lang)
+
+    def poll_model(self, lang: Language) -> list[Any]:
+        """The model line, refreshed until loading has finished."""
+        self.slot.start_loading()
+        return [self.slot.status_line(lang), gr.Timer(active=not self.slot.settled)]
+
+
+def localize(keys: dict[str, str], lang: Language) -> dict[str, Any]:
+    return gr.update(**{arg: text(key, lang) for arg, key in keys.items()})
+
+
+def show_hints(query: str, lang: Language) -> dict[str, Any]:
+    advice = hints_markdown(query, lang)
+    return gr.update(value=advice, visible=bool(advice))
+
+
+def apply_preset(name: str | None, lang: Language) -> list[Any]:
+    """Choosing a preset fills the threshold and top_k and opens or closes the raw output."""
+    chosen = PRESETS.get(name or "")
+    if chosen is None:
+        return [gr.update(), gr.update(), "", gr.update()]
+    return [chosen.score_threshold, chosen.top_k, preset_description(name, lang),
+            gr.update(open=chosen.raw_output_expanded)]
+
+
+def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
+    """The Blocks app, its queue bounded by ``slot.limits``; serve it with
+    ``demo.launch(**launch_options(slot.limits))``."""
+    return RerankDemo(slot or ModelSlot()).build()
+
+
+def launch_options(limits: Limits) -> dict[str, Any]:
+    """Keyword arguments for ``demo.launch``: theme, CSS, upload limit, sample photos, MCP.
+
+    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``).
+    ``show_error`` sends the reason for a refused request to API clients too.
+    """
+    return {"theme": THEME, "css": CSS, "max_file_size": limits.max_file_bytes, "show_error": True,
+            "allowed_paths": [str(EXAMPLES_DIR / "images")],
+            "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
+
+
+def main() -> None:
+    """Serve the demo: start loading the model in the background, then launch at once."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    slot = ModelSlot()
+    slot.start_loading()
+    build_demo(slot).launch(**launch_options(slot.limits))

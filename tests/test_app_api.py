@@ -1,0 +1,146 @@
+"""The ``/rerank`` queue API of the launched web demo, driven by a real ``gradio_client``.
+
+The app runs on the tiny random checkpoint, so scores are meaningless: these tests check
+the schema, the ranking rules and the error handling, never which image wins.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import APP_MAX_IMAGES
+
+pytestmark = pytest.mark.timeout(120)
+
+QUERY = "一只black cat坐在red sofa上"
+RECORD_KEYS = {"rank", "index", "source", "score", "raw_score", "tied", "raw_output", "error"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def client(demo_url):
+    from gradio_client import Client
+
+    return Client(demo_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def batch(image_dir) -> list[str]:
+    """Five good images and one corrupt JPEG (the last)."""
+    return [*(str(image_dir / f"good{i}.png") for i in range(5)), str(image_dir / "corrupt.jpg")]
+
+
+def call(client, images: list[str], **kwargs) -> dict:
+    from gradio_client import handle_file
+
+    kwargs.setdefault("query", QUERY)
+    return client.predict(images=[handle_file(p) for p in images], api_name="/rerank", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def everything(client, batch) -> dict:
+    """One call that keeps every image (no threshold, no top_k)."""
+    return call(client, batch)
+
+
+def test_rerank_is_the_only_public_endpoint(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == {"/rerank"} and not api["unnamed_endpoints"]
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/rerank"]["parameters"]]
+    assert names == ["query", "images", "preset", "score_threshold", "top_k", "instruction", "normalize",
+                     "tie_epsilon", "max_side"]
+
+
+def test_result_follows_the_documented_schema(everything):
+    assert everything["schema_version"] == 1
+    assert everything["query"] == QUERY
+    assert set(everything["settings"]) == {"score_threshold", "top_k", "instruction", "normalize", "tie_epsilon",
+                                           "max_side"}
+    assert everything["model"]["device"] == "cpu" and everything["model"]["dtype"] == "fp32"
+    assert everything["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1}
+    assert everything["winner_strength"] in ("close", "clear", "dominant")
+    assert everything["elapsed_s"] > 0 and everything["images_per_s"] > 0
+    for record in everything["results"] + everything["errors"]:
+        assert set(record) == RECORD_KEYS
+        assert isinstance(record["score"], float) and isinstance(record["tied"], bool)
+
+
+def test_sources_are_the_uploaded_file_names(everything):
+    names = {r["source"] for r in everything["results"] + everything["errors"]}
+    assert names == {"good0.png", "good1.png", "good2.png", "good3.png", "good4.png", "corrupt.jpg"}
+
+
+def test_results_are_best_first_and_ties_keep_input_order(everything):
+    results = everything["results"]
+    assert [r["rank"] for r in results] == list(range(1, len(results) + 1))
+    for upper, lower in zip(results, results[1:]):
+        if upper["score"] < lower["score"]:  # only inside a tie group, where input order decides
+            assert upper["tied"] and lower["tied"] and upper["index"] < lower["index"]
+
+
+def test_corrupt_image_is_an_error_record_and_the_rest_are_ranked(everything):
+    (error,) = everything["errors"]
+    assert error["source"] == "corrupt.jpg" and error["score"] == 0.0
+    assert error["error"].startswith("image 6 'corrupt.jpg': not a readable image")
+    assert error["rank"] == 6
+    assert all(r["error"] is None for r in everything["results"])
+
+
+def test_threshold_and_top_k_select_the_best_passing_images(client, batch, everything):
+    scores = sorted((r["score"] for r in everything["results"]), reverse=True)
+    threshold = scores[3]  # four images pass
+    data = call(client, batch, score_threshold=threshold, top_k=2)
+    assert data["settings"]["score_threshold"] == threshold and data["settings"]["top_k"] == 2
+    assert len(data["results"]) == 2
+    assert all(r["score"] >= threshold for r in data["results"])
+    reasons = sorted(r["reason"] for r in data["filtered_out"])
+    assert reasons == ["below_threshold", "beyond_top_k", "beyond_top_k"]
+    assert [r["rank"] for r in data["results"] + data["filtered_out"] + data["errors"]] == list(range(1, 7))
+
+
+def test_a_preset_supplies_threshold_and_top_k(client, batch):
+    data = call(client, batch, preset="precise")
+    assert data["preset"] == "precise"
+    assert data["settings"]["score_threshold"] == 8.0 and data["settings"]["top_k"] == 1
+    assert len(data["results"]) <= 1
+
+
+def test_too_many_images_is_a_clear_error(client, image_dir):
+    from gradio_client.exceptions import AppError
+
+    images = [str(image_dir / f"good{i % 6}.png") for i in range(APP_MAX_IMAGES + 1)]
+    with pytest.raises(AppError, match=f"at most {APP_MAX_IMAGES} images per request \\(LYCHEE_MAX_IMAGES\\)"):
+        call(client, images)
+
+
+def test_empty_query_is_a_clear_error(client, batch):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="the query is empty"):
+        call(client, batch, query="   ")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"preset": "fastest"}, "unknown preset 'fastest'"),
+    ({"score_threshold": 11}, "score_threshold must be a number from 0 to 10"),
+    ({"top_k": -1}, "top_k must be a whole number >= 0"),
+])
+def test_bad_settings_are_clear_errors(client, batch, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        call(client, batch, **kwargs)
+
+
+def test_example_client_script_prints_the_ranked_table(demo_url, batch):
+    script = ROOT / "examples" / "api_client.py"
+    done = subprocess.run([sys.executable, str(script), "--url", demo_url, "--top-k", "3", QUERY, *batch],
+                          capture_output=True, text=True, timeout=60, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "image"]
+    assert lines[1].startswith("#1 ")
+    assert "corrupt.jpg" in done.stdout and "not a readable image" in done.stdout

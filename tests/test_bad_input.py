@@ -1,0 +1,223 @@
+"""Bad input through the public API: each case gets a specific message, nothing crashes,
+and one bad image never costs the other images their results (SPEC §5.6, §7)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+
+import pytest
+from PIL import Image
+
+from lychee import LycheeReranker
+from lychee.limits import LimitExceeded, Limits
+
+from .conftest import make_image
+from .test_images import animation, encode, png_header_only
+
+QUERY = "a red square on a white background"
+
+
+@pytest.fixture(scope="module")
+def strict_reranker(tiny_checkpoint):
+    """The tiny model with small limits, so each limit is cheap to hit."""
+    limits = Limits(max_images=4, max_file_bytes=20_000, max_image_pixels=1_000_000, max_query_chars=50)
+    return LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32", batch_size=4, limits=limits)
+
+
+def odd(mode: str, fmt: str, **options) -> bytes:
+    return encode(Image.new(mode, (40, 30)), fmt, **options)
+
+
+GOOD = make_image(48, 40, (200, 30, 30))
+JPEG = make_image(200, 150, (90, 60, 30), "JPEG")
+PNG = make_image(200, 150, (90, 60, 30), "PNG")
+NOISE = encode(Image.frombytes("RGB", (100, 100), random.Random(0).randbytes(30_000)), "PNG")  # ~30 kB
+BROKEN = {
+    "corrupt JPEG": (JPEG[:20] + b"\0" * 200 + JPEG[220:], "not a readable image (damaged JPEG header)"),
+    "corrupt PNG": (PNG[:8] + b"\0" * 100 + PNG[108:], "not a readable image (damaged PNG header)"),
+    "truncated JPEG": (JPEG[: len(JPEG) // 2], "truncated JPEG"),
+    "truncated PNG": (PNG[: len(PNG) // 2], "truncated PNG"),
+    "zero-byte file": (b"", "empty file (0 bytes)"),
+    "text named .jpg": (b"GIF? no: plain text\n", "unknown format, or not an image"),
+    "decompression bomb": (png_header_only(20_000, 20_000), "LYCHEE_MAX_IMAGE_PIXELS"),
+    "file above the size limit": (NOISE, "above the limit of 20,000 bytes (LYCHEE_MAX_FILE_BYTES)"),
+}
+ODD_BUT_VALID = {
+    "animated GIF": animation("GIF"),
+    "animated WebP": animation("WEBP"),
+    "CMYK JPEG": odd("CMYK", "JPEG"),
+    "16-bit PNG": odd("I;16", "PNG"),
+    "palette PNG with transparency": odd("P", "PNG", transparency=0),
+    "RGBA PNG": odd("RGBA", "PNG"),
+    "LA PNG": odd("LA", "PNG"),
+    "1x1 image": make_image(1, 1, (10, 20, 30)),
+    "1x1000 image": make_image(1, 1000, (10, 20, 30)),
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_a_broken_image_gets_its_own_error_and_the_others_are_still_scored(strict_reranker, kind, caplog):
+    data, message = BROKEN[kind]
+    with caplog.at_level(logging.WARNING):
+        records = strict_reranker.score(QUERY, [GOOD, data, GOOD], labels=["a.png", "bad.jpg", "c.png"])
+    assert [r.error is None for r in records] == [True, False, True]
+    assert records[1].error.startswith("image 2 'bad.jpg': ") and message in records[1].error
+    assert records[1].raw_score == 0.0
+    assert records[0].raw_score == pytest.approx(records[2].raw_score, abs=1e-6) and records[0].raw_score > 0
+    assert "bad.jpg" in caplog.text
+
+
+def test_every_broken_kind_at_once_sinks_below_the_good_image(strict_reranker):
+    results = strict_reranker.rerank(QUERY, [data for data, _ in list(BROKEN.values())[:3]] + [GOOD])
+    assert results[0].index == 3 and results[0].error is None
+    assert all(r.error and r.score == 0.0 for r in results[1:])
+
+
+@pytest.mark.parametrize("kind", ODD_BUT_VALID)
+def test_odd_but_valid_images_are_scored(tiny_reranker, kind):
+    [record] = tiny_reranker.score(QUERY, [ODD_BUT_VALID[kind]])
+    assert record.error is None and 0.0 <= record.raw_score <= 10.0
+
+
+def test_an_extreme_aspect_ratio_does_not_break_the_batch(tiny_reranker):
+    """Qwen2-VL's processor refuses ratios past 200:1; the loader pads them first."""
+    records = tiny_reranker.score(QUERY, [Image.new("RGB", (2, 900)), GOOD])
+    assert [r.error for r in records] == [None, None]
+
+
+def test_a_very_long_query_is_truncated_with_a_warning(strict_reranker, caplog):
+    with caplog.at_level(logging.WARNING):
+        long_query = strict_reranker.score("red " * 100, [GOOD])
+    short_query = strict_reranker.score(("red " * 100)[:50].strip(), [GOOD])
+    assert long_query[0].raw_score == pytest.approx(short_query[0].raw_score, abs=1e-6)
+    assert "query of 399 characters truncated to 50" in caplog.text
+
+
+def test_more_images_than_the_limit_are_refused_naming_the_limit(strict_reranker):
+    with pytest.raises(LimitExceeded, match=r"5 images in one request, above the limit of 4 \(LYCHEE_MAX_IMAGES\)"):
+        strict_reranker.rerank(QUERY, [GOOD] * 5)
+    assert len(strict_reranker.rerank(QUERY, [GOOD] * 4)) == 4
+
+
+@pytest.mark.parametrize(("argument", "value"), [
+    ("score_threshold", float("nan")), ("score_threshold", -1.0), ("score_threshold", 10.5),
+    ("score_threshold", "7"), ("top_k", 0), ("top_k", -2), ("top_k", 2.5), ("top_k", "3"),
+    ("tie_epsilon", float("nan")), ("tie_epsilon", -0.1),
+])
+def test_bad_selection_arguments_are_rejected_with_their_name(tiny_reranker, argument, value):
+    with pytest.raises(ValueError, match=argument):
+        tiny_reranker.rerank(QUERY, [GOOD], **{argument: value})
+
+
+def test_a_pil_image_with_no_pixels_is_an_error_not_a_crash(tiny_reranker):
+    [record] = tiny_reranker.score(QUERY, [Image.new("RGB", (0, 0))])
+    assert "image has no pixels (0x0)" in record.error
+
+
+def test_unsupported_input_types_are_errors_not_crashes(tiny_reranker):
+    records = tiny_reranker.score(QUERY, [12345, io.BytesIO(GOOD), GOOD])
+    assert "unsupported input type int" in records[0].error
+    assert "unsupported input type BytesIO" in records[1].error
+    assert records[2].error is None
+
+
+@pytest.mark.parametrize("name", ["MAX_IMAGES", "MAX_FILE_BYTES", "MAX_IMAGE_PIXELS", "QUEUE_SIZE",
+                                  "REQUEST_TIMEOUT_S"])
+def test_every_limit_is_set_by_its_environment_variable(name):
+    assert getattr(Limits.from_env({f"LYCHEE_{name}": "7"}), name.lower()) == 7
+
+
+def test_limits_default_to_safe_values():
+    assert Limits.from_env({}) == Limits()
+    assert Limits() == Limits(max_images=200, max_file_bytes=25_000_000, max_image_pixels=100_000_000,
+                              max_query_chars=1000, queue_size=16, concurrency=1, request_timeout_s=600)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "lots", ""])
+def test_a_bad_limit_variable_names_itself(value):
+    with pytest.raises(ValueError, match=f"LYCHEE_QUEUE_SIZE must be a whole number >= 1, got '{value}'"):
+        Limits.from_env({"LYCHEE_QUEUE_SIZE": value})
+
+
+# --- malformed payloads sent straight to the web demo's /rerank API (no gradio_client) -----
+
+API_ARGUMENTS = ("query", "images", "preset", "score_threshold", "top_k", "instruction", "normalize",
+                 "tie_epsilon", "max_side")
+
+
+def post_rerank(url: str, body: bytes) -> tuple[int, str, str]:
+    """``(HTTP status, SSE event, its data)`` for one raw call of ``/rerank``."""
+    import httpx
+
+    endpoint = f"{url}/gradio_api/call/rerank"
+    joined = httpx.post(endpoint, content=body, headers={"content-type": "application/json"}, timeout=30)
+    if joined.status_code != 200:
+        return joined.status_code, "", joined.text
+    stream = httpx.get(f"{endpoint}/{joined.json()['event_id']}", timeout=60).text
+    fields = dict(line.split(": ", 1) for line in stream.splitlines() if ": " in line)
+    return 200, fields.get("event", ""), fields.get("data", "")
+
+
+@pytest.fixture(scope="module")
+def api_payload(demo_url):
+    """A valid argument list for /rerank (one uploaded image), to be broken one field at a time."""
+    import httpx
+
+    uploaded = httpx.post(f"{demo_url}/gradio_api/upload", files={"files": ("a.png", GOOD)}, timeout=30).json()
+    image = {"path": uploaded[0], "meta": {"_type": "gradio.FileData"}}
+    return {"query": QUERY, "images": [image], "preset": "", "score_threshold": None, "top_k": None,
+            "instruction": "", "normalize": False, "tie_epsilon": 0.05, "max_side": 512}
+
+
+def payload(arguments: dict, **changes) -> bytes:
+    import json
+
+    return json.dumps({"data": [{**arguments, **changes}[name] for name in API_ARGUMENTS]}).encode()
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"{not json", "JSON decode error"),
+    (b"{}", "Field required"),
+    (b'{"data": "cat"}', "Input should be a valid list"),
+])
+def test_a_payload_that_is_not_an_argument_list_is_refused_by_the_api(demo_url, body, message):
+    status, _, detail = post_rerank(demo_url, body)
+    assert status == 422 and message in detail
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"query": None}, "the query is empty"),
+    ({"images": None}, "no images"),
+    ({"score_threshold": "high"}, "score_threshold must be a number from 0 to 10, got high"),
+    ({"tie_epsilon": "wide"}, "tie_epsilon must be a number"),
+    ({"preset": 3}, "unknown preset '3'"),
+    ({"max_side": 10**12}, "max image side must be a whole number from 64 to 4096"),
+])
+def test_malformed_fields_get_a_specific_bilingual_error(demo_url, api_payload, changes, message):
+    status, event, data = post_rerank(demo_url, payload(api_payload, **changes))
+    assert (status, event) == (200, "error")
+    assert message in data and " / " in data  # English / 中文
+
+
+@pytest.mark.parametrize("changes", [
+    {"images": "a.png"},                                                        # not a list of files
+    {"images": [{"foo": 1}]},                                                   # not a file record
+    {"images": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]},  # a file never uploaded
+    {"top_k": "many"},
+    {"max_side": "big"},
+])
+def test_malformed_files_and_numbers_are_refused_without_running(demo_url, api_payload, changes):
+    status, event, data = post_rerank(demo_url, payload(api_payload, **changes))
+    assert (status, event) == (200, "error") and "schema_version" not in data
+    assert data.strip() not in ("", "null")  # the reason reaches the client (show_error)
+
+
+def test_too_few_arguments_are_refused(demo_url):
+    assert post_rerank(demo_url, b'{"data": ["cat"]}')[:2] == (200, "error")
+
+
+def test_the_api_still_answers_after_malformed_payloads(demo_url, api_payload):
+    status, event, data = post_rerank(demo_url, payload(api_payload))
+    assert (status, event) == (200, "complete") and '"schema_version": 1' in data

@@ -1,0 +1,213 @@
+"""Image loading: inputs, EXIF, modes, animation, shapes, limits and every way a file can be bad."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from lychee import images
+from lychee.images import MAX_ASPECT_RATIO, ImageLoadError, is_image_path, load_image
+from lychee.limits import Limits
+
+from .conftest import make_image
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def animation(fmt: str) -> bytes:
+    """Two frames: red, then blue."""
+    frames = [Image.new("RGB", (32, 24), (255, 0, 0)), Image.new("RGB", (32, 24), (0, 0, 255))]
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG that claims ``width`` x ``height`` but holds almost no data (a bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_paths_pathlib_bytes_bytearray_and_pil_images_load_alike(tmp_path):
+    data = make_image(40, 30, (10, 120, 240))
+    (tmp_path / "x.png").write_bytes(data)
+    loaded = [load_image(s) for s in (str(tmp_path / "x.png"), tmp_path / "x.png", data, bytearray(data),
+                                      Image.open(io.BytesIO(data)))]
+    assert {(im.mode, im.size, im.tobytes()) for im in loaded} == {("RGB", (40, 30), loaded[0].tobytes())}
+
+
+def test_the_longest_side_is_bounded_and_the_aspect_kept():
+    image = load_image(make_image(400, 100, (1, 2, 3)), max_side=200)
+    assert image.size == (200, 50)
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(Image.new("RGB", (60, 20), (200, 0, 0)), "JPEG", exif=exif.tobytes())
+    assert load_image(data).size == (20, 60)
+
+
+def test_an_unreadable_exif_block_is_ignored_not_fatal(monkeypatch):
+    def broken(image):
+        raise SyntaxError("not a TIFF file")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    assert load_image(make_image(30, 20, (5, 5, 5), "JPEG")).size == (30, 20)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animated_images_give_their_first_frame(fmt):
+    image = load_image(animation(fmt))
+    red, _, blue = image.getpixel((16, 12))
+    assert image.mode == "RGB" and red > 200 and blue < 50
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [
+    ("1", "PNG"), ("L", "JPEG"), ("P", "GIF"), ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("YCbCr", "JPEG"),
+    ("LAB", "TIFF"), ("I;16", "PNG"), ("I;16B", "TIFF"), ("I", "TIFF"), ("F", "TIFF"), ("LA", "PNG"),
+    ("RGBA", "PNG"), ("RGBA", "WEBP"), ("PA", "TIFF"), ("RGBX", "TIFF"),
+])
+def test_every_mode_becomes_rgb(mode, fmt):
+    image = load_image(encode(Image.new(mode, (24, 16)), fmt))
+    assert image.mode == "RGB" and image.size == (24, 16)
+
+
+@pytest.mark.parametrize("mode", ["La", "RGBa", "HSV", "I;16L", "I;16N"])
+def test_pil_only_modes_become_rgb(mode):
+    assert load_image(Image.new(mode, (24, 16))).mode == "RGB"
+
+
+def test_16_bit_greyscale_is_scaled_into_8_bits_not_clipped():
+    image = Image.new("I;16", (2, 1))
+    image.putpixel((0, 0), 1000)
+    image.putpixel((1, 0), 500)
+    loaded = load_image(encode(image, "PNG"))
+    assert loaded.getpixel((0, 0)) == (255, 255, 255)
+    assert 120 <= loaded.getpixel((1, 0))[0] <= 135
+
+
+def test_alpha_is_composited_on_white():
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    image.putpixel((0, 0), (255, 0, 0, 255))
+    loaded = load_image(encode(image, "PNG"))
+    assert loaded.getpixel((3, 3)) == (255, 255, 255) and loaded.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_palette_transparency_is_composited_on_white():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((0, 0), 1)
+    loaded = load_image(encode(image, "PNG", transparency=0))
+    assert loaded.getpixel((3, 3)) == (255, 255, 255) and loaded.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_1x1_image_loads():
+    assert load_image(make_image(1, 1, (9, 9, 9))).size == (1, 1)
+
+
+@pytest.mark.parametrize("size", [(1, 1000), (4000, 3), (1920, 1)])
+def test_extreme_aspect_ratios_are_padded_to_what_the_model_accepts(size):
+    image = load_image(Image.new("RGB", size, (0, 0, 0)), max_side=4000)
+    assert max(image.size) / min(image.size) <= MAX_ASPECT_RATIO
+    assert max(image.size) == max(size)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, at 89 MP
+def test_a_decompression_bomb_is_refused_from_its_header():
+    with pytest.raises(ImageLoadError, match=r"10001x10000 = 100 MP, above the limit of 100 MP "
+                                             r"\(LYCHEE_MAX_IMAGE_PIXELS\)"):
+        load_image(png_header_only(10001, 10000))
+
+
+def test_a_bomb_past_pillows_own_guard_gets_the_same_kind_of_message():
+    with pytest.raises(ImageLoadError, match=r"far above the limit of 100 MP \(LYCHEE_MAX_IMAGE_PIXELS\)"):
+        load_image(png_header_only(30000, 30000))
+
+
+def test_the_pixel_limit_is_configurable():
+    with pytest.raises(ImageLoadError, match=r"40x30 = 0 MP, above the limit"):
+        load_image(make_image(40, 30, (1, 1, 1)), limits=Limits(max_image_pixels=1000))
+
+
+def test_a_file_above_the_size_limit_is_refused_with_the_limit_named(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(make_image(64, 64, (1, 2, 3)))
+    size = path.stat().st_size
+    for source in (path, path.read_bytes()):
+        with pytest.raises(ImageLoadError, match=rf"file is {size:,} bytes, above the limit of 100 bytes "
+                                                 r"\(LYCHEE_MAX_FILE_BYTES\)"):
+            load_image(source, limits=Limits(max_file_bytes=100))
+
+
+def test_a_file_above_the_size_limit_is_not_read(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(make_image(64, 64, (1, 2, 3)))
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the file was read"))
+    with pytest.raises(ImageLoadError, match="LYCHEE_MAX_FILE_BYTES"):
+        load_image(path, limits=Limits(max_file_bytes=100))
+
+
+@pytest.mark.parametrize(("fmt", "expected"), [("JPEG", "truncated JPEG"), ("PNG", "truncated PNG")])
+def test_truncated_files_say_so(fmt, expected):
+    data = make_image(200, 150, (90, 60, 30), fmt)
+    with pytest.raises(ImageLoadError, match=f"not a readable image \\({expected}\\)"):
+        load_image(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    (b"", "empty file (0 bytes)"),
+    (b"plain text, not a picture\n", "not a readable image (unknown format, or not an image)"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a readable image (damaged PNG header)"),
+    (b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 40, "not a readable image (damaged WEBP header)"),
+    (42, "unsupported input type int; give a file path, bytes or a PIL image"),
+    (None, "unsupported input type NoneType"),
+])
+def test_bad_sources_raise_image_load_error(source, message):
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(source)
+    assert message in str(caught.value)
+
+
+def test_missing_files_and_folders_are_named(tmp_path):
+    with pytest.raises(ImageLoadError, match="file not found"):
+        load_image(tmp_path / "missing.jpg")
+    with pytest.raises(ImageLoadError, match="not a file"):
+        load_image(tmp_path)
+
+
+def test_a_file_that_cannot_be_read_says_why(tmp_path, monkeypatch):
+    path = tmp_path / "locked.png"
+    path.write_bytes(make_image(8, 8, (1, 1, 1)))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ImageLoadError, match=r"cannot read the file \(Permission denied\)"):
+        load_image(path)
+
+
+def test_decoder_errors_of_any_type_become_image_load_errors(monkeypatch):
+    monkeypatch.setattr(images, "_decode", lambda image, max_side: [][1])
+    with pytest.raises(ImageLoadError, match=r"not a readable image \(PNG: list index out of range\)"):
+        load_image(make_image(8, 8, (1, 1, 1)))
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("a.jpg", True), ("B.JPEG", True), ("c.webp", True), ("d.gif", True), ("e.tif", True), ("f.png", True),
+    ("notes.txt", False), ("archive.zip", False), ("noextension", False), ("photo.jpg.txt", False),
+])
+def test_image_extensions(name, expected):
+    assert is_image_path(name) is expected

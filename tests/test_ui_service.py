@@ -1,0 +1,167 @@
+"""The web demo's logic without a browser: UI text, validation with bilingual errors, the
+process's model slot, and the JSON/CSV form of an outcome."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import string
+import time
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lychee import ui_service
+from lychee.limits import Limits
+from lychee.ranking import ScoredImage
+from lychee.ui_service import LANGUAGES, ModelSlot, RerankRequest, UserError, rerank, validate
+
+LIMITS = Limits(max_images=4)
+
+
+def request(**changes) -> RerankRequest:
+    return RerankRequest(**({"query": "一只black cat", "images": ["a.png", "b.png", "c.png"]} | changes))
+
+
+def fixed_scores(*scores: float | None):
+    """A stand-in for the GPU work: these scores in input order; None is an unreadable image."""
+    def score(req: RerankRequest) -> list[ScoredImage]:
+        records = []
+        for i, (path, value) in enumerate(zip(req.images, scores)):
+            name = Path(path).name
+            if value is None:
+                records.append(ScoredImage(i, name, 0.0, "", f"image {i + 1} '{name}': not a readable image"))
+            else:
+                records.append(ScoredImage(i, name, value, f"p(yes)={value / 10:.4f}"))
+        return records
+    return score
+
+
+@pytest.fixture(scope="module")
+def slot(tiny_checkpoint) -> ModelSlot:
+    return ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=LIMITS)
+
+
+@pytest.fixture(scope="module")
+def mixed_outcome(slot):
+    """a 9.0 (result), b 4.0 (below 5), c unreadable, d 7.0 (beyond top_k=1)."""
+    req = request(images=["a.png", "b.png", "c.png", "d.png"], score_threshold=5.0, top_k=1)
+    return rerank(req, slot, score=fixed_scores(9.0, 4.0, None, 7.0))
+
+
+def test_every_ui_text_exists_in_both_languages_with_the_same_placeholders():
+    strings = json.loads(resources.files("lychee").joinpath("data/ui_strings.json").read_text(encoding="utf-8"))
+    for key, versions in strings.items():
+        assert set(versions) == set(LANGUAGES), key
+        fields = [{name for _, name, _, _ in string.Formatter().parse(versions[lang]) if name} for lang in LANGUAGES]
+        assert fields[0] == fields[1], key
+
+
+def test_a_user_error_carries_both_languages_and_names_the_setting():
+    error = UserError("too_many_images", max_images=4, count=5)
+    assert error.text("en") == "at most 4 images per request (LYCHEE_MAX_IMAGES); got 5"
+    assert "LYCHEE_MAX_IMAGES" in error.text("zh") and "4" in error.text("zh")
+    assert str(error) == f"{error.text('en')} / {error.text('zh')}"
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"query": "  "}, "empty_query"),
+    ({"images": []}, "no_images"),
+    ({"images": ["x.png"] * 5}, "too_many_images"),
+    ({"preset": "fastest"}, "unknown_preset"),
+    ({"score_threshold": 10.5}, "bad_threshold"),
+    ({"score_threshold": float("nan")}, "bad_threshold"),
+    ({"top_k": -1}, "bad_top_k"),
+    ({"top_k": 2.5}, "bad_top_k"),
+    ({"tie_epsilon": -0.1}, "bad_tie_epsilon"),
+    ({"max_side": 10}, "bad_max_side"),
+])
+def test_bad_requests_are_refused_with_a_specific_error(changes, key):
+    with pytest.raises(UserError) as caught:
+        validate(request(**changes), LIMITS)
+    assert caught.value.key == key
+
+
+def test_a_preset_fills_only_the_settings_not_given():
+    chosen = validate(request(preset="precise", top_k=3), LIMITS)
+    assert (chosen.preset, chosen.score_threshold, chosen.top_k) == ("precise", 8.0, 3)
+
+
+def test_validation_cleans_the_request():
+    clean = validate(request(query="  cat ", preset=" ", top_k=0, instruction="  "), LIMITS)
+    assert (clean.query, clean.preset, clean.top_k, clean.instruction) == ("cat", None, None, None)
+
+
+def test_results_filtered_out_and_errors_share_one_rank_sequence(mixed_outcome):
+    data = mixed_outcome.to_dict()
+    assert [(r["source"], r["rank"]) for r in data["results"]] == [("a.png", 1)]
+    assert [(r["source"], r["rank"], r["reason"]) for r in data["filtered_out"]] == [
+        ("d.png", 2, "beyond_top_k"), ("b.png", 3, "below_threshold")]
+    assert [(r["source"], r["rank"]) for r in data["errors"]] == [("c.png", 4)]
+    assert data["counts"] == {"images": 4, "results": 1, "filtered_out": 2, "errors": 1}
+
+
+def test_the_json_form_has_the_documented_keys_and_serialises(mixed_outcome):
+    data = json.loads(json.dumps(mixed_outcome.to_dict()))
+    assert set(data) == {"schema_version", "query", "preset", "settings", "model", "counts", "winner_strength",
+                         "results", "filtered_out", "errors", "elapsed_s", "images_per_s"}
+    assert data["settings"] == {"score_threshold": 5.0, "top_k": 1, "instruction": None, "normalize": False,
+                                "tie_epsilon": 0.05, "max_side": 1920}
+    assert set(data["model"]) == {"model", "device", "dtype", "attention", "mode"}
+
+
+def test_winner_strength_compares_number_one_with_the_best_other_scored_image(mixed_outcome):
+    assert mixed_outcome.winner_strength == "clear"  # 9.0 vs 7.0 (filtered out by top_k)
+
+
+def test_winner_strength_is_none_without_results(slot):
+    outcome = rerank(request(score_threshold=9.5), slot, score=fixed_scores(9.0, 4.0, 7.0))
+    assert outcome.results == [] and outcome.winner_strength is None
+
+
+def test_csv_has_one_row_per_image_in_rank_order(mixed_outcome):
+    rows = list(csv.DictReader(io.StringIO(mixed_outcome.to_csv())))
+    assert [(r["group"], r["rank"], r["source"]) for r in rows] == [
+        ("results", "1", "a.png"), ("filtered_out", "2", "d.png"), ("filtered_out", "3", "b.png"),
+        ("errors", "4", "c.png")]
+    assert rows[2]["reason"] == "below_threshold" and "not a readable image" in rows[3]["error"]
+
+
+def test_rerank_with_the_model_ranks_good_images_and_records_a_corrupt_one(slot, image_dir):
+    images = [str(image_dir / "good0.png"), str(image_dir / "corrupt.jpg"), str(image_dir / "good1.png")]
+    outcome = rerank(RerankRequest("a red square", images), slot)
+    assert sorted(r.source for r in outcome.results) == ["good0.png", "good1.png"]
+    assert [r.source for r in outcome.errors] == ["corrupt.jpg"]
+    assert outcome.model["device"] == "cpu" and outcome.images_per_s > 0
+
+
+def test_the_model_loads_once_per_slot(slot):
+    assert slot.get() is slot.get()
+
+
+def test_the_status_line_names_model_device_and_dtype(slot):
+    slot.get()
+    line = slot.status_line("en")
+    assert slot.model in line and "cpu" in line and "fp32" in line
+
+
+def test_a_model_that_cannot_load_is_reported_with_the_fix(tmp_path):
+    missing = ModelSlot(str(tmp_path / "missing"), device="cpu")
+    with pytest.raises(UserError, match="no such directory") as caught:
+        missing.get()
+    assert caught.value.key == "model_unavailable" and "LYCHEE_MODEL=" in caught.value.text("en")
+    assert missing.status_line("zh").startswith("❌") and "LYCHEE_MODEL" in missing.status_line("zh")
+
+
+def test_scoring_past_the_request_timeout_stops_with_a_clear_error(tiny_checkpoint, image_dir, monkeypatch):
+    slow = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(request_timeout_s=1))
+    slow.get()
+    ticks = iter([0.0, 5.0])  # the deadline is set at 0 s; the first progress report comes at 5 s
+    monkeypatch.setattr(ui_service, "time", SimpleNamespace(monotonic=lambda: next(ticks),
+                                                             perf_counter=time.perf_counter))
+    with pytest.raises(UserError, match="LYCHEE_REQUEST_TIMEOUT_S") as caught:
+        slow.score(validate(RerankRequest("cat", [str(image_dir / "good0.png")]), slow.limits))
+    assert caught.value.key == "timeout"

@@ -1,0 +1,107 @@
+"""What a result looks like in the web demo: captions, table rows, the #1 card, status line
+and query hints, checked without a browser."""
+
+from __future__ import annotations
+
+from lychee.ranking import RerankResult
+from lychee.ui_service import RerankOutcome, RerankRequest
+from lychee.ui_view import (
+    caption,
+    filtered_gallery,
+    hints_markdown,
+    ranked_gallery,
+    raw_output_rows,
+    status_line,
+    table_rows,
+    winner_card,
+)
+
+MODEL = {"model": "tiny", "device": "cpu", "dtype": "fp32", "attention": "sdpa", "mode": "logit"}
+
+
+def result(rank: int, index: int, score: float, *, tied: bool = False, error: str | None = None) -> RerankResult:
+    return RerankResult(rank, index, f"img{index}.png", score, score, tied, "" if error else "p(yes)=0.5", error)
+
+
+def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, **settings) -> RerankOutcome:
+    paths = image_paths or [f"/uploads/img{i}.png" for i in range(6)]
+    req = RerankRequest("cat", paths, **settings)
+    return RerankOutcome(req, MODEL, list(results), list(filtered_out), list(errors), elapsed_s=0.5)
+
+
+def test_a_caption_shows_rank_score_and_name():
+    assert caption(result(1, 0, 9.3)) == "#1 · 9.30 · img0.png"
+
+
+def test_a_tied_caption_marks_the_score_with_approximately():
+    assert caption(result(2, 3, 9.281, tied=True)) == "#2 · ≈9.28 · img3.png"
+
+
+def test_the_ranked_gallery_pairs_each_upload_with_its_caption():
+    shown = ranked_gallery(outcome([result(1, 2, 8.0), result(2, 0, 6.0)]))
+    assert shown == [("/uploads/img2.png", "#1 · 8.00 · img2.png"), ("/uploads/img0.png", "#2 · 6.00 · img0.png")]
+
+
+def test_filtered_images_say_why_they_were_left_out():
+    done = outcome([result(1, 0, 9.0)], [result(2, 1, 8.0), result(3, 2, 3.0)], score_threshold=5.0, top_k=1)
+    assert [c for _, c in filtered_gallery(done, "en")] == [
+        "#2 · 8.00 · img1.png — beyond top_k=1", "#3 · 3.00 · img2.png — below 5"]
+    assert filtered_gallery(done, "zh")[1][1].endswith("低于门槛 5")
+
+
+def test_table_rows_list_results_then_failures_with_their_message():
+    done = outcome([result(1, 0, 9.0, tied=True), result(2, 1, 8.98, tied=True)],
+                   errors=[result(3, 2, 0.0, error="image 3 'img2.png': empty file (0 bytes)")])
+    assert table_rows(done, "en") == [
+        ["1", "img0.png", "≈9.00", "9.0000", "≈ tied"],
+        ["2", "img1.png", "≈8.98", "8.9800", "≈ tied"],
+        ["3", "img2.png", "0.00", "", "⚠ failed: image 3 'img2.png': empty file (0 bytes)"],
+    ]
+
+
+def test_a_fixed_length_preset_fills_the_table_with_empty_slots():
+    rows = table_rows(outcome([result(1, 0, 9.0)], preset="pipeline", top_k=3), "en")
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert rows[1][4].startswith("— empty slot")
+
+
+def test_raw_output_covers_every_image_in_rank_order():
+    done = outcome([result(1, 0, 9.0)], [result(2, 1, 2.0)], [result(3, 2, 0.0, error="bad")])
+    assert raw_output_rows(done) == [["1", "img0.png", "p(yes)=0.5"], ["2", "img1.png", "p(yes)=0.5"],
+                                     ["3", "img2.png", "bad"]]
+
+
+def test_the_status_line_has_counts_time_throughput_device_and_dtype():
+    line = status_line(outcome([result(1, 0, 9.0)], [result(2, 1, 2.0)], image_paths=["a", "b"]), "en")
+    assert line == "2 images · 1 ranked · 1 filtered out · 0 failed — 0.50 s · 4.0 images/s · cpu · fp32"
+
+
+def test_the_winner_card_border_follows_winner_strength(image_dir):
+    paths = [str(image_dir / "good0.png"), str(image_dir / "good1.png")]
+    dominant = winner_card(outcome([result(1, 0, 9.0)], [result(2, 1, 4.0)], image_paths=paths), "en")
+    assert 'class="lychee-winner lychee-winner--dominant"' in dominant and "data:image/jpeg;base64," in dominant
+    assert "5.00 ahead of #2" in dominant
+    close = winner_card(outcome([result(1, 0, 9.0, tied=True), result(2, 1, 8.97, tied=True)], image_paths=paths),
+                        "zh")
+    assert "lychee-winner--close" in close and "难分高下" in close
+
+
+def test_the_winner_card_escapes_file_names(image_dir):
+    named = RerankResult(1, 0, "<b>x</b>.png", 9.0, 9.0, False, "", None)
+    card = winner_card(outcome([named], image_paths=[str(image_dir / "good0.png")]), "en")
+    assert "<b>" not in card and "&lt;b&gt;x&lt;/b&gt;.png" in card
+
+
+def test_without_results_the_card_says_how_to_get_some():
+    card = winner_card(outcome([], [result(1, 0, 3.0)], score_threshold=5.0), "en")
+    assert "lychee-winner--empty" in card and "threshold of 5" in card
+
+
+def test_hints_are_empty_for_a_concrete_query():
+    assert hints_markdown("a black cat on a red sofa", "en") == ""
+
+
+def test_hints_name_the_vague_words_and_suggest_visual_cues():
+    advice = hints_markdown("非常好看、很有科技感的照片", "zh")
+    assert "「好看、科技感」" in advice and "「非常、很」" in advice and "颜色" in advice
+    assert "colour" in hints_markdown("a very nice cat", "en")

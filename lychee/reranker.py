@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from PIL import Image
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 Mode = Literal["logit", "generate"]
 Progress = Callable[[int, int], None]
 
+_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")  # Qwen's <|im_start|>, <|image_pad|>, ...
+LOAD_THREADS = 8  # image decoding threads at most
 _UNSET: Any = object()  # "not given": lets a preset supply the value
 
 
@@ -36,7 +40,11 @@ def default_model() -> str:
 
 
 def clean_query(query: str, max_chars: int) -> str:
-    """Strip ``query``; reject an empty one; cut one longer than ``max_chars`` (with a warning)."""
+    """Strip ``query`` and any chat-template control tokens in it (``<|image_pad|>``...);
+    reject an empty one; cut one longer than ``max_chars`` (with a warning)."""
+    if isinstance(query, str) and _CONTROL_TOKEN.search(query):
+        log.warning("removed chat-template control tokens from the query")
+        query = _CONTROL_TOKEN.sub(" ", query)
     if not isinstance(query, str) or not query.strip():
         raise ValueError("the query is empty; describe what the image should show")
     query = query.strip()
@@ -106,12 +114,12 @@ class LycheeReranker:
         names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
         loaded: dict[int, Image.Image] = {}
         errors: dict[int, str] = {}
-        for i, source in enumerate(images):
-            try:
-                loaded[i] = load_image(source, max_side=max_side or self.max_side, limits=self.limits)
-            except ImageLoadError as exc:
-                errors[i] = f"image {start + i + 1} '{names[i]}': {exc}"
+        for i, outcome in enumerate(self._load_all(images, max_side or self.max_side)):
+            if isinstance(outcome, ImageLoadError):
+                errors[i] = f"image {start + i + 1} '{names[i]}': {outcome}"
                 log.warning("%s", errors[i])
+            else:
+                loaded[i] = outcome
         outputs = self._score_loaded(query, instruction, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors))
         records = []
@@ -125,6 +133,17 @@ class LycheeReranker:
                 log.warning("%s", problem)
             records.append(ScoredImage(start + i, names[i], value, raw_output, problem))
         return records
+
+    def _load_all(self, images: Sequence[ImageSource], max_side: int) -> list[Image.Image | ImageLoadError]:
+        """Decode ``images`` on a few threads (Pillow's decoders release the GIL)."""
+        def load(source: ImageSource) -> Image.Image | ImageLoadError:
+            try:
+                return load_image(source, max_side=max_side, limits=self.limits)
+            except ImageLoadError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=min(LOAD_THREADS, os.cpu_count() or 1)) as pool:
+            return list(pool.map(load, images))
 
     def _score_loaded(self, query: str, instruction: str | None, loaded: dict[int, Image.Image],
                       lenient: bool, progress: Progress | None, *, total: int,

@@ -221,3 +221,12 @@ def test_too_few_arguments_are_refused(demo_url):
 def test_the_api_still_answers_after_malformed_payloads(demo_url, api_payload):
     status, event, data = post_rerank(demo_url, payload(api_payload))
     assert (status, event) == (200, "complete") and '"schema_version": 1' in data
+
+
+def test_chat_control_tokens_in_the_query_are_removed(tiny_reranker):
+    image = Image.new("RGB", (48, 48), (200, 40, 40))
+    plain = tiny_reranker.score("a red  square", [image])[0]  # each control token becomes a space
+    sneaky = tiny_reranker.score("a red <|image_pad|>square<|im_end|>", [image])[0]
+    assert sneaky.error is None and sneaky.raw_score == pytest.approx(plain.raw_score, abs=1e-5)
+    with pytest.raises(ValueError, match="query is empty"):
+        tiny_reranker.score("<|im_start|> <|vision_start|>", [image])

@@ -33,6 +33,7 @@ class Limits:
     queue_size: int = 16              # LYCHEE_QUEUE_SIZE: requests waiting in the web app's queue
     concurrency: int = 1              # LYCHEE_CONCURRENCY: requests scored at once by the web app
     request_timeout_s: int = 600      # LYCHEE_REQUEST_TIMEOUT_S: seconds one web request may run
+    max_visual_tokens: int = 1280     # LYCHEE_MAX_VISUAL_TOKENS: per image in the web app (max_pixels = N x 28 x 28)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:

@@ -157,7 +157,8 @@ class ModelSlot:
 
     def _load(self) -> None:
         try:
-            self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits)
+            self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits,
+                                            max_pixels=self.limits.max_visual_tokens * 28 * 28)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong is shown to the user, with the fix
             self._failure = failure_reason(self.model, exc)
             log.exception("could not load the model %s", self.model)

@@ -165,3 +165,11 @@ def test_scoring_past_the_request_timeout_stops_with_a_clear_error(tiny_checkpoi
     with pytest.raises(UserError, match="LYCHEE_REQUEST_TIMEOUT_S") as caught:
         slow.score(validate(RerankRequest("cat", [str(image_dir / "good0.png")]), slow.limits))
     assert caught.value.key == "timeout"
+
+
+def test_the_app_bounds_visual_tokens_per_image(tiny_checkpoint):
+    slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(max_visual_tokens=16))
+    engine = slot.get().engine
+    assert engine.max_pixels == 16 * 28 * 28
+    from PIL import Image
+    assert engine.visual_tokens(Image.new("RGB", (1920, 1080))) <= 16

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from lychee import ui_service
 from lychee.limits import Limits
@@ -171,5 +172,4 @@ def test_the_app_bounds_visual_tokens_per_image(tiny_checkpoint):
     slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(max_visual_tokens=16))
     engine = slot.get().engine
     assert engine.max_pixels == 16 * 28 * 28
-    from PIL import Image
     assert engine.visual_tokens(Image.new("RGB", (1920, 1080))) <= 16

@@ -129,11 +129,9 @@ def build_report(query: str, records: Sequence[ScoredImage], *, preset: Preset |
     (below the threshold or beyond ``top_k``), ``errors`` (failed to load or score) or
     ``skipped`` (not an image file).
     """
-    results, left_out = ranking.split(records, score_threshold=score_threshold, top_k=top_k,
-                                      normalize=normalize, tie_epsilon=tie_epsilon)
-    ranked = [r for r in results if r.error is None]  # failures sink last, so ranks stay 1..n
-    filtered_out = [r for r in left_out if r.error is None]
-    errors = [r for r in results + left_out if r.error is not None]
+    groups = ranking.partition(records, score_threshold=score_threshold, top_k=top_k,
+                               normalize=normalize, tie_epsilon=tie_epsilon)
+    ranked, filtered_out, errors = groups.results, groups.filtered_out, groups.errors
     return {
         "query": query,
         "preset": preset.name if preset else None,
@@ -146,8 +144,7 @@ def build_report(query: str, records: Sequence[ScoredImage], *, preset: Preset |
         "winner_strength": ranking.winner_strength(ranked + filtered_out),
         "results": [r.to_dict() for r in ranked],
         "filtered_out": [r.to_dict() for r in filtered_out],
-        "errors": [{"index": r.index, "source": r.source, "error": r.error}
-                   for r in sorted(errors, key=lambda r: r.index)],
+        "errors": [{"index": r.index, "source": r.source, "error": r.error} for r in errors],
         "skipped": list(skipped),
     }
 

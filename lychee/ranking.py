@@ -138,6 +138,26 @@ def rank(records: Sequence[ScoredImage], *, score_threshold: float | None = None
                  tie_epsilon=tie_epsilon)[0]
 
 
+@dataclass(frozen=True)
+class Partition:
+    """Every image in exactly one group; ranks run on from ``results`` to ``filtered_out``."""
+
+    results: list[RerankResult]       # scored images that passed, best first
+    filtered_out: list[RerankResult]  # scored images below the threshold or beyond top_k
+    errors: list[RerankResult]        # images that failed, in input order
+
+
+def partition(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
+              top_k: int | None = None, normalize: bool = False, tie_epsilon: float = 0.05) -> Partition:
+    """:func:`split`, with the failed images (which ``split`` keeps among the results when
+    there is no threshold) taken out into their own group."""
+    results, left_out = split(records, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
+                              tie_epsilon=tie_epsilon)
+    return Partition(results=[r for r in results if r.error is None],
+                     filtered_out=[r for r in left_out if r.error is None],
+                     errors=[r for r in results + left_out if r.error is not None])
+
+
 def winner_strength(ranked: Sequence[RerankResult]) -> WinnerStrength | None:
     """How decisive #1 (``ranked[0]``) is over the best of the rest: ``close`` (gap < 0.1
     or tied), ``clear``, or ``dominant`` (#1 >= 1.5 x #2). ``None`` when there is no

@@ -291,10 +291,7 @@ def rerank(request: RerankRequest, slot: ModelSlot, *,
     started = time.perf_counter()
     records = (score or slot.score)(request)
     elapsed = time.perf_counter() - started
-    results, left_out = ranking.split(records, score_threshold=request.score_threshold, top_k=request.top_k,
-                                      normalize=request.normalize, tie_epsilon=request.tie_epsilon)
-    everything = results + left_out
-    return RerankOutcome(
-        request=request, model=model, results=[x for x in results if x.error is None],
-        filtered_out=[x for x in left_out if x.error is None], errors=[x for x in everything if x.error],
-        elapsed_s=elapsed)
+    groups = ranking.partition(records, score_threshold=request.score_threshold, top_k=request.top_k,
+                               normalize=request.normalize, tie_epsilon=request.tie_epsilon)
+    return RerankOutcome(request=request, model=model, results=groups.results, filtered_out=groups.filtered_out,
+                         errors=groups.errors, elapsed_s=elapsed)

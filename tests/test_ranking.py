@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lychee.ranking import ScoredImage, normalized_scores, rank, split, tie_groups, winner_strength
+from lychee.ranking import ScoredImage, normalized_scores, partition, rank, split, tie_groups, winner_strength
 
 
 def records(*scores, errors=()):
@@ -171,3 +171,13 @@ def test_property_normalised_scores_stay_on_the_scale(raw):
     assert all(math.isfinite(s) and 0.0 <= s <= 10.0 for s in out)
     if max(raw) > min(raw):
         assert min(out) == 0.0 and max(out) == 10.0
+
+
+@given(batch, threshold, top_k, st.booleans(), epsilon)
+def test_property_partition_puts_every_image_in_one_group(items, t, k, normalize, eps):
+    groups = partition(items, score_threshold=t, top_k=k, normalize=normalize, tie_epsilon=eps)
+    results, left_out = split(items, score_threshold=t, top_k=k, normalize=normalize, tie_epsilon=eps)
+    assert groups.results == [r for r in results if r.error is None]
+    assert groups.filtered_out == [r for r in left_out if r.error is None]
+    assert [r.index for r in groups.errors] == sorted(r.index for r in items if r.error)
+    assert all(r.error for r in groups.errors)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from . import ranking
 from .images import IMAGE_EXTENSIONS, is_image_path
 from .limits import Limits
-from .presets import PRESETS, Preset
+from .presets import PRESETS, UNSET, Preset, preset_value
 from .ranking import ScoredImage
 
 if TYPE_CHECKING:
@@ -52,8 +52,6 @@ DEFAULT_CHUNK_SIZE = 32
 EMPTY_SLOT = "—"
 FORMATS = ("md", "json", "csv")
 CSV_COLUMNS = ("status", "rank", "index", "source", "score", "raw_score", "tied", "raw_output", "error")
-
-_FROM_PRESET: Any = object()  # argparse default: "not given", the preset (if any) decides
 
 
 class UsageError(ValueError):
@@ -277,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("query", help="what the image should show (Chinese, English or mixed)")
     rank.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (walked recursively)")
     rank.add_argument("--preset", choices=list(PRESETS), help="defaults for threshold and top-k")
-    rank.add_argument("--threshold", type=_threshold, default=_FROM_PRESET, metavar="X",
+    rank.add_argument("--threshold", type=_threshold, default=UNSET, metavar="X",
                       help="keep scores >= X (0-10), or 'none' (default: the preset's, else none)")
-    rank.add_argument("--top-k", type=_top_k, default=_FROM_PRESET, metavar="K",
+    rank.add_argument("--top-k", type=_top_k, default=UNSET, metavar="K",
                       help="keep the best K, or 'all' (default: the preset's, else all)")
     rank.add_argument("--format", choices=FORMATS,
                       help="report format (default: from the --output suffix, else md)")
@@ -301,13 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_selection(preset: Preset | None, score_threshold: Any = _FROM_PRESET,
-                      top_k: Any = _FROM_PRESET) -> tuple[float | None, int | None]:
+def resolve_selection(preset: Preset | None, score_threshold: Any = UNSET,
+                      top_k: Any = UNSET) -> tuple[float | None, int | None]:
     """Threshold and top_k: explicit values win over the preset's; without either, keep all."""
-    if score_threshold is _FROM_PRESET:
-        score_threshold = preset.score_threshold if preset else None
-    if top_k is _FROM_PRESET:
-        top_k = preset.top_k if preset else None
+    score_threshold = preset_value(score_threshold, preset, "score_threshold", None)
+    top_k = preset_value(top_k, preset, "top_k", None)
     ranking.validate_selection(score_threshold, top_k)
     return score_threshold, top_k
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,16 @@ def _load() -> Mapping[str, Preset]:
 
 
 PRESETS: Mapping[str, Preset] = _load()
+
+UNSET: Any = object()  # an argument's default meaning "not given": the preset, if any, decides
+
+
+def preset_value(given: Any, preset: Preset | None, field: str, default: Any) -> Any:
+    """``given`` unless it is :data:`UNSET`; then the preset's ``field``, or ``default``
+    without a preset. Explicit arguments always win over a preset."""
+    if given is not UNSET:
+        return given
+    return getattr(preset, field) if preset is not None else default
 
 
 def get_preset(name: str) -> Preset:

@@ -8,7 +8,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Literal
 
 from PIL import Image
 
@@ -17,7 +17,7 @@ from .engine import Engine, run_batched
 from .images import DEFAULT_MAX_SIDE, ImageLoadError, ImageSource, load_image, source_label
 from .limits import Limits
 from .parsing import parse_score
-from .presets import get_preset
+from .presets import UNSET, get_preset, preset_value
 from .ranking import RerankResult, ScoredImage
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ Progress = Callable[[int, int], None]
 
 _CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")  # Qwen's <|im_start|>, <|image_pad|>, ...
 LOAD_THREADS = 8  # image decoding threads at most
-_UNSET: Any = object()  # "not given": lets a preset supply the value
 
 
 class RerankError(RuntimeError):
@@ -185,9 +184,9 @@ class LycheeReranker:
                 out.append((value, text, None))
         return out
 
-    def rerank(self, query: str, images: Sequence[ImageSource], *, score_threshold: float | None = _UNSET,
-               top_k: int | None = _UNSET, preset: str | None = None, instruction: str | None = None,
-               normalize: bool = False, tie_epsilon: float = 0.05, raise_on_error: bool = _UNSET,
+    def rerank(self, query: str, images: Sequence[ImageSource], *, score_threshold: float | None = UNSET,
+               top_k: int | None = UNSET, preset: str | None = None, instruction: str | None = None,
+               normalize: bool = False, tie_epsilon: float = 0.05, raise_on_error: bool = UNSET,
                labels: Sequence[str] | None = None, max_side: int | None = None,
                progress: Progress | None = None) -> list[RerankResult]:
         """Score, then rank: best first, ``min(top_k, passing)`` results (see ``lychee.ranking``).
@@ -196,12 +195,9 @@ class LycheeReranker:
         defaults; arguments given explicitly win.
         """
         chosen = get_preset(preset) if preset is not None else None
-        if score_threshold is _UNSET:
-            score_threshold = chosen.score_threshold if chosen else None
-        if top_k is _UNSET:
-            top_k = chosen.top_k if chosen else None
-        if raise_on_error is _UNSET:
-            raise_on_error = chosen.raise_on_error if chosen else False
+        score_threshold = preset_value(score_threshold, chosen, "score_threshold", None)
+        top_k = preset_value(top_k, chosen, "top_k", None)
+        raise_on_error = preset_value(raise_on_error, chosen, "raise_on_error", False)
         ranking.validate_selection(score_threshold, top_k)
         records = self.score(query, images, instruction=instruction, labels=labels, max_side=max_side,
                              lenient_parsing=chosen.lenient_parsing if chosen else False, progress=progress)

@@ -28,7 +28,7 @@ from .images import DEFAULT_MAX_SIDE
 from .limits import Limits
 from .presets import PRESETS
 from .ranking import RerankResult, ScoredImage, WinnerStrength
-from .reranker import LycheeReranker, Progress, default_model
+from .reranker import LycheeReranker, Progress, clean_query, default_model
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,10 @@ def _in_range(value: Any, low: float, high: float, *, whole: bool = False) -> bo
 def validate(request: RerankRequest, limits: Limits) -> RerankRequest:
     """A cleaned copy of ``request`` with the preset's defaults filled in; ``UserError`` names
     the first problem."""
-    query = (request.query or "").strip()
-    if not query:
-        raise UserError("empty_query")
+    try:
+        query = clean_query(request.query or "", limits.max_query_chars)
+    except ValueError:
+        raise UserError("empty_query") from None
     if not request.images:
         raise UserError("no_images")
     if len(request.images) > limits.max_images:

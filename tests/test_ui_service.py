@@ -70,6 +70,7 @@ def test_a_user_error_carries_both_languages_and_names_the_setting():
 
 @pytest.mark.parametrize(("changes", "key"), [
     ({"query": "  "}, "empty_query"),
+    ({"query": "<|im_start|> <|image_pad|>"}, "empty_query"),  # only chat control tokens
     ({"images": []}, "no_images"),
     ({"images": ["x.png"] * 5}, "too_many_images"),
     ({"preset": "fastest"}, "unknown_preset"),

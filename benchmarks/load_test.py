@@ -61,7 +61,8 @@ class Server:
     pid: int
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -72,7 +73,7 @@ def serve_app(checkpoint: str | os.PathLike, *, queue_size: int, startup_timeout
               log_path: str | os.PathLike = os.devnull) -> Iterator[Server]:
     """``python app.py`` on 127.0.0.1 with the given checkpoint on the CPU, its output in
     ``log_path``; stopped on exit."""
-    port = _free_port()
+    port = free_port()
     settings = {"LYCHEE_MODEL": str(checkpoint), "LYCHEE_DEVICE": "cpu", "LYCHEE_DTYPE": "fp32",
                 "LYCHEE_QUEUE_SIZE": str(queue_size), "GRADIO_SERVER_NAME": "127.0.0.1",
                 "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}

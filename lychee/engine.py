@@ -285,7 +285,7 @@ def run_batched(items: Sequence[T], fn: Callable[[list[T]], list[Any]], *, batch
     """
     order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))
     results: list[Any] = [None] * len(items)
-    start, done = 0, 0
+    start = 0
     while start < len(order):
         chunk = order[start:start + batch_size]
         try:
@@ -304,9 +304,8 @@ def run_batched(items: Sequence[T], fn: Callable[[list[T]], list[Any]], *, batch
         for i, output in zip(chunk, outputs):
             results[i] = output
         start += len(chunk)
-        done += len(chunk)
         if progress:
-            progress(done, len(items))
+            progress(start, len(items))
     return results
 
 

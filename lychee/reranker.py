@@ -111,12 +111,17 @@ class LycheeReranker:
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
         names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
+
+        def problem(i: int, cause: object) -> str:
+            message = f"image {start + i + 1} '{names[i]}': {cause}"
+            log.warning("%s", message)
+            return message
+
         loaded: dict[int, Image.Image] = {}
         errors: dict[int, str] = {}
         for i, outcome in enumerate(self._load_all(images, max_side or self.max_side)):
             if isinstance(outcome, ImageLoadError):
-                errors[i] = f"image {start + i + 1} '{names[i]}': {outcome}"
-                log.warning("%s", errors[i])
+                errors[i] = problem(i, outcome)
             else:
                 loaded[i] = outcome
         outputs = self._score_loaded(query, instruction, loaded, lenient_parsing, progress,
@@ -126,11 +131,8 @@ class LycheeReranker:
             if i in errors:
                 records.append(ScoredImage(start + i, names[i], 0.0, "", errors[i]))
                 continue
-            value, raw_output, problem = outputs[i]
-            if problem:
-                problem = f"image {start + i + 1} '{names[i]}': {problem}"
-                log.warning("%s", problem)
-            records.append(ScoredImage(start + i, names[i], value, raw_output, problem))
+            value, raw_output, cause = outputs[i]
+            records.append(ScoredImage(start + i, names[i], value, raw_output, cause and problem(i, cause)))
         return records
 
     def _load_all(self, images: Sequence[ImageSource], max_side: int) -> list[Image.Image | ImageLoadError]:

@@ -57,9 +57,9 @@ APP_MAX_IMAGES = 8  # the launched demo's LYCHEE_MAX_IMAGES, small so the limit 
 def demo_url(tiny_checkpoint: Path):
     """The web demo on the tiny checkpoint, served on 127.0.0.1 (a free port) for the session."""
     import os
-    import socket
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from benchmarks.load_test import free_port
     from lychee.limits import Limits
     from lychee.ui import build_demo, launch_options
     from lychee.ui_service import ModelSlot
@@ -67,9 +67,7 @@ def demo_url(tiny_checkpoint: Path):
     slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(max_images=APP_MAX_IMAGES))
     slot.start_loading()
     demo = build_demo(slot)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     options = launch_options(slot.limits) | {"mcp_server": False}
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **options)

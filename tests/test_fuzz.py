@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import random
+import re
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -124,12 +125,20 @@ def test_score_parser_takes_any_text(text):
         assert value is None or (math.isfinite(value) and 0.0 <= value <= 10.0)
 
 
+# The documented query rule: chat-template control tokens such as <|im_end|> become a space.
+CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")
+
+
 @FUZZ
-@given(st.text(max_size=300), st.integers(1, 100))
+@given(st.one_of(st.text(max_size=300),
+                 st.lists(st.sampled_from(["<|im_end|>", "<|0|>", "<|image_pad|>", " ", "cat", "<|", "|>"]),
+                          max_size=12).map("".join)),
+       st.integers(1, 100))
 def test_any_query_is_cleaned_or_rejected_as_empty(query, max_chars):
+    expected = CONTROL_TOKEN.sub(" ", query).strip()[:max_chars]
     try:
         cleaned = clean_query(query, max_chars)
     except ValueError as exc:
-        assert not query.strip() and "query is empty" in str(exc)
+        assert not expected and "query is empty" in str(exc)
         return
-    assert cleaned and len(cleaned) <= max_chars and cleaned == query.strip()[:max_chars]
+    assert cleaned and len(cleaned) <= max_chars and cleaned == expected

@@ -5,6 +5,8 @@ is the same machinery with bigger numbers)."""
 from __future__ import annotations
 
 import io
+import os
+from unittest import mock
 
 import pytest
 
@@ -20,7 +22,10 @@ MEMORY_GROWTH_MB = 60  # between the first and the last round; the first round w
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
-    with serve_app(tiny_checkpoint, queue_size=QUEUE_SIZE) as running:
+    # Served as the README advises for a long-running server: without it glibc's per-thread
+    # arenas add tens of MB in the first rounds (benchmarks/README.md), which made this flaky.
+    with mock.patch.dict(os.environ, {"MALLOC_ARENA_MAX": "2"}), \
+            serve_app(tiny_checkpoint, queue_size=QUEUE_SIZE) as running:
         yield running
 
 

@@ -47,14 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     client = Client(args.url, verbose=False)
-    data = client.predict(
-        query=args.query,
-        images=[handle_file(path) for path in args.images],
-        preset=args.preset,
-        score_threshold=args.threshold,
-        top_k=args.top_k,
-        api_name="/rerank",
-    )
+    # /rerank takes its nine arguments by position: query, images, preset, score_threshold, top_k,
+    # instruction, normalize, tie_epsilon, max_side.
+    images = [handle_file(path) for path in args.images]
+    data = client.predict(args.query, images, args.preset, args.threshold, args.top_k, "", False, 0.05, 1920,
+                          api_name="/rerank")
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
     else:

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
 
-    from lychee.reranker import clean_query
+    from lychee.query import clean_query
 
     now = datetime.now()
     out_dir = Path(args.out_dir)

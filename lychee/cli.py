@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -32,11 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from . import ranking
+from . import protocol, ranking
 from .images import IMAGE_EXTENSIONS, is_image_path
 from .limits import Limits
-from .presets import PRESETS, UNSET, Preset, preset_value
+from .messages import Notice, UserError
+from .presets import PRESETS, Preset
+from .query import prepare_text
 from .ranking import ScoredImage
+from .settings import UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
 
 if TYPE_CHECKING:
     from .reranker import LycheeReranker
@@ -120,12 +122,14 @@ def score_in_chunks(reranker: LycheeReranker, query: str, paths: Sequence[str], 
 def build_report(query: str, records: Sequence[ScoredImage], *, preset: Preset | None = None,
                  score_threshold: float | None = None, top_k: int | None = None, normalize: bool = False,
                  tie_epsilon: float = 0.05, instruction: str | None = None,
-                 skipped: Sequence[str] = (), model: dict[str, str] | None = None) -> dict[str, Any]:
+                 skipped: Sequence[str] = (), model: dict[str, str] | None = None,
+                 notices: Sequence[Notice] = ()) -> dict[str, Any]:
     """The JSON document of a run; the Markdown and CSV formats are views of it.
 
     Every input appears exactly once: in ``results`` (ranked, best first), ``filtered_out``
     (below the threshold or beyond ``top_k``), ``errors`` (failed to load or score) or
-    ``skipped`` (not an image file).
+    ``skipped`` (not an image file). ``warnings`` lists what was changed in the input
+    (a truncated query, removed control tokens).
     """
     groups = ranking.partition(records, score_threshold=score_threshold, top_k=top_k,
                                normalize=normalize, tie_epsilon=tie_epsilon)
@@ -144,6 +148,7 @@ def build_report(query: str, records: Sequence[ScoredImage], *, preset: Preset |
         "filtered_out": [r.to_dict() for r in filtered_out],
         "errors": [{"index": r.index, "source": r.source, "error": r.error} for r in errors],
         "skipped": list(skipped),
+        "warnings": [n.to_dict() for n in notices],
     }
 
 
@@ -228,22 +233,30 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
 
 # --- the command line ---------------------------------------------------------------------
 
-def _threshold(text: str) -> float | None:
-    if text.lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 10.0):
-        raise argparse.ArgumentTypeError(f"must be from 0 to 10 (or 'none'), got {text!r}")
-    return value
+def _checked(parse: Callable[[str], Any], check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse ``type``: ``parse`` the text, then apply the settings validator ``check``."""
+    def convert(text: str) -> Any:
+        try:
+            return check(parse(text))
+        except ValueError as exc:
+            message = str(exc) if isinstance(exc, UserError) else f"not a number: {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+    return convert
 
 
-def _top_k(text: str) -> int | None:
-    if text.lower() == "all":
-        return None
-    return _positive_int(text)
+def _number_or(word: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``word`` (``none``, ``all``) means None; anything else is parsed as a number."""
+    return lambda text: None if text.lower() == word else parse(text)
+
+
+def _whole(text: str) -> float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+_threshold = _checked(_number_or("none", float), check_threshold)
+_top_k = _checked(_number_or("all", _whole), check_top_k)
+_tie_epsilon = _checked(float, check_tie_epsilon)
 
 
 def _positive_int(text: str) -> int:
@@ -253,16 +266,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def _tie_epsilon(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
 
 
@@ -291,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
     rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     rank.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    rank.add_argument("--min-pixels", type=_positive_int, default=protocol.MIN_PIXELS, metavar="N",
+                      help=f"pixel budget of each image, lower bound (default {protocol.MIN_PIXELS} = 4 x 28 x 28)")
+    rank.add_argument("--max-pixels", type=_positive_int, default=protocol.MAX_PIXELS, metavar="N",
+                      help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual "
+                           "tokens x 28 x 28, the model card's); fewer is faster")
     rank.add_argument("--batch-size", type=_positive_int, metavar="N",
                       help="pairs per forward pass (default: from free GPU memory on CUDA, else 8)")
     rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
@@ -299,22 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_selection(preset: Preset | None, score_threshold: Any = UNSET,
-                      top_k: Any = UNSET) -> tuple[float | None, int | None]:
-    """Threshold and top_k: explicit values win over the preset's; without either, keep all."""
-    score_threshold = preset_value(score_threshold, preset, "score_threshold", None)
-    top_k = preset_value(top_k, preset, "top_k", None)
-    ranking.validate_selection(score_threshold, top_k)
-    return score_threshold, top_k
-
-
 def load_reranker(model: str | None, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-                  limits: Limits | None = None) -> LycheeReranker:
+                  limits: Limits | None = None, min_pixels: int = protocol.MIN_PIXELS,
+                  max_pixels: int = protocol.MAX_PIXELS) -> LycheeReranker:
     """The reranker, or :class:`ModelLoadError` saying what to do when it cannot be loaded."""
     from .reranker import LycheeReranker, default_model
 
     try:
-        return LycheeReranker(model, device=device, dtype=dtype, batch_size=batch_size, limits=limits)
+        return LycheeReranker(model, device=device, dtype=dtype, batch_size=batch_size, limits=limits,
+                              min_pixels=min_pixels, max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - hub, disk, device and format errors all end the same way
         raise ModelLoadError(f"could not load the model {model or default_model()!r}: {exc}\n"
                              "Point --model or LYCHEE_MODEL at a local checkpoint directory, or check "
@@ -349,13 +350,14 @@ def _output_format(args: argparse.Namespace) -> str:
 
 
 def _rank(args: argparse.Namespace) -> int:
-    from .reranker import clean_query  # imports torch: only once the arguments are known good
-
     try:
         limits = Limits.from_env()
-        query = clean_query(args.query, limits.max_query_chars)
-        preset = PRESETS[args.preset] if args.preset else None
-        score_threshold, top_k = resolve_selection(preset, args.threshold, args.top_k)
+        prompt = prepare_text(args.query, args.instruction, limits)
+        settings = resolve_settings(args.preset, score_threshold=args.threshold, top_k=args.top_k,
+                                    normalize=args.normalize, tie_epsilon=args.tie_epsilon)
+        preset, score_threshold, top_k = settings.preset, settings.score_threshold, settings.top_k
+        if args.min_pixels > args.max_pixels:
+            raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
         if args.chunk_size and args.chunk_size > limits.max_images:
             raise UsageError(f"--chunk-size {args.chunk_size} is above the limit of {limits.max_images} "
                              "images per request (LYCHEE_MAX_IMAGES)")
@@ -364,6 +366,8 @@ def _rank(args: argparse.Namespace) -> int:
         paths, skipped = collect_images(args.paths)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    for notice in prompt.notices:
+        log.warning("%s", notice.text("en"))
     for path in skipped:
         log.warning("skipped %s: not an image file", path)
     if not paths:
@@ -371,16 +375,17 @@ def _rank(args: argparse.Namespace) -> int:
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
     reranker = load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                             limits=limits)
+                             limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
-        records = score_in_chunks(reranker, query, paths, chunk_size=args.chunk_size, instruction=args.instruction,
+        records = score_in_chunks(reranker, prompt.query, paths, chunk_size=args.chunk_size,
+                                  instruction=prompt.instruction,
                                   lenient_parsing=preset.lenient_parsing if preset else False,
                                   progress=lambda done, _: bar.update(done - bar.n))
     elapsed = time.perf_counter() - started
-    report = build_report(query, records, preset=preset, score_threshold=score_threshold, top_k=top_k,
-                          normalize=args.normalize, tie_epsilon=args.tie_epsilon, instruction=args.instruction,
-                          skipped=skipped, model=reranker.describe())
+    report = build_report(prompt.query, records, preset=preset, score_threshold=score_threshold, top_k=top_k,
+                          normalize=args.normalize, tie_epsilon=args.tie_epsilon, instruction=prompt.instruction,
+                          skipped=skipped, model=reranker.describe(), notices=prompt.notices)
     text = RENDERERS[_output_format(args)](report)
     if args.output:
         write_atomically(args.output, text)

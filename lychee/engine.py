@@ -4,8 +4,13 @@ The only module that imports torch and transformers. The scoring story, top to b
 chat prompt (rendered once per query) -> each image's vision-tower output (from the
 vision cache, or processor + vision tower for the images not seen before) -> token
 embeddings of the left-padded prompts with the image features scattered in at the
-image-token positions -> forward pass keeping only the last position's logits -> the
-"yes"/"no" logits -> p(yes) = sigmoid(z_yes - z_no) -> 0-10.
+image-token positions -> the language model's last hidden state at the last position ->
+z_yes - z_no as one fp32 dot product with ``lm_head[yes] - lm_head[no]`` -> p(yes) =
+sigmoid(z_yes - z_no) -> 0-10.
+
+Why the dot product and not the logits: the vocabulary projection over 152k tokens is
+wasted work for two of them, and in bf16 the two large logits are each rounded before
+their difference is taken, which quantises the score and makes it depend on the batch.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 from PIL import Image
+from qwen_vl_utils import smart_resize
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from . import protocol
@@ -122,18 +128,20 @@ class Engine:
     attention: str
     yes_id: int | None
     no_id: int | None
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    yes_minus_no: torch.Tensor | None = None  # [hidden] fp32: lm_head[yes] - lm_head[no]
+    min_pixels: int = protocol.MIN_PIXELS
+    max_pixels: int = protocol.MAX_PIXELS
     vision_cache: VisionCache = field(default_factory=lambda: VisionCache(0))
 
     @classmethod
     def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
-             min_pixels: int | None = None, max_pixels: int | None = None,
+             min_pixels: int = protocol.MIN_PIXELS, max_pixels: int = protocol.MAX_PIXELS,
              need_yes_no: bool = True, vision_cache_bytes: int | None = None) -> Engine:
         """Load processor and model with ``from_pretrained`` (hub id or local directory).
 
-        ``vision_cache_bytes``: bound of the vision cache (None: ``$LYCHEE_VISION_CACHE_MB``
-        or 1 GiB; 0: off).
+        ``min_pixels``/``max_pixels``: the pixel budget of each image (default: the model
+        card's, at most 1280 visual tokens). ``vision_cache_bytes``: bound of the vision
+        cache (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
         """
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
@@ -145,8 +153,8 @@ class Engine:
                               need_yes_no=need_yes_no, vision_cache_bytes=vision_cache_bytes)
 
     @classmethod
-    def from_model(cls, model: Any, processor: Any, model_id: str, *, min_pixels: int | None = None,
-                   max_pixels: int | None = None, need_yes_no: bool = True,
+    def from_model(cls, model: Any, processor: Any, model_id: str, *, min_pixels: int = protocol.MIN_PIXELS,
+                   max_pixels: int = protocol.MAX_PIXELS, need_yes_no: bool = True,
                    vision_cache_bytes: int | None = None) -> Engine:
         """Wrap a model and processor already in memory (``load`` ends here; the benchmarks
         build a random 7B directly on the GPU)."""
@@ -157,31 +165,32 @@ class Engine:
         model.eval()
         yes_id = single_token_id(processor.tokenizer, protocol.YES_TOKEN) if need_yes_no else None
         no_id = single_token_id(processor.tokenizer, protocol.NO_TOKEN) if need_yes_no else None
+        yes_minus_no = None
+        if need_yes_no:
+            head = model.get_output_embeddings()
+            if head.bias is not None:
+                raise ValueError(f"{model_id}: an lm_head with a bias is not supported in logit mode")
+            yes_minus_no = (head.weight[yes_id].float() - head.weight[no_id].float()).detach()
         attention = model.config._attn_implementation
         vision_cache = VisionCache(cache_bytes(vision_cache_bytes))
         log.info("loaded %s on %s (%s, %s attention, vision cache %.0f MiB)", model_id, model.device,
                  model.dtype, attention, vision_cache.max_bytes / 2**20)
         return cls(model, processor, model_id, model.device, model.dtype, attention, yes_id, no_id,
-                   min_pixels, max_pixels, vision_cache)
+                   yes_minus_no, min_pixels, max_pixels, vision_cache)
 
     @property
     def dtype_name(self) -> str:
         return {v: k for k, v in DTYPES.items()}[self.dtype]
 
     def _size(self) -> dict[str, int]:
-        size = dict(self.processor.image_processor.size)
-        if self.min_pixels is not None:
-            size["shortest_edge"] = self.min_pixels
-        if self.max_pixels is not None:
-            size["longest_edge"] = self.max_pixels
-        return size
+        """The processor's ``size`` argument: the pixel budget, in transformers 5 terms."""
+        return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
 
     def visual_tokens(self, image: Image.Image) -> int:
-        """How many visual tokens ``image`` becomes (after the processor's resize)."""
-        size = self._size()
-        patches = self.processor.image_processor.get_number_of_image_patches(
-            image.height, image.width, {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]})
-        return patches // self.processor.image_processor.merge_size ** 2
+        """How many visual tokens ``image`` becomes: Qwen's own ``smart_resize`` arithmetic."""
+        height, width = smart_resize(image.height, image.width, factor=protocol.PATCH_PIXELS,
+                                     min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return height * width // protocol.PATCH_PIXELS ** 2
 
     def batch_size(self, images: Sequence[Image.Image], requested: int | None = None) -> int:
         """``requested`` if given; on CUDA, as many pairs as fit in free memory at the largest
@@ -247,8 +256,8 @@ class Engine:
                 "mm_token_type_ids": (input_ids == self.processor.image_token_id).long()}  # 1 = image token
 
     @torch.inference_mode()
-    def yes_no_logits(self, prompt: str, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``[batch, 2]`` float32 logits of ("yes", "no") at each row's last position."""
+    def relevance_logits(self, prompt: str, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``[batch]`` float32 z_yes - z_no at each row's last position; p(yes) is its sigmoid."""
         features = self.image_features(images)                  # per image: [visual tokens_i, hidden]
         inputs = self._text_inputs(prompt, [len(f.embeds) for f in features])
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])  # [batch, seq, hidden]
@@ -258,9 +267,9 @@ class Engine:
         grids = torch.tensor([f.grid_thw for f in features], device=self.device)  # [batch, 3]
         # input_ids ride along only for the model to derive its 3D (M-RoPE) positions from them and
         # the grids, exactly as in a plain call; the embeddings come from inputs_embeds.
-        logits = self.model(**inputs, inputs_embeds=embeds, image_grid_thw=grids, use_cache=False,
-                            logits_to_keep=1).logits            # [batch, 1, vocab]
-        return logits[:, -1, [self.yes_id, self.no_id]].float()
+        hidden = self.model.model(**inputs, inputs_embeds=embeds, image_grid_thw=grids,
+                                  use_cache=False).last_hidden_state[:, -1]  # [batch, hidden], final norm applied
+        return hidden.float() @ self.yes_minus_no.to(hidden.device)  # [batch]
 
     @torch.inference_mode()
     def generate(self, prompt: str, images: Sequence[Image.Image]) -> list[str]:

@@ -25,12 +25,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .limits import Limits, env_name
+from .settings import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
 ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
 
-DEFAULT_MAX_SIDE = 1920
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses anything more elongated
 
 # File name extensions worth decoding when a folder is walked (anything else is skipped).
@@ -178,8 +178,12 @@ def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
                limits: Limits | None = None) -> Image.Image:
     """Decode ``source`` into an RGB image, EXIF-rotated, longest side <= ``max_side``.
 
-    Animated images give their first frame. Raises :class:`ImageLoadError`, and nothing else.
+    Animated images give their first frame. Raises :class:`ImageLoadError`, and nothing else;
+    an :class:`ImageLoadError` given as ``source`` (an image that already failed upstream,
+    such as a refused download) is raised as it is, so it becomes that image's error record.
     """
+    if isinstance(source, ImageLoadError):
+        raise source
     limits = limits or Limits()
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, Image.Image)):
         raise ImageLoadError(f"unsupported input type {type(source).__name__}; "

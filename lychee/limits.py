@@ -12,8 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from .messages import UserError
 
-class LimitExceeded(ValueError):
+
+class LimitExceeded(UserError):
     """A request asked for more than a limit allows; the message says which limit."""
 
 
@@ -30,10 +32,12 @@ class Limits:
     max_file_bytes: int = 25_000_000  # LYCHEE_MAX_FILE_BYTES: size of one image file
     max_image_pixels: int = 100_000_000  # LYCHEE_MAX_IMAGE_PIXELS: width x height (decompression bombs)
     max_query_chars: int = 1000       # LYCHEE_MAX_QUERY_CHARS: longer queries are truncated, with a warning
+    max_instruction_chars: int = 500  # LYCHEE_MAX_INSTRUCTION_CHARS: longer instructions are truncated, with a warning
     queue_size: int = 16              # LYCHEE_QUEUE_SIZE: requests waiting in the web app's queue
     concurrency: int = 1              # LYCHEE_CONCURRENCY: requests scored at once by the web app
     request_timeout_s: int = 600      # LYCHEE_REQUEST_TIMEOUT_S: seconds one web request may run
     max_visual_tokens: int = 1280     # LYCHEE_MAX_VISUAL_TOKENS: per image in the web app (max_pixels = N x 28 x 28)
+    url_timeout_s: int = 20           # LYCHEE_URL_TIMEOUT_S: seconds to fetch one image URL (rerank_urls)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
@@ -55,5 +59,4 @@ class Limits:
     def check_image_count(self, count: int) -> None:
         """Raise :class:`LimitExceeded` when ``count`` images are more than one request may hold."""
         if count > self.max_images:
-            raise LimitExceeded(f"{count} images in one request, above the limit of {self.max_images} "
-                                f"({env_name('max_images')}); send them in smaller batches")
+            raise LimitExceeded("too_many_images", max_images=self.max_images, count=count)

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -31,21 +30,3 @@ def _load() -> Mapping[str, Preset]:
 
 
 PRESETS: Mapping[str, Preset] = _load()
-
-UNSET: Any = object()  # an argument's default meaning "not given": the preset, if any, decides
-
-
-def preset_value(given: Any, preset: Preset | None, field: str, default: Any) -> Any:
-    """``given`` unless it is :data:`UNSET`; then the preset's ``field``, or ``default``
-    without a preset. Explicit arguments always win over a preset."""
-    if given is not UNSET:
-        return given
-    return getattr(preset, field) if preset is not None else default
-
-
-def get_preset(name: str) -> Preset:
-    """The preset called ``name``; ``ValueError`` lists the valid names otherwise."""
-    try:
-        return PRESETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

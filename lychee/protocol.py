@@ -7,7 +7,9 @@ Sources:
 - The same authors' Qwen3-VL-Reranker (QwenLM/Qwen3-VL-Embedding,
   ``src/models/qwen3_vl_reranker.py``): system prompt and the
   ``<Instruct>`` / ``<Query>`` / ``<Document>`` user-content layout used below.
-- Model card of ``vec-ai/lychee-rerank-mm``: BF16, instruction aware, English.
+- Model card of ``vec-ai/lychee-rerank-mm``: BF16, instruction aware, English; its usage
+  code loads the processor with ``min_pixels = 4*28*28`` and ``max_pixels = 1280*28*28``
+  (at most 1280 visual tokens per image), the pixel budget below.
 
 A correction to any string here is a one-line change; nothing else hard-codes them.
 """
@@ -24,6 +26,12 @@ SYSTEM_PROMPT = (
 DEFAULT_INSTRUCTION = "Given a caption, determine if the image matches the description."
 YES_TOKEN = "yes"
 NO_TOKEN = "no"
+
+# The model card's pixel budget. One visual token covers a 28 x 28 pixel patch (14 px
+# patches, merged 2 x 2); images are resized to a multiple of 28 between these bounds.
+PATCH_PIXELS = 28
+MIN_PIXELS = 4 * PATCH_PIXELS * PATCH_PIXELS
+MAX_PIXELS = 1280 * PATCH_PIXELS * PATCH_PIXELS
 
 # Generate mode: generic instruction-tuned VLMs are asked for a 0-10 score as text.
 GENERATE_SYSTEM_PROMPT = (

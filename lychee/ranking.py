@@ -21,10 +21,11 @@ ordered by the same rules, so a caller can show what was filtered and why.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from .settings import DEFAULT_TIE_EPSILON, check_threshold, check_tie_epsilon, check_top_k
 
 WinnerStrength = Literal["close", "clear", "dominant"]
 
@@ -82,17 +83,6 @@ def tie_groups(sorted_scores: Sequence[float], tie_epsilon: float) -> list[range
     return groups
 
 
-def validate_selection(score_threshold: float | None, top_k: int | None) -> None:
-    """Raise ``ValueError`` naming the bad argument and what is allowed."""
-    if score_threshold is not None and (
-        isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))
-        or not math.isfinite(score_threshold) or not 0.0 <= score_threshold <= 10.0
-    ):
-        raise ValueError(f"score_threshold must be a number from 0 to 10 or None, got {score_threshold!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a whole number >= 1 or None, got {top_k!r}")
-
-
 def _ordered(items: Sequence[tuple[float, ScoredImage]], tie_epsilon: float,
              first_rank: int) -> list[RerankResult]:
     """Rules 1, 4 and 5 over (final score, record) pairs."""
@@ -112,12 +102,11 @@ def _ordered(items: Sequence[tuple[float, ScoredImage]], tie_epsilon: float,
 
 def split(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
           top_k: int | None = None, normalize: bool = False,
-          tie_epsilon: float = 0.05) -> tuple[list[RerankResult], list[RerankResult]]:
+          tie_epsilon: float = DEFAULT_TIE_EPSILON) -> tuple[list[RerankResult], list[RerankResult]]:
     """``(results, left_out)``: the ranked results (rules 1-6, ranks 1..n) and every
     other image, ordered by the same rules, ranks continuing after the results."""
-    validate_selection(score_threshold, top_k)
-    if not (isinstance(tie_epsilon, (int, float)) and math.isfinite(tie_epsilon) and tie_epsilon >= 0):
-        raise ValueError(f"tie_epsilon must be a finite number >= 0, got {tie_epsilon!r}")
+    score_threshold, top_k = check_threshold(score_threshold), check_top_k(top_k)
+    tie_epsilon = check_tie_epsilon(tie_epsilon)
     scored = [r for r in records if r.error is None]
     finals = normalized_scores([r.raw_score for r in scored]) if normalize else [r.raw_score for r in scored]
     final_of = {r.index: f for r, f in zip(scored, finals)}
@@ -132,7 +121,7 @@ def split(records: Sequence[ScoredImage], *, score_threshold: float | None = Non
 
 def rank(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
          top_k: int | None = None, normalize: bool = False,
-         tie_epsilon: float = 0.05) -> list[RerankResult]:
+         tie_epsilon: float = DEFAULT_TIE_EPSILON) -> list[RerankResult]:
     """The ranked results only (see :func:`split`)."""
     return split(records, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
                  tie_epsilon=tie_epsilon)[0]
@@ -148,7 +137,7 @@ class Partition:
 
 
 def partition(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
-              top_k: int | None = None, normalize: bool = False, tie_epsilon: float = 0.05) -> Partition:
+              top_k: int | None = None, normalize: bool = False, tie_epsilon: float = DEFAULT_TIE_EPSILON) -> Partition:
     """:func:`split`, with the failed images (which ``split`` keeps among the results when
     there is no threshold) taken out into their own group."""
     results, left_out = split(records, score_threshold=score_threshold, top_k=top_k, normalize=normalize,

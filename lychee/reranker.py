@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 
 from . import protocol, ranking
 from .engine import Engine, run_batched
-from .images import DEFAULT_MAX_SIDE, ImageLoadError, ImageSource, load_image, source_label
+from .images import ImageLoadError, ImageSource, load_image, source_label
 from .limits import Limits
+from .messages import InputWarning, Notice
 from .parsing import parse_score
-from .presets import UNSET, get_preset, preset_value
+from .query import prepare_text
 from .ranking import RerankResult, ScoredImage
+from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Unset, check_max_side, resolve_settings
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["logit", "generate"]
 Progress = Callable[[int, int], None]
 
-_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")  # Qwen's <|im_start|>, <|image_pad|>, ...
 LOAD_THREADS = 8  # image decoding threads at most
 
 
@@ -38,19 +40,19 @@ def default_model() -> str:
     return os.environ.get(protocol.MODEL_ENV_VAR) or protocol.DEFAULT_MODEL
 
 
-def clean_query(query: str, max_chars: int) -> str:
-    """Strip ``query`` and any chat-template control tokens in it (``<|image_pad|>``...);
-    reject an empty one; cut one longer than ``max_chars`` (with a warning)."""
-    if isinstance(query, str) and _CONTROL_TOKEN.search(query):
-        log.warning("removed chat-template control tokens from the query")
-        query = _CONTROL_TOKEN.sub(" ", query)
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError("the query is empty; describe what the image should show")
-    query = query.strip()
-    if len(query) > max_chars:
-        log.warning("query of %d characters truncated to %d", len(query), max_chars)
-        query = query[:max_chars]
-    return query
+def display_name(model: str) -> str:
+    """How a model is shown to users: a hub id as it is, a local checkpoint by its folder
+    name only (server paths stay private)."""
+    if model.startswith(("/", ".", "~")) or Path(model).expanduser().is_dir():
+        return Path(model).expanduser().name or model
+    return model
+
+
+def warn(notices: Sequence[Notice]) -> None:
+    """Log each notice and raise it as an :class:`~lychee.messages.InputWarning` for Python callers."""
+    for notice in notices:
+        log.warning("%s", notice.text("en"))
+        warnings.warn(notice.text("en"), InputWarning, stacklevel=3)
 
 
 class LycheeReranker:
@@ -61,6 +63,9 @@ class LycheeReranker:
     (p(yes) of a yes/no judgement); ``mode="generate"`` asks a generic instruction-tuned
     VLM for a 0-10 score as text and parses it.
 
+    ``min_pixels``/``max_pixels`` bound each image's pixels after resizing (N visual tokens
+    = N x 28 x 28 pixels); the defaults are the model card's, at most 1280 visual tokens.
+    ``max_side``: images are first scaled so their longest side is at most this (64-4096).
     ``batch_size``: pairs per forward pass; None picks it from free GPU memory on CUDA
     (8 elsewhere). ``vision_cache_bytes``: bound of the cache of image features that lets
     a new query over the same images skip the vision tower (None: ``$LYCHEE_VISION_CACHE_MB``
@@ -69,17 +74,19 @@ class LycheeReranker:
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,
-                 mode: Mode = "logit", batch_size: int | None = None, min_pixels: int | None = None,
-                 max_pixels: int | None = None, max_side: int = DEFAULT_MAX_SIDE,
+                 mode: Mode = "logit", batch_size: int | None = None, min_pixels: int = protocol.MIN_PIXELS,
+                 max_pixels: int = protocol.MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
                  limits: Limits | None = None, vision_cache_bytes: int | None = None,
                  engine: Engine | None = None) -> None:
         if mode not in ("logit", "generate"):
             raise ValueError(f"mode must be 'logit' or 'generate', got {mode!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if not 1 <= min_pixels <= max_pixels:
+            raise ValueError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
         self.mode: Mode = mode
         self.batch_size = batch_size
-        self.max_side = max_side
+        self.max_side = check_max_side(max_side)
         self.limits = limits or Limits.from_env()
         self.engine = engine or Engine.load(model or default_model(), device=device, dtype=dtype,
                                             min_pixels=min_pixels, max_pixels=max_pixels,
@@ -91,10 +98,12 @@ class LycheeReranker:
         return self.engine.model_id
 
     def describe(self) -> dict[str, str]:
-        """What is loaded: model, device, dtype, attention, mode."""
+        """What is loaded: model (a local checkpoint by its folder name), device, dtype,
+        attention, mode and the pixel budget (``visual_tokens``: per image, min-max)."""
         e = self.engine
-        return {"model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
-                "attention": e.attention, "mode": self.mode}
+        tokens = f"{e.min_pixels // protocol.PATCH_PIXELS ** 2}-{e.max_pixels // protocol.PATCH_PIXELS ** 2}"
+        return {"model": display_name(e.model_id), "device": str(e.device), "dtype": e.dtype_name,
+                "attention": e.attention, "mode": self.mode, "visual_tokens": tokens}
 
     def score(self, query: str, images: Sequence[ImageSource], *, instruction: str | None = None,
               labels: Sequence[str] | None = None, max_side: int | None = None,
@@ -106,7 +115,9 @@ class LycheeReranker:
         chunks: records and messages then carry the position in that list. More than
         ``LYCHEE_MAX_IMAGES`` images raise :class:`~lychee.limits.LimitExceeded`.
         """
-        query = clean_query(query, self.limits.max_query_chars)
+        text = prepare_text(query, instruction, self.limits)
+        warn(text.notices)
+        max_side = check_max_side(max_side) if max_side is not None else self.max_side
         self.limits.check_image_count(len(images))
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
@@ -119,12 +130,12 @@ class LycheeReranker:
 
         loaded: dict[int, Image.Image] = {}
         errors: dict[int, str] = {}
-        for i, outcome in enumerate(self._load_all(images, max_side or self.max_side)):
+        for i, outcome in enumerate(self._load_all(images, max_side)):
             if isinstance(outcome, ImageLoadError):
                 errors[i] = problem(i, outcome)
             else:
                 loaded[i] = outcome
-        outputs = self._score_loaded(query, instruction, loaded, lenient_parsing, progress,
+        outputs = self._score_loaded(text.query, text.instruction, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors))
         records = []
         for i in range(len(images)):
@@ -171,8 +182,7 @@ class LycheeReranker:
                 for k, r in zip(keys, results)}
 
     def _logit_batch(self, prompt: str, images: list[Image.Image]) -> list[tuple[float, str, None]]:
-        logits = self.engine.yes_no_logits(prompt, images)  # [n, 2]: (yes, no)
-        p_yes = (logits[:, 0] - logits[:, 1]).sigmoid().tolist()
+        p_yes = self.engine.relevance_logits(prompt, images).sigmoid().tolist()  # [n]
         return [(10.0 * p, f"p(yes)={p:.4f} p(no)={1 - p:.4f}", None) for p in p_yes]
 
     def _generate_batch(self, prompt: str, images: list[Image.Image],
@@ -186,25 +196,52 @@ class LycheeReranker:
                 out.append((value, text, None))
         return out
 
-    def rerank(self, query: str, images: Sequence[ImageSource], *, score_threshold: float | None = UNSET,
-               top_k: int | None = UNSET, preset: str | None = None, instruction: str | None = None,
-               normalize: bool = False, tie_epsilon: float = 0.05, raise_on_error: bool = UNSET,
+    def rerank(self, query: str, images: Sequence[ImageSource], *,
+               score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,
+               preset: str | None = None, instruction: str | None = None, normalize: bool = False,
+               tie_epsilon: float = DEFAULT_TIE_EPSILON, raise_on_error: bool | Unset = UNSET,
                labels: Sequence[str] | None = None, max_side: int | None = None,
                progress: Progress | None = None) -> list[RerankResult]:
-        """Score, then rank: best first, ``min(top_k, passing)`` results (see ``lychee.ranking``).
+        """Score every image against ``query``, then rank: best first, ``min(top_k, passing)`` results.
 
-        A ``preset`` supplies ``score_threshold``, ``top_k`` and ``raise_on_error``
-        defaults; arguments given explicitly win.
+        Args:
+            query: What the image should show, in Chinese, English or both. Chat control
+                tokens are removed and a query over ``LYCHEE_MAX_QUERY_CHARS`` is cut (each
+                with an :class:`~lychee.messages.InputWarning`); an empty one raises ``ValueError``.
+            images: File paths, PIL images or raw bytes, in any mix. An image that cannot be
+                used gets score 0.0 and an ``error`` and sinks to the bottom.
+            score_threshold: Keep scores >= this (0-10); None keeps all. Default: the preset's, else None.
+            top_k: Keep at most this many (>= 1); None keeps all. Default: the preset's, else None.
+            preset: "screening", "precise", "mixed_language" or "pipeline": defaults for
+                ``score_threshold``, ``top_k`` and ``raise_on_error``; explicit arguments win.
+            instruction: Task instruction for the model (None: ``protocol.DEFAULT_INSTRUCTION``);
+                cleaned like the query, capped at ``LYCHEE_MAX_INSTRUCTION_CHARS``.
+            normalize: Min-max normalise the scores of this batch onto 0-10 before the threshold.
+            tie_epsilon: Neighbours closer than this (0-10) are tied; ties keep input order.
+            raise_on_error: Raise :class:`RerankError` when any image failed (default: the
+                preset's, else False).
+            labels: A name per image for ``source`` (default: the file name or ``image N``).
+            max_side: Longest side in pixels before scoring (64-4096; default ``self.max_side``).
+            progress: Called as ``progress(done, total)`` while scoring.
+
+        Returns:
+            :class:`~lychee.ranking.RerankResult` records, ranks 1..n; see ``lychee.ranking``
+            for the rules. Invalid settings raise ``ValueError`` (a
+            :class:`~lychee.messages.UserError`) before any image is scored.
+
+        Example::
+
+            >>> reranker.rerank("a black cat on a red sofa", ["a.jpg", "b.jpg"], top_k=1)
+            [RerankResult(rank=1, index=1, source='b.jpg', score=8.7, ...)]
         """
-        chosen = get_preset(preset) if preset is not None else None
-        score_threshold = preset_value(score_threshold, chosen, "score_threshold", None)
-        top_k = preset_value(top_k, chosen, "top_k", None)
-        raise_on_error = preset_value(raise_on_error, chosen, "raise_on_error", False)
-        ranking.validate_selection(score_threshold, top_k)
-        records = self.score(query, images, instruction=instruction, labels=labels, max_side=max_side,
-                             lenient_parsing=chosen.lenient_parsing if chosen else False, progress=progress)
+        settings = resolve_settings(preset, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
+                                    tie_epsilon=tie_epsilon, max_side=self.max_side if max_side is None else max_side)
+        if raise_on_error is UNSET:
+            raise_on_error = settings.preset.raise_on_error if settings.preset else False
+        records = self.score(query, images, instruction=instruction, labels=labels, max_side=settings.max_side,
+                             lenient_parsing=settings.lenient_parsing, progress=progress)
         failures = [r.error for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
-        return ranking.rank(records, score_threshold=score_threshold, top_k=top_k,
-                            normalize=normalize, tie_epsilon=tie_epsilon)
+        return ranking.rank(records, score_threshold=settings.score_threshold, top_k=settings.top_k,
+                            normalize=settings.normalize, tie_epsilon=settings.tie_epsilon)

@@ -14,6 +14,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ import gradio as gr
 import spaces
 
 from . import ui_service
-from .images import DEFAULT_MAX_SIDE
 from .limits import Limits
+from .messages import UserError
 from .presets import PRESETS
 from .ranking import ScoredImage
-from .ui_service import Language, ModelSlot, RerankOutcome, RerankRequest, UserError, text
+from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
+from .ui_service import Language, ModelSlot, RerankOutcome, RerankRequest, text
 from .ui_view import (
     CSS,
     filtered_gallery,
@@ -38,6 +40,7 @@ from .ui_view import (
     table_rows,
     winner_card,
 )
+from .url_images import fetch_images, url_label
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
@@ -47,6 +50,21 @@ THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
 PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
 PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}  # UI-only events: no API, no queue
+
+log = logging.getLogger(__name__)
+
+
+def refuse(exc: UserError) -> gr.Error:
+    """An API refusal: both languages for the caller, one log line and no traceback here."""
+    log.info("refused request: %s", exc)
+    return gr.Error(exc.bilingual(), print_exception=False)
+
+
+def uploaded_files(files: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:
+    """Paths and original names of the uploaded ``images`` of a raw API call (Gradio file
+    records, already checked by Gradio)."""
+    files = files or []
+    return [f["path"] for f in files], [f.get("orig_name") or Path(f["path"]).name for f in files]
 
 
 def sample_images() -> list[str]:
@@ -200,11 +218,11 @@ class RerankDemo:
                 gr.File(file_count="multiple", label="images"),
                 gr.Textbox("", label="preset"),
                 gr.Number(None, label="score_threshold"),
-                gr.Number(None, precision=0, label="top_k"),
+                gr.Number(None, label="top_k"),
                 gr.Textbox("", label="instruction"),
                 gr.Checkbox(False, label="normalize"),
-                gr.Number(0.05, label="tie_epsilon"),
-                gr.Number(DEFAULT_MAX_SIDE, precision=0, label="max_side"),
+                gr.Number(DEFAULT_TIE_EPSILON, label="tie_epsilon"),
+                gr.Number(DEFAULT_MAX_SIDE, label="max_side"),
             ]
             self.api_output = gr.JSON(label="result")
 
@@ -215,8 +233,12 @@ class RerankDemo:
         gr.on([self.run_button.click, self.query.submit], self.run, inputs=run_inputs,
               outputs=[self.outcome, *self.results, self.json_file, self.csv_file],
               show_progress_on=[self.ranked, self.winner], api_visibility="private", concurrency_id="gpu")
+        # Raw values reach the handler (preprocess=False): lychee's validator, not Gradio's coercion
+        # (top_k 2.5 -> 2), judges them. Hidden from MCP and the API page, where list-of-file inputs
+        # fail in Gradio 6.31; gradio_client still calls it. rerank_urls is the documented route.
         gr.on([], self.rerank, inputs=self.api_inputs, outputs=[self.api_output], api_name="rerank",
-              concurrency_id="gpu")
+              concurrency_id="gpu", preprocess=False, api_visibility="undocumented")
+        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="gpu")
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
                                                         self.preset_info]
         if self.examples is not None:
@@ -269,40 +291,71 @@ class RerankDemo:
             gr.Warning(exc.text(lang))
             hidden = gr.update(visible=False)
             return [None, *self.render(None, lang, error=exc.text(lang)), hidden, hidden]
+        for notice in outcome.request.notices:
+            gr.Warning(notice.text(lang))
         json_path, csv_path = write_downloads(outcome, Path(self.downloads.name))
         chosen = PRESETS.get(outcome.request.preset or "")
         return [outcome, *self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded)),
                 gr.update(value=json_path, visible=True), gr.update(value=csv_path, visible=True)]
 
-    def rerank(self, query: str, images: list[str] | None, preset: str = "", score_threshold: float | None = None,
-               top_k: int | None = None, instruction: str = "", normalize: bool = False, tie_epsilon: float = 0.05,
+    def rerank(self, query: str, images: list[dict[str, Any]] | None, preset: str = "",
+               score_threshold: float | None = None, top_k: int | None = None, instruction: str = "",
+               normalize: bool = False, tie_epsilon: float = DEFAULT_TIE_EPSILON,
                max_side: int = DEFAULT_MAX_SIDE) -> dict[str, Any]:
-        """Score candidate images against a text query with lychee-rerank-mm and rank them.
+        """Score uploaded candidate images against a text query with lychee-rerank-mm and rank them.
 
-        Returns JSON with schema_version 1: "results" (best first; each has rank, index,
+        The file-upload twin of :meth:`rerank_urls`, with the same arguments (``images``:
+        the uploaded files) and the same JSON result.
+        """
+        try:
+            paths, names = uploaded_files(images)
+            return self._rerank(RerankRequest(
+                query=query, images=paths, labels=names, preset=preset, score_threshold=score_threshold,
+                top_k=top_k, instruction=instruction, normalize=normalize, tie_epsilon=tie_epsilon,
+                max_side=max_side))
+        except UserError as exc:
+            raise refuse(exc) from None
+
+    def rerank_urls(self, query: str, image_urls: list[str], preset: str = "", score_threshold: float | None = None,
+                    top_k: int | None = None, instruction: str = "", normalize: bool = False,
+                    tie_epsilon: float = DEFAULT_TIE_EPSILON, max_side: int = DEFAULT_MAX_SIDE) -> dict[str, Any]:
+        """Score candidate images, given as URLs, against a text query with lychee-rerank-mm and rank them.
+
+        Returns JSON with schema_version 2: "results" (best first; each has rank, index,
         source, score 0-10, raw_score, tied, raw_output, error), "filtered_out" (scored
         images below score_threshold or beyond top_k, each with a "reason"), "errors"
-        (images that could not be read or scored), "winner_strength", "counts", "model",
+        (images that could not be fetched, read or scored), "warnings" (changes made to the
+        input, e.g. a query cut to its length limit), "winner_strength", "counts", "model",
         "settings", "elapsed_s" and "images_per_s".
 
         Args:
             query: What the image should show, in Chinese, English or both (e.g. "一只black cat坐在red sofa上").
-            images: The candidate image files (JPEG, PNG, WebP, ...); each file name becomes its "source".
-            preset: Optional scenario preset supplying defaults: screening, precise, mixed_language or pipeline.
-            score_threshold: Keep images scoring at least this (0-10); empty = the preset's value, or keep all.
-            top_k: Keep at most this many images after the threshold; empty = the preset's value; 0 = all.
-            instruction: Optional task instruction for the model; empty = the model's default.
-            normalize: Min-max normalise the scores within this batch onto 0-10 before the threshold.
-            tie_epsilon: Scores closer than this are tied (marked "tied": true).
-            max_side: Longest image side in pixels before scoring (64-4096); smaller is faster.
+            image_urls: The candidate images: data: URIs (data:image/png;base64,...) or public http(s) URLs;
+                a URL that is refused or fails becomes an entry in "errors" and the rest are still ranked.
+            preset: Optional scenario preset supplying defaults: screening, precise, mixed_language or
+                pipeline; "" for none.
+            score_threshold: Keep images scoring at least this (0-10); null = the preset's value, or keep all.
+            top_k: Keep at most this many images after the threshold (a whole number); null = the preset's
+                value; 0 = all.
+            instruction: Optional task instruction for the model (at most 500 characters); "" = the model's default.
+            normalize: true to min-max normalise the scores within this batch onto 0-10 before the threshold.
+            tie_epsilon: Scores closer than this (0-10) are tied (marked "tied": true).
+            max_side: Longest image side in pixels before scoring (a whole number, 64-4096); smaller is faster.
         """
-        request = RerankRequest(query=query, images=list(images or []), preset=preset or None,
-                                score_threshold=score_threshold, top_k=top_k, instruction=instruction,
-                                normalize=normalize, tie_epsilon=tie_epsilon, max_side=max_side)
         try:
-            return ui_service.rerank(request, self.slot, score=self.score_on_gpu).to_dict()
+            if not isinstance(image_urls, list) or not all(isinstance(u, str) for u in image_urls):
+                raise UserError("bad_urls", value=repr(image_urls)[:80])
+            request = ui_service.validate(RerankRequest(  # refuse bad settings before fetching anything
+                query=query, images=image_urls, labels=[url_label(url, i) for i, url in enumerate(image_urls)],
+                preset=preset, score_threshold=score_threshold, top_k=top_k, instruction=instruction,
+                normalize=normalize, tie_epsilon=tie_epsilon, max_side=max_side), self.limits)
+            return self._rerank(replace(request, images=fetch_images(image_urls, self.limits)))
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(exc) from None
+
+    def _rerank(self, request: RerankRequest) -> dict[str, Any]:
+        outcome = ui_service.rerank(request, self.slot, score=self.score_on_gpu)
+        return outcome.to_dict()
 
     def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None) -> list[Any]:
         """The language switch: every label, hint and message, and the last result, in ``lang``."""
@@ -356,8 +409,12 @@ def launch_options(limits: Limits) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Serve the demo: start loading the model in the background, then launch at once."""
+    """Serve the demo. On a ZeroGPU Space the model is placed on ``cuda`` before serving, as
+    ZeroGPU requires; elsewhere it loads in the background and the page is up at once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    slot = ModelSlot()
-    slot.start_loading()
+    slot = ModelSlot.for_space()
+    if ui_service.on_zero_gpu():
+        slot.load_now()
+    else:
+        slot.start_loading()
     build_demo(slot).launch(**launch_options(slot.limits))

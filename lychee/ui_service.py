@@ -1,9 +1,10 @@
 """The web demo's logic without gradio: a request in, plain records out.
 
 ``lychee.ui`` (the only module that imports gradio) and the tests call into this module.
-It holds the UI text in two languages and the bilingual errors a user can fix, the
-process's one model (:class:`ModelSlot`), request validation, and :func:`rerank`, whose
-:class:`RerankOutcome` defines the JSON schema of the ``/rerank`` API.
+It holds the UI text in two languages, the process's one model (:class:`ModelSlot`),
+request validation (the library's one settings validator, after the page's conventions
+are translated), and :func:`rerank`, whose :class:`RerankOutcome` defines the JSON schema
+of the ``/rerank`` API.
 """
 
 from __future__ import annotations
@@ -12,30 +13,34 @@ import csv
 import io
 import json
 import logging
-import math
 import os
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from . import ranking
-from .images import DEFAULT_MAX_SIDE
+from . import protocol, ranking
+from .images import ImageSource
 from .limits import Limits
+from .messages import LANGUAGES, Language, Notice, UserError
 from .presets import PRESETS
+from .query import prepare_text
 from .ranking import RerankResult, ScoredImage, WinnerStrength
-from .reranker import LycheeReranker, Progress, clean_query, default_model
+from .reranker import LycheeReranker, Progress, default_model, display_name
+from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, resolve_settings
 
 log = logging.getLogger(__name__)
 
-Language = Literal["zh", "en"]
-LANGUAGES: tuple[Language, ...] = ("zh", "en")
-SCHEMA_VERSION = 1
-MAX_SIDE_RANGE = (64, 4096)
+__all__ = ["LANGUAGES", "Language", "UserError", "ModelSlot", "RerankRequest", "RerankOutcome", "rerank",
+           "validate", "text"]
+
+SCHEMA_VERSION = 2
+ZERO_GPU_ENV_VAR = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU Spaces
 
 
 @cache
@@ -48,87 +53,69 @@ def text(key: str, lang: Language, **params: Any) -> str:
     return _strings()[key][lang].format(**params)
 
 
-class UserError(ValueError):
-    """A problem the user can fix; its message exists in Chinese and English.
-
-    ``str(error)`` is both languages (for API clients); :meth:`text` is one (for the UI).
-    """
-
-    def __init__(self, key: str, **params: Any) -> None:
-        self.key = key
-        self.params = params
-        super().__init__(f"{self.text('en')} / {self.text('zh')}")
-
-    def text(self, lang: Language) -> str:
-        return text(f"error_{self.key}", lang, **self.params)
+def on_zero_gpu(environ: Mapping[str, str] | None = None) -> bool:
+    """True on a Hugging Face ZeroGPU Space."""
+    return bool((os.environ if environ is None else environ).get(ZERO_GPU_ENV_VAR))
 
 
 @dataclass(frozen=True)
 class RerankRequest:
     """One rerank request. ``None`` for ``score_threshold``/``top_k`` means "the preset's
-    value" (or keep all without a preset); ``top_k=0`` also means all."""
+    value" (or keep all without a preset); ``top_k=0`` also means all. :func:`validate`
+    returns a cleaned copy, with ``notices`` of what cleaning changed."""
 
     query: str
-    images: Sequence[str]  # file paths; the file name is each image's ``source`` label
+    images: Sequence[ImageSource]  # file paths (the file name is the ``source``), bytes, ...
     preset: str | None = None
     score_threshold: float | None = None
     top_k: int | None = None
     instruction: str | None = None
     normalize: bool = False
-    tie_epsilon: float = 0.05
+    tie_epsilon: float = DEFAULT_TIE_EPSILON
     max_side: int = DEFAULT_MAX_SIDE
+    labels: Sequence[str] | None = None  # a ``source`` name per image (default: from the file name)
+    notices: tuple[Notice, ...] = ()
 
     @property
     def lenient_parsing(self) -> bool:
         return PRESETS[self.preset].lenient_parsing if self.preset else False
 
 
-def _in_range(value: Any, low: float, high: float, *, whole: bool = False) -> bool:
-    """A real number (not a bool, not NaN) from ``low`` to ``high``; an integer value if ``whole``."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and low <= value <= high and (not whole or float(value).is_integer()))
+def _unset_if_none(value: Any) -> Any:
+    return UNSET if value is None else value
 
 
 def validate(request: RerankRequest, limits: Limits) -> RerankRequest:
-    """A cleaned copy of ``request`` with the preset's defaults filled in; ``UserError`` names
-    the first problem."""
-    try:
-        query = clean_query(request.query or "", limits.max_query_chars)
-    except ValueError:
-        raise UserError("empty_query") from None
+    """A cleaned copy of ``request``, checked by the library's one validator after the web's
+    conventions are translated (empty = the preset's value, ``top_k`` 0 = all), with the
+    preset's defaults filled in; ``UserError`` names the first problem."""
+    prompt = prepare_text(request.query, request.instruction or None, limits)
     if not request.images:
         raise UserError("no_images")
-    if len(request.images) > limits.max_images:
-        raise UserError("too_many_images", max_images=limits.max_images, count=len(request.images))
-    preset_name = (request.preset or "").strip() or None
-    if preset_name is not None and preset_name not in PRESETS:
-        raise UserError("unknown_preset", preset=preset_name, choices=", ".join(PRESETS))
-    preset = PRESETS.get(preset_name or "")
-    threshold = request.score_threshold if request.score_threshold is not None or not preset \
-        else preset.score_threshold
-    top_k = request.top_k if request.top_k is not None or not preset else preset.top_k
-    if threshold is not None and not _in_range(threshold, 0, 10):
-        raise UserError("bad_threshold", value=threshold)
-    if top_k is not None and not _in_range(top_k, 0, math.inf, whole=True):
-        raise UserError("bad_top_k", value=top_k)
-    if not _in_range(request.tie_epsilon, 0, 10):
-        raise UserError("bad_tie_epsilon", value=request.tie_epsilon)
-    low, high = MAX_SIDE_RANGE
-    if not _in_range(request.max_side, low, high, whole=True):
-        raise UserError("bad_max_side", low=low, high=high, value=request.max_side)
-    return replace(
-        request, query=query, images=tuple(request.images), preset=preset_name,
-        score_threshold=None if threshold is None else float(threshold), top_k=int(top_k) if top_k else None,
-        instruction=(request.instruction or "").strip() or None, normalize=bool(request.normalize),
-        tie_epsilon=float(request.tie_epsilon), max_side=int(request.max_side))
+    limits.check_image_count(len(request.images))
+    top_k = None if request.top_k == 0 and not isinstance(request.top_k, bool) else request.top_k
+    settings = resolve_settings(request.preset, score_threshold=_unset_if_none(request.score_threshold),
+                                top_k=_unset_if_none(top_k), normalize=request.normalize,
+                                tie_epsilon=request.tie_epsilon, max_side=request.max_side)
+    return replace(request, query=prompt.query, images=tuple(request.images), instruction=prompt.instruction,
+                   notices=request.notices + prompt.notices, **settings.as_dict())
+
+
+_PATH = re.compile(r"(?<![\w:/])(?:~|\.{1,2})?(?:/[^\s/'\"]+)+/?")
+
+
+def hide_paths(message: str) -> str:
+    """``message`` with every file-system path shortened to its last part (no server paths shown)."""
+    return _PATH.sub(lambda m: Path(m.group().rstrip("/")).name or m.group(), message)
 
 
 def failure_reason(model: str, exc: BaseException) -> str:
-    """One line on why ``model`` did not load: a missing directory, or the error's first line."""
+    """One line on why ``model`` did not load: a missing directory, or the error's first line
+    (without server paths)."""
     if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
         return "no such directory"
     lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(".")[:300]
+    return hide_paths((lines[0] if lines else type(exc).__name__).rstrip(".")[:300])
 
 
 class ModelSlot:
@@ -141,49 +128,70 @@ class ModelSlot:
     def __init__(self, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
                  limits: Limits | None = None) -> None:
         self.model = model or default_model()
+        self.name = display_name(self.model)
         self.device = device or os.environ.get("LYCHEE_DEVICE", "auto")
         self.dtype = dtype or os.environ.get("LYCHEE_DTYPE", "auto")
         self.limits = limits or Limits.from_env()
         self._lock = threading.Lock()
-        self._loader: threading.Thread | None = None
+        self._started = False
+        self._loaded = threading.Event()
         self._reranker: LycheeReranker | None = None
         self._failure: str | None = None
 
+    @classmethod
+    def for_space(cls, environ: Mapping[str, str] | None = None) -> ModelSlot:
+        """The slot of the served app. On a ZeroGPU Space (``SPACES_ZERO_GPU`` set) the model
+        is placed on ``cuda`` in bf16 unless ``LYCHEE_DEVICE``/``LYCHEE_DTYPE`` say otherwise,
+        and must then be loaded at import time with :meth:`load_now`."""
+        environ = os.environ if environ is None else environ
+        if on_zero_gpu(environ):
+            return cls(device=environ.get("LYCHEE_DEVICE", "cuda"), dtype=environ.get("LYCHEE_DTYPE", "bf16"))
+        return cls()
+
     def start_loading(self) -> None:
-        """Start loading in the background, once; returns at once."""
+        """Start loading in a background thread, once; returns at once."""
         with self._lock:
-            if self._loader is None:
-                self._loader = threading.Thread(target=self._load, name="lychee-model-loader", daemon=True)
-                self._loader.start()
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._load, name="lychee-model-loader", daemon=True).start()
+
+    def load_now(self) -> None:
+        """Load in the calling thread, once (ZeroGPU wants the model placed at import time)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._load()
 
     def _load(self) -> None:
         try:
             self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits,
-                                            max_pixels=self.limits.max_visual_tokens * 28 * 28)
+                                            max_pixels=self.limits.max_visual_tokens * protocol.PATCH_PIXELS ** 2)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong is shown to the user, with the fix
             self._failure = failure_reason(self.model, exc)
-            log.exception("could not load the model %s", self.model)
+            log.exception("could not load the model %s", self.name)
+        finally:
+            self._loaded.set()
 
     @property
     def settled(self) -> bool:
         """True once loading has finished, successfully or not."""
-        return self._loader is not None and not self._loader.is_alive()
+        return self._loaded.is_set()
 
     def get(self) -> LycheeReranker:
         """The loaded reranker, waiting for the load if needed; ``UserError`` if it failed."""
         self.start_loading()
-        assert self._loader is not None
-        self._loader.join()
+        self._loaded.wait()
         if self._reranker is None:
-            raise UserError("model_unavailable", model=self.model, reason=self._failure)
+            raise UserError("model_unavailable", model=self.name, reason=self._failure)
         return self._reranker
 
     def status_line(self, lang: Language) -> str:
-        """What is loaded (model, device, dtype), that it is loading, or why it failed."""
+        """What is loaded (model, device, dtype, pixel budget), that it is loading, or why it failed."""
         if not self.settled:
-            return text("model_loading", lang, model=self.model)
+            return text("model_loading", lang, model=self.name)
         if self._reranker is None:
-            return "❌ " + UserError("model_unavailable", model=self.model, reason=self._failure).text(lang)
+            return "❌ " + UserError("model_unavailable", model=self.name, reason=self._failure).text(lang)
         return text("model_ready", lang, **self._reranker.describe())
 
     def score(self, request: RerankRequest, *, progress: Progress | None = None) -> list[ScoredImage]:
@@ -200,8 +208,8 @@ class ModelSlot:
                 progress(done, total)
 
         return self.get().score(request.query, request.images, instruction=request.instruction,
-                                max_side=request.max_side, lenient_parsing=request.lenient_parsing,
-                                progress=report)
+                                labels=request.labels, max_side=request.max_side,
+                                lenient_parsing=request.lenient_parsing, progress=report)
 
 
 def left_out_reason(result: RerankResult, request: RerankRequest) -> Literal["below_threshold", "beyond_top_k"]:
@@ -233,7 +241,7 @@ class RerankOutcome:
         return ranking.winner_strength(self.results + self.filtered_out) if self.results else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``/rerank`` API's JSON result (schema version 1); see :func:`rerank`."""
+        """The ``/rerank`` API's JSON result (schema version 2); see :func:`rerank`."""
         r = self.request
         return {
             "schema_version": SCHEMA_VERSION,
@@ -248,6 +256,7 @@ class RerankOutcome:
             "results": [x.to_dict() for x in self.results],
             "filtered_out": [{**x.to_dict(), "reason": left_out_reason(x, r)} for x in self.filtered_out],
             "errors": [x.to_dict() for x in self.errors],
+            "warnings": [n.to_dict() for n in r.notices],
             "elapsed_s": round(self.elapsed_s, 4),
             "images_per_s": round(self.images_per_s, 3),
         }
@@ -269,23 +278,27 @@ def rerank(request: RerankRequest, slot: ModelSlot, *,
            score: Callable[[RerankRequest], list[ScoredImage]] | None = None) -> RerankOutcome:
     """Validate ``request``, score its images with ``score`` (default ``slot.score``) and rank them.
 
-    The JSON form (``RerankOutcome.to_dict()``), schema version 1::
+    The JSON form (``RerankOutcome.to_dict()``), schema version 2::
 
-        {"schema_version": 1, "query": str, "preset": str | null,
+        {"schema_version": 2, "query": str, "preset": str | null,
          "settings": {"score_threshold": float | null, "top_k": int | null, "instruction": str | null,
                       "normalize": bool, "tie_epsilon": float, "max_side": int},
-         "model": {"model": str, "device": str, "dtype": str, "attention": str, "mode": str},
+         "model": {"model": str, "device": str, "dtype": str, "attention": str, "mode": str,
+                   "visual_tokens": str},
          "counts": {"images": int, "results": int, "filtered_out": int, "errors": int},
          "winner_strength": "close" | "clear" | "dominant" | null,
          "results": [record, ...],        # best first, ranks 1..n
          "filtered_out": [record + {"reason": "below_threshold" | "beyond_top_k"}, ...],
          "errors": [record, ...],         # images that could not be scored (score 0.0)
+         "warnings": [{"code": str, "message": str}, ...],  # what was changed in the input
          "elapsed_s": float, "images_per_s": float}
 
     where ``record`` is ``RerankResult.to_dict()``: ``rank, index`` (position in the
     request), ``source`` (file name), ``score`` (0-10, normalised if asked), ``raw_score``,
-    ``tied``, ``raw_output``, ``error``. Bad input raises :class:`UserError`; a bad image
-    only becomes an error record.
+    ``tied``, ``raw_output``, ``error``. ``warnings`` (new in version 2) lists each change
+    made to the input - a query or instruction cut to its length limit, chat control tokens
+    removed - with a ``code`` and a ``message`` in English and Chinese. Bad input raises
+    :class:`UserError`; a bad image only becomes an error record.
     """
     request = validate(request, slot.limits)
     model = slot.get().describe()  # waits for the model outside any GPU allocation

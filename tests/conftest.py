@@ -68,7 +68,7 @@ def demo_url(tiny_checkpoint: Path):
     slot.start_loading()
     demo = build_demo(slot)
     port = free_port()
-    options = launch_options(slot.limits) | {"mcp_server": False}
+    options = launch_options(slot.limits) | {"mcp_server": True}
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **options)
     yield url.rstrip("/")

@@ -34,11 +34,17 @@ def batch(image_dir) -> list[str]:
     return [*(str(image_dir / f"good{i}.png") for i in range(5)), str(image_dir / "corrupt.jpg")]
 
 
+API_ARGUMENTS = {"query": QUERY, "images": None, "preset": "", "score_threshold": None, "top_k": None,
+                 "instruction": "", "normalize": False, "tie_epsilon": 0.05, "max_side": 1920}
+
+
 def call(client, images: list[str], **kwargs) -> dict:
+    """``/rerank`` takes all nine arguments by position (it is undocumented, so the client
+    does not know their names)."""
     from gradio_client import handle_file
 
-    kwargs.setdefault("query", QUERY)
-    return client.predict(images=[handle_file(p) for p in images], api_name="/rerank", **kwargs)
+    arguments = API_ARGUMENTS | {"images": [handle_file(p) for p in images]} | kwargs
+    return client.predict(*arguments.values(), api_name="/rerank")
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +53,15 @@ def everything(client, batch) -> dict:
     return call(client, batch)
 
 
-def test_rerank_is_the_only_public_endpoint(client):
+def test_rerank_urls_is_the_only_documented_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/rerank"} and not api["unnamed_endpoints"]
-    names = [p["parameter_name"] for p in api["named_endpoints"]["/rerank"]["parameters"]]
-    assert names == ["query", "images", "preset", "score_threshold", "top_k", "instruction", "normalize",
-                     "tie_epsilon", "max_side"]
+    assert set(api["named_endpoints"]) == {"/rerank_urls"} and not api["unnamed_endpoints"]
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/rerank_urls"]["parameters"]]
+    assert names == ["query", "image_urls", *list(API_ARGUMENTS)[2:]]
 
 
 def test_result_follows_the_documented_schema(everything):
-    assert everything["schema_version"] == 1
+    assert everything["schema_version"] == 2
     assert everything["query"] == QUERY
     assert set(everything["settings"]) == {"score_threshold", "top_k", "instruction", "normalize", "tie_epsilon",
                                            "max_side"}
@@ -64,6 +69,7 @@ def test_result_follows_the_documented_schema(everything):
     assert everything["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1}
     assert everything["winner_strength"] in ("close", "clear", "dominant")
     assert everything["elapsed_s"] > 0 and everything["images_per_s"] > 0
+    assert everything["warnings"] == []
     for record in everything["results"] + everything["errors"]:
         assert set(record) == RECORD_KEYS
         assert isinstance(record["score"], float) and isinstance(record["tied"], bool)
@@ -127,13 +133,50 @@ def test_empty_query_is_a_clear_error(client, batch):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"preset": "fastest"}, "unknown preset 'fastest'"),
     ({"score_threshold": 11}, "score_threshold must be a number from 0 to 10"),
-    ({"top_k": -1}, "top_k must be a whole number >= 0"),
+    ({"top_k": -1}, "top_k must be a whole number >= 1"),
+    ({"top_k": 2.5}, "top_k must be a whole number >= 1 .* got 2.5"),
+    ({"top_k": 0.4}, "top_k must be a whole number >= 1 .* got 0.4"),
+    ({"top_k": -0.4}, "top_k must be a whole number >= 1 .* got -0.4"),
+    ({"top_k": "three"}, "top_k must be a whole number >= 1 .* got 'three'"),
+    ({"max_side": 100.5}, "max_side .* must be a whole number from 64 to 4096, got 100.5"),
+    ({"normalize": "yes"}, "normalize must be true or false, got 'yes'"),
+    ({"tie_epsilon": "wide"}, "tie_epsilon must be a number from 0 to 10, got 'wide'"),
+    ({"instruction": 5}, "instruction must be text, got 5"),
 ])
-def test_bad_settings_are_clear_errors(client, batch, kwargs, message):
+def test_bad_settings_are_refused_with_the_libraries_bilingual_errors(client, batch, kwargs, message):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match=message):
+    with pytest.raises(AppError, match=message) as refused:
         call(client, batch, **kwargs)
+    english, chinese = str(refused.value).split(" / ", 1)
+    assert "object at 0x" not in str(refused.value) and any("\u4e00" <= ch <= "\u9fff" for ch in chinese)
+
+
+def test_whole_numbers_sent_as_floats_are_accepted(client, batch):
+    data = call(client, batch, top_k=2.0, max_side=512.0)
+    assert data["settings"]["top_k"] == 2 and data["settings"]["max_side"] == 512
+    assert len(data["results"]) == 2
+
+
+def test_a_refused_request_is_logged_as_one_line_without_a_traceback(client, batch, capsys, caplog):
+    from gradio_client.exceptions import AppError
+
+    caplog.set_level("INFO", logger="lychee")
+    with pytest.raises(AppError):
+        call(client, batch, top_k=2.5)
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refused request:")]
+    assert len(refusals) == 1 and refusals[0].exc_info is None
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_truncated_and_cleaned_text_comes_back_as_warnings(client, batch):
+    data = call(client, batch, query="a cat<|im_end|>" + "x" * 2000, instruction="<|image_pad|>" + "y" * 600)
+    codes = [w["code"] for w in data["warnings"]]
+    assert codes == ["query_control_tokens", "query_truncated", "instruction_control_tokens",
+                     "instruction_truncated"]
+    assert all(" / " in w["message"] for w in data["warnings"])
+    assert len(data["query"]) == 1000 and len(data["settings"]["instruction"]) == 500
+    assert data["counts"]["errors"] == 1  # only the corrupt image: the control tokens broke nothing
 
 
 def test_example_client_script_prints_the_ranked_table(demo_url, batch):
@@ -144,3 +187,22 @@ def test_example_client_script_prints_the_ranked_table(demo_url, batch):
     assert lines[0].split() == ["rank", "score", "image"]
     assert lines[1].startswith("#1 ")
     assert "corrupt.jpg" in done.stdout and "not a readable image" in done.stdout
+
+
+def test_rerank_urls_ranks_data_uris_like_uploads(client, batch):
+    from .test_url_images import data_uri
+
+    paths = batch[:3]
+    uploads = call(client, paths)
+    by_url = client.predict("一只black cat坐在red sofa上", [data_uri(Path(p).read_bytes()) for p in paths],
+                            api_name="/rerank_urls")
+    assert by_url["schema_version"] == 2
+    assert [r["index"] for r in by_url["results"]] == [r["index"] for r in uploads["results"]]
+    assert [r["score"] for r in by_url["results"]] == [r["score"] for r in uploads["results"]]
+
+
+def test_rerank_urls_refuses_a_list_that_is_not_urls(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="image_urls must be a list of URL strings"):
+        client.predict("a cat", "http://example.com/x.png", api_name="/rerank_urls")

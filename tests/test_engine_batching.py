@@ -43,7 +43,7 @@ def test_sorted_batching_gives_the_same_scores_as_unsorted(engine, mixed_images)
 
     def score(batch: list[Image.Image]) -> list[list[float]]:
         batches.append([engine.visual_tokens(image) for image in batch])
-        return engine.yes_no_logits(prompt, batch).tolist()
+        return engine.relevance_logits(prompt, batch).tolist()
 
     unsorted = run_batched(mixed_images, score, batch_size=2)
     by_cost = run_batched(mixed_images, score, batch_size=2, cost=engine.visual_tokens)

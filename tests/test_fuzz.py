@@ -15,7 +15,7 @@ from PIL import Image
 
 from lychee.images import MAX_ASPECT_RATIO, ImageLoadError, load_image
 from lychee.parsing import parse_score
-from lychee.reranker import clean_query
+from lychee.query import clean_query
 
 MAX_SIDE = 64
 MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", "I;16", "I;16B", "LA", "PA",
@@ -135,10 +135,11 @@ CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")
                           max_size=12).map("".join)),
        st.integers(1, 100))
 def test_any_query_is_cleaned_or_rejected_as_empty(query, max_chars):
-    expected = CONTROL_TOKEN.sub(" ", query).strip()[:max_chars]
+    expected = CONTROL_TOKEN.sub(" ", query).strip()[:max_chars].rstrip()
     try:
         cleaned = clean_query(query, max_chars)
     except ValueError as exc:
         assert not expected and "query is empty" in str(exc)
         return
     assert cleaned and len(cleaned) <= max_chars and cleaned == expected
+    assert not CONTROL_TOKEN.search(cleaned) and clean_query(cleaned, max_chars) == cleaned  # idempotent

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 import lychee
-from lychee.presets import PRESETS, get_preset
+from lychee.presets import PRESETS
+from lychee.settings import get_preset
 
 
 def test_import_loads_neither_gradio_nor_torch():

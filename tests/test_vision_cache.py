@@ -40,9 +40,9 @@ def test_cached_logits_equal_the_plain_pixel_values_forward(cached, image_dir):
     prompt = engine.render(protocol.rerank_messages(QUERY))
     with torch.inference_mode():
         plain = engine.model(**engine._inputs(prompt, images), logits_to_keep=1).logits[:, -1]
-    plain = plain[:, [engine.yes_id, engine.no_id]]
-    first = engine.yes_no_logits(prompt, images)
-    second = engine.yes_no_logits(prompt, images)
+    plain = plain[:, engine.yes_id] - plain[:, engine.no_id]
+    first = engine.relevance_logits(prompt, images)
+    second = engine.relevance_logits(prompt, images)
     assert engine.vision_cache.hits == len(images)
     assert (first - plain).abs().max() <= CACHE_TOLERANCE
     assert (second - plain).abs().max() <= CACHE_TOLERANCE
@@ -89,10 +89,10 @@ def test_different_pixel_settings_do_not_collide(cached):
     assert small.vision_cache is large.vision_cache
     assert small.visual_tokens(image) < large.visual_tokens(image)
     prompt = small.render(protocol.rerank_messages(QUERY))
-    small.yes_no_logits(prompt, [image])
-    from_large = large.yes_no_logits(prompt, [image])
+    small.relevance_logits(prompt, [image])
+    from_large = large.relevance_logits(prompt, [image])
     assert (small.vision_cache.hits, len(small.vision_cache)) == (0, 2)
-    fresh = dataclasses.replace(large, vision_cache=VisionCache(0)).yes_no_logits(prompt, [image])
+    fresh = dataclasses.replace(large, vision_cache=VisionCache(0)).relevance_logits(prompt, [image])
     assert (from_large - fresh).abs().max() <= CACHE_TOLERANCE
 
 

@@ -1,0 +1,70 @@
+"""What the reranker tells a person, in Chinese and English: errors that refuse a request
+(:class:`UserError`) and notices that let it run changed (:class:`Notice`, e.g. a query cut
+to the length limit). The texts live in ``data/messages.json``; every surface - the
+library, the CLI, the web page and its API - shows the same words. Pure: no torch, no gradio.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+Language = Literal["zh", "en"]
+LANGUAGES: tuple[Language, ...] = ("zh", "en")
+
+
+@cache
+def _messages() -> dict[str, dict[str, str]]:
+    return json.loads(resources.files("lychee").joinpath("data/messages.json").read_text(encoding="utf-8"))
+
+
+def message(key: str, lang: Language, **params: Any) -> str:
+    """The message ``key`` in ``lang`` with ``{placeholders}`` filled from ``params``."""
+    return _messages()[key][lang].format(**params)
+
+
+def bilingual(key: str, **params: Any) -> str:
+    """``English / 中文``: for API clients, whose language is unknown."""
+    return f"{message(key, 'en', **params)} / {message(key, 'zh', **params)}"
+
+
+class UserError(ValueError):
+    """A problem the user can fix, named by ``key`` in ``data/messages.json``.
+
+    ``str(error)`` is English (library and CLI); :meth:`text` gives one language (the
+    page) and :meth:`bilingual` both (the web API).
+    """
+
+    def __init__(self, key: str, **params: Any) -> None:
+        self.key = key
+        self.params = params
+        super().__init__(message(key, "en", **params))
+
+    def text(self, lang: Language) -> str:
+        return message(self.key, lang, **self.params)
+
+    def bilingual(self) -> str:
+        return bilingual(self.key, **self.params)
+
+
+class InputWarning(UserWarning):
+    """Warning category of the library's notices (``warnings.warn``), e.g. a truncated query."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the reranker changed in a request and the user should know about."""
+
+    key: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def text(self, lang: Language) -> str:
+        return message(self.key, lang, **self.params)
+
+    def to_dict(self) -> dict[str, str]:
+        """``{"code": key, "message": "English / 中文"}``, as the web API reports it."""
+        return {"code": self.key, "message": bilingual(self.key, **self.params)}

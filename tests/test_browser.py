@@ -130,6 +130,7 @@ def test_results_survive_a_following_error(any_page, image_dir):
     assert page.locator("#lychee-winner .lychee-winner").count() == 1
     assert page.get_attribute("#lychee-table [role=grid]", "aria-rowcount") == "4"
     assert page.get_by_role("button", name="Download JSON").is_visible()
+    page.wait_for_timeout(500)  # the toast has slid in before the picture
     screenshot(page, "3-error-after-run")
 
 

@@ -31,6 +31,7 @@ WinnerStrength = Literal["close", "clear", "dominant"]
 
 CLOSE_GAP = 0.1
 DOMINANT_RATIO = 1.5
+WEAK_MATCH_SCORE = 5.0
 
 
 @dataclass(frozen=True)
@@ -161,3 +162,9 @@ def winner_strength(ranked: Sequence[RerankResult]) -> WinnerStrength | None:
         return "close"
     return "dominant" if first.score >= DOMINANT_RATIO * second.score else "clear"
 
+
+
+def matches_well(best: RerankResult) -> bool:
+    """Whether #1 is a real match: the model's own score (``raw_score``, before any batch
+    normalisation) is at least ``WEAK_MATCH_SCORE``. Below it, how far #1 leads means little."""
+    return best.error is None and best.raw_score >= WEAK_MATCH_SCORE

@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from .ui_service import Language, ModelSlot, RerankOutcome, RerankRequest, text
 from .ui_view import (
     CSS,
+    download_stem,
     filtered_gallery,
     hints_markdown,
     ranked_gallery,
@@ -39,6 +41,7 @@ from .ui_view import (
     table_headers,
     table_rows,
     winner_card,
+    winner_level,
 )
 from .url_images import fetch_images, url_label
 
@@ -46,10 +49,25 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
 DEFAULT_PRESET = "screening"
 GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one request
+TABLE_COLUMN_WIDTHS = ["13%", "27%", "15%", "19%", "26%"]  # rank, image, score, raw score, status
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
 PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
 PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}  # UI-only events: no API, no queue
+# A run brings the results' top edge into view when it starts and when it ends (on a phone they sit
+# below the controls), unless the query is empty: then the error toast is all there is to see.
+SHOW_RESULTS_JS = """(query) => {
+  const results = document.getElementById('lychee-results');
+  const top = results.getBoundingClientRect().top;
+  if (query.trim() && (top < 0 || top > window.innerHeight / 3)) results.scrollIntoView({behavior: 'smooth'});
+}"""
+# Gradio's own words (footer, upload prompts, toast buttons) follow its locale, which lives in its core
+# module; the language switch sets it too. Nothing happens if a Gradio release renames that module.
+GRADIO_LOCALE_JS = """async (lang) => {
+  const core = performance.getEntriesByType('resource').map((e) => e.name)
+    .find((name) => /\\/assets\\/core-[\\w-]+\\.js$/.test(name));
+  if (core) (await import(core)).changeLocale(lang === 'zh' ? 'zh-CN' : 'en');
+}"""
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +115,16 @@ def header_markdown(lang: Language) -> str:
     return f"# {text('title', lang)}\n{text('subtitle', lang)}"
 
 
-def status_html(message: str, *, error: bool = False) -> str:
-    css_class = "lychee-status lychee-status--error" if error else "lychee-status"
-    return f'<div class="{css_class}">{html.escape(message)}</div>'
+def status_html(message: str) -> str:
+    return f'<div class="lychee-status">{html.escape(message)}</div>'
 
 
 def write_downloads(outcome: RerankOutcome, folder: Path) -> tuple[str, str]:
-    """The outcome as ``rerank.json`` and ``rerank.csv`` in a fresh folder under ``folder``."""
+    """The outcome as JSON and CSV, named after the query and the time, in a fresh folder under ``folder``."""
     target = folder / uuid.uuid4().hex
     target.mkdir(parents=True)
-    json_path, csv_path = target / "rerank.json", target / "rerank.csv"
+    stem = download_stem(outcome.request.query, datetime.now())
+    json_path, csv_path = target / f"{stem}.json", target / f"{stem}.csv"
     json_path.write_text(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
     csv_path.write_text(outcome.to_csv(), encoding="utf-8-sig")  # BOM: Excel then reads Chinese names right
     return str(json_path), str(csv_path)
@@ -123,15 +141,15 @@ class RerankDemo:
         self.score_on_gpu = spaces.GPU(duration=self._gpu_seconds)(self._score)
 
     # -- GPU work ---------------------------------------------------------------------------
-    def _gpu_seconds(self, request: RerankRequest) -> int:
+    def _gpu_seconds(self, request: RerankRequest, lang: Language = DEFAULT_LANGUAGE) -> int:
         seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_IMAGE * len(request.images)
         return int(min(self.limits.request_timeout_s, seconds))
 
-    def _score(self, request: RerankRequest) -> list[ScoredImage]:
+    def _score(self, request: RerankRequest, lang: Language = DEFAULT_LANGUAGE) -> list[ScoredImage]:
         """Only this runs on the GPU (``spaces.GPU``; a no-op off Hugging Face Spaces)."""
         progress = gr.Progress()
         return self.slot.score(request, progress=lambda done, total: progress(
-            (done, total), desc="Scoring · 打分", unit="images"))
+            (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
@@ -143,17 +161,18 @@ class RerankDemo:
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="Lychee Rerank MM", delete_cache=(3600, 3600)) as demo:
             self.outcome = gr.State(None)
-            with gr.Row(equal_height=True):
+            with gr.Row(elem_id="lychee-top"):
                 self.header = gr.Markdown(header_markdown(DEFAULT_LANGUAGE), elem_classes="lychee-header")
                 self.lang = gr.Radio([("中文", "zh"), ("English", "en")], value=DEFAULT_LANGUAGE, show_label=False,
-                                     container=False, scale=0, min_width=240, elem_id="lychee-language")
+                                     container=False, scale=0, min_width=200, elem_id="lychee-language")
             self.model_status = gr.Markdown(self.slot.status_line(DEFAULT_LANGUAGE),
                                             elem_classes="lychee-model-status")
             self.model_timer = gr.Timer(1.0)
-            with gr.Row():
-                with gr.Column(scale=5):
+            # Side by side on a laptop (query, Run and results on the first screen); stacked on a phone.
+            with gr.Row(elem_id="lychee-main"):
+                with gr.Column(scale=5, min_width=340, elem_id="lychee-controls"):
                     self._build_inputs()
-                with gr.Column(scale=7):
+                with gr.Column(scale=7, min_width=340, elem_id="lychee-results"):
                     self._build_results()
             self._build_api()
             self._wire(demo)
@@ -162,13 +181,17 @@ class RerankDemo:
 
     def _build_inputs(self) -> None:
         tr = self.tr
+        with gr.Row(equal_height=True, elem_id="lychee-query-row"):
+            self.query_keys = {"label": "query_label", "placeholder": "query_placeholder"}
+            self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, scale=1, min_width=180,
+                            elem_id="lychee-query")
+            self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", scale=0, min_width=110,
+                                 elem_id="lychee-run")
+        self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
         self.images = tr(gr.Gallery, {"label": "images_label"}, type="filepath", file_types=["image"],
-                         interactive=True, columns=4, height=300, object_fit="cover", elem_id="lychee-images")
+                         interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
         self.samples = sample_images()
         self.sample_button = tr(gr.Button, {"value": "sample_button"}, size="sm", visible=bool(self.samples))
-        self.query_keys = {"label": "query_label", "placeholder": "query_placeholder"}
-        self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, elem_id="lychee-query")
-        self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
         queries = example_queries()
         self.examples = gr.Examples([[q] for q in queries], inputs=[self.query], examples_per_page=9,
                                     label=text("examples_label", DEFAULT_LANGUAGE)) if queries else None
@@ -186,21 +209,22 @@ class RerankDemo:
             self.normalize = tr(gr.Checkbox, {"label": "normalize_label"}, value=False)
             with gr.Row():
                 self.tie_epsilon = tr(gr.Slider, {"label": "tie_epsilon_label", "info": "tie_epsilon_info"},
-                                      minimum=0, maximum=1, step=0.01, value=0.05)
+                                      minimum=0, maximum=1, step=0.01, value=0.05, elem_id="lychee-tie-epsilon")
                 self.max_side = tr(gr.Slider, {"label": "max_side_label", "info": "max_side_info"},
                                    minimum=256, maximum=DEFAULT_MAX_SIDE, step=64, value=DEFAULT_MAX_SIDE)
-        self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", size="lg", elem_id="lychee-run")
 
     def _build_results(self) -> None:
+        # The status line is also the one progress indicator, at the results' top edge.
         self.status = gr.HTML(status_html(text("status_idle", DEFAULT_LANGUAGE)), elem_id="lychee-status")
         self.winner = gr.HTML(elem_id="lychee-winner")
-        self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, object_fit="cover",
-                              interactive=False, elem_id="lychee-ranked", elem_classes="lychee-ranked")
+        self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, height="auto", fit_columns=False,
+                              object_fit="cover", interactive=False, elem_id="lychee-ranked",
+                              elem_classes="lychee-ranked")
         self.table = self.tr(gr.Dataframe, {"label": "table_label"}, headers=table_headers(DEFAULT_LANGUAGE),
-                             interactive=False, wrap=True, elem_id="lychee-table")
+                             interactive=False, wrap=True, column_widths=TABLE_COLUMN_WIDTHS, elem_id="lychee-table")
         with gr.Accordion(text("filtered_label", DEFAULT_LANGUAGE, count=0), open=False) as self.filtered_box:
-            self.filtered = gr.Gallery(columns=5, height="auto", object_fit="cover", interactive=False,
-                                       show_label=False, elem_id="lychee-filtered")
+            self.filtered = gr.Gallery(columns=5, height="auto", fit_columns=False, object_fit="cover",
+                                       interactive=False, show_label=False, elem_id="lychee-filtered")
         with gr.Accordion(text("raw_label", DEFAULT_LANGUAGE), open=False) as self.raw_box:
             self.raw_table = gr.Dataframe(headers=raw_output_headers(DEFAULT_LANGUAGE), interactive=False,
                                           wrap=True, show_label=False)
@@ -208,7 +232,7 @@ class RerankDemo:
             self.json_file = self.tr(gr.DownloadButton, {"label": "json_button"}, visible=False, size="sm")
             self.csv_file = self.tr(gr.DownloadButton, {"label": "csv_button"}, visible=False, size="sm")
         self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
-                        self.raw_box, self.raw_table]
+                        self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
     def _build_api(self) -> None:
         """The ``/rerank`` endpoint's inputs and output: plain types, not shown on the page."""
@@ -229,10 +253,12 @@ class RerankDemo:
     def _wire(self, demo: gr.Blocks) -> None:
         run_inputs = [self.lang, self.query, self.images, self.preset, self.threshold, self.top_k,
                       self.instruction, self.normalize, self.tie_epsilon, self.max_side]
+        run_triggers = [self.run_button.click, self.query.submit]
+        gr.on(run_triggers, None, inputs=[self.query], js=SHOW_RESULTS_JS, **PRIVATE)
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
-        gr.on([self.run_button.click, self.query.submit], self.run, inputs=run_inputs,
-              outputs=[self.outcome, *self.results, self.json_file, self.csv_file],
-              show_progress_on=[self.ranked, self.winner], api_visibility="private", concurrency_id="gpu")
+        gr.on(run_triggers, self.run, inputs=run_inputs, outputs=[self.outcome, *self.results],
+              show_progress_on=[self.status], api_visibility="private", concurrency_id="gpu",
+              ).success(None, inputs=[self.query], js=SHOW_RESULTS_JS, **PRIVATE)
         # Raw values reach the handler (preprocess=False): lychee's validator, not Gradio's coercion
         # (top_k 2.5 -> 2), judges them. Hidden from MCP and the API page, where list-of-file inputs
         # fail in Gradio 6.31; gradio_client still calls it. rerank_urls is the documented route.
@@ -247,7 +273,8 @@ class RerankDemo:
             self.examples.load_input_event.then(lambda lang: localize(self.query_keys, lang), inputs=[self.lang],
                                                 outputs=[self.query], **PRIVATE)
         self.lang.change(self.relabel, inputs=[self.lang, self.outcome, self.query, self.preset],
-                         outputs=relabelled + self.results, **PRIVATE)
+                         outputs=list(dict.fromkeys(relabelled + self.results)), **PRIVATE)
+        self.lang.change(None, inputs=[self.lang], js=GRADIO_LOCALE_JS, **PRIVATE)
         self.query.change(show_hints, inputs=[self.query, self.lang], outputs=[self.hints], show_progress="hidden",
                           **PRIVATE)
         self.preset.input(apply_preset, inputs=[self.preset, self.lang],
@@ -258,45 +285,52 @@ class RerankDemo:
         demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
 
     # -- handlers ---------------------------------------------------------------------------
-    def render(self, outcome: RerankOutcome | None, lang: Language, *, error: str | None = None,
-               raw_open: bool | None = None) -> list[Any]:
-        """Updates for ``self.results``: an outcome, an ``error`` line, or the idle page."""
+    def render(self, outcome: RerankOutcome | None, lang: Language, *, raw_open: bool | None = None
+               ) -> dict[Any, Any]:
+        """Updates for ``self.results`` in ``lang``: an outcome, or the idle page without one."""
         raw_box = {"label": text("raw_label", lang)} | ({} if raw_open is None else {"open": raw_open})
+        updates = {self.raw_box: gr.update(**raw_box)}
         if outcome is None:
-            line = status_html(error, error=True) if error else status_html(text("status_idle", lang))
-            return [line, "", gr.update(value=[], elem_classes=["lychee-ranked"]),
-                    {"headers": table_headers(lang), "data": []},
-                    gr.update(label=text("filtered_label", lang, count=0)), [], gr.update(**raw_box),
-                    {"headers": raw_output_headers(lang), "data": []}]
-        strength = outcome.winner_strength or "alone"
-        return [status_html(status_line(outcome, lang)), winner_card(outcome, lang),
-                gr.update(value=ranked_gallery(outcome), elem_classes=["lychee-ranked", f"lychee-ranked--{strength}"]),
-                {"headers": table_headers(lang), "data": table_rows(outcome, lang)},
-                gr.update(label=text("filtered_label", lang, count=len(outcome.filtered_out))),
-                filtered_gallery(outcome, lang), gr.update(**raw_box),
-                {"headers": raw_output_headers(lang), "data": raw_output_rows(outcome)}]
+            return updates | {self.status: gr.update(value=status_html(text("status_idle", lang))),
+                              self.table: gr.update(value={"headers": table_headers(lang), "data": []}),
+                              self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": []})}
+        level = ["lychee-ranked", f"lychee-ranked--{winner_level(outcome)}"] if outcome.results else ["lychee-ranked"]
+        return updates | {
+            self.status: gr.update(value=status_html(status_line(outcome, lang))),
+            self.winner: gr.update(value=winner_card(outcome, lang)),
+            self.ranked: gr.update(value=ranked_gallery(outcome), elem_classes=level),
+            self.table: gr.update(value={"headers": table_headers(lang), "data": table_rows(outcome, lang)}),
+            self.filtered_box: gr.update(label=text("filtered_label", lang, count=len(outcome.filtered_out))),
+            self.filtered: gr.update(value=filtered_gallery(outcome, lang)),
+            self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": raw_output_rows(outcome)}),
+        }
 
     def run(self, lang: Language, query: str, gallery: list[tuple[str, str | None]] | None, preset: str | None,
             threshold: float, top_k: float, instruction: str, normalize: bool, tie_epsilon: float, max_side: float,
-            progress: gr.Progress = gr.Progress()) -> list[Any]:  # noqa: B008 - how gradio asks for a progress bar
-        """The Run button and Enter: rerank the gallery's images and render everything."""
+            progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:  # noqa: B008 - how gradio asks for a progress bar
+        """The Run button and Enter: rerank the gallery's images and render everything.
+
+        A request the user must fix gets a toast and no updates: the last good results stay on the page."""
         request = RerankRequest(query=query, images=[path for path, _ in gallery or []], preset=preset,
                                 score_threshold=threshold, top_k=int(top_k), instruction=instruction,
                                 normalize=normalize, tie_epsilon=tie_epsilon, max_side=int(max_side))
-        if not self.slot.settled:
-            progress(None, desc=text("progress_loading", lang))
+        # "0 / N images" from the first moment, not Gradio's bare timer.
+        waiting = "progress_scoring" if self.slot.settled else "progress_loading"
+        progress((0, len(request.images)), desc=text(waiting, lang), unit=text("progress_unit", lang))
         try:
-            outcome = ui_service.rerank(request, self.slot, score=self.score_on_gpu)
+            outcome = ui_service.rerank(request, self.slot, score=lambda checked: self.score_on_gpu(checked, lang))
         except UserError as exc:
-            gr.Warning(exc.text(lang))
-            hidden = gr.update(visible=False)
-            return [None, *self.render(None, lang, error=exc.text(lang)), hidden, hidden]
+            gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
+            return {self.outcome: gr.skip()}
         for notice in outcome.request.notices:
-            gr.Warning(notice.text(lang))
+            gr.Warning(notice.text(lang), title=text("toast_notice_title", lang))
         json_path, csv_path = write_downloads(outcome, Path(self.downloads.name))
         chosen = PRESETS.get(outcome.request.preset or "")
-        return [outcome, *self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded)),
-                gr.update(value=json_path, visible=True), gr.update(value=csv_path, visible=True)]
+        return self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded)) | {
+            self.outcome: outcome,
+            self.json_file: gr.update(value=json_path, visible=True),
+            self.csv_file: gr.update(value=csv_path, visible=True),
+        }
 
     def rerank(self, query: str, images: list[dict[str, Any]] | None, preset: str = "",
                score_threshold: float | None = None, top_k: int | None = None, instruction: str = "",
@@ -357,15 +391,19 @@ class RerankDemo:
         outcome = ui_service.rerank(request, self.slot, score=self.score_on_gpu)
         return outcome.to_dict()
 
-    def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None) -> list[Any]:
+    def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None
+                ) -> dict[Any, Any]:
         """The language switch: every label, hint and message, and the last result, in ``lang``."""
-        updates = [localize(keys, lang) for _, keys in self.localized]
-        updates += [header_markdown(lang), self.slot.status_line(lang), show_hints(query, lang),
-                    gr.update(label=text("preset_label", lang), choices=preset_choices(lang), value=preset),
-                    preset_description(preset, lang)]
+        updates = {component: localize(keys, lang) for component, keys in self.localized}
+        updates |= {self.header: header_markdown(lang), self.model_status: self.slot.status_line(lang),
+                    self.hints: show_hints(query, lang), self.preset_info: preset_description(preset, lang),
+                    self.preset: gr.update(label=text("preset_label", lang), choices=preset_choices(lang),
+                                           value=preset)}
         if self.examples is not None:
-            updates.append(gr.update(label=text("examples_label", lang)))
-        return updates + self.render(outcome, lang)
+            updates[self.examples.dataset] = gr.update(label=text("examples_label", lang))
+        for component, change in self.render(outcome, lang).items():  # e.g. the table: new label and new rows
+            updates[component] = updates.get(component, {}) | change
+        return updates
 
     def poll_model(self, lang: Language) -> list[Any]:
         """The model line, refreshed until loading has finished."""

@@ -263,7 +263,7 @@ class RerankOutcome:
 
     def to_csv(self) -> str:
         """One row per image, in rank order, with the group it landed in."""
-        columns = ["group", "rank", "source", "score", "raw_score", "tied", "reason", "error", "raw_output"]
+        columns = ["group", "rank", "index", "source", "score", "raw_score", "tied", "reason", "error", "raw_output"]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()

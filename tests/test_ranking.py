@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lychee.ranking import ScoredImage, normalized_scores, partition, rank, split, tie_groups, winner_strength
+from lychee.ranking import (
+    ScoredImage,
+    matches_well,
+    normalized_scores,
+    partition,
+    rank,
+    split,
+    tie_groups,
+    winner_strength,
+)
 
 
 def records(*scores, errors=()):
@@ -115,6 +124,16 @@ def test_winner_strength(scores, expected):
 def test_winner_strength_is_close_when_the_winner_is_tied():
     # gap 0.12 >= 0.1 but the chain 9.0, 8.96, 8.92, 8.88 ties #1 and #2.
     assert winner_strength(rank(records(9.0, 8.88, 8.96, 8.92), tie_epsilon=0.05)) == "close"
+
+
+@pytest.mark.parametrize(("best", "expected"), [(9.0, True), (5.0, True), (4.99, False), (0.0, False)])
+def test_a_winner_matches_well_from_a_model_score_of_five(best, expected):
+    assert matches_well(rank(records(best, 0.0))[0]) is expected
+
+
+def test_matching_well_reads_the_model_score_not_the_normalised_one():
+    best = rank(records(2.64, 1.5), normalize=True)[0]
+    assert best.score == 10.0 and not matches_well(best)
 
 
 def test_results_serialise_to_json():

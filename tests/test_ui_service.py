@@ -159,6 +159,12 @@ def test_csv_has_one_row_per_image_in_rank_order(mixed_outcome):
     assert rows[2]["reason"] == "below_threshold" and "not a readable image" in rows[3]["error"]
 
 
+def test_csv_rows_carry_each_image_position_in_the_request(mixed_outcome):
+    rows = list(csv.DictReader(io.StringIO(mixed_outcome.to_csv())))
+    assert [(r["source"], r["index"]) for r in rows] == [("a.png", "0"), ("d.png", "3"), ("b.png", "1"),
+                                                         ("c.png", "2")]
+
+
 def test_rerank_with_the_model_ranks_good_images_and_records_a_corrupt_one(slot, image_dir):
     images = [str(image_dir / "good0.png"), str(image_dir / "corrupt.jpg"), str(image_dir / "good1.png")]
     outcome = rerank(RerankRequest("a red square", images), slot)

@@ -3,14 +3,18 @@ and query hints, checked without a browser."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from lychee.ranking import RerankResult
 from lychee.ui_service import RerankOutcome, RerankRequest
 from lychee.ui_view import (
     caption,
+    download_stem,
     filtered_gallery,
     hints_markdown,
     ranked_gallery,
     raw_output_rows,
+    short_name,
     status_line,
     table_rows,
     winner_card,
@@ -19,8 +23,10 @@ from lychee.ui_view import (
 MODEL = {"model": "tiny", "device": "cpu", "dtype": "fp32", "attention": "sdpa", "mode": "logit"}
 
 
-def result(rank: int, index: int, score: float, *, tied: bool = False, error: str | None = None) -> RerankResult:
-    return RerankResult(rank, index, f"img{index}.png", score, score, tied, "" if error else "p(yes)=0.5", error)
+def result(rank: int, index: int, score: float, *, tied: bool = False, error: str | None = None,
+           raw_score: float | None = None) -> RerankResult:
+    raw = score if raw_score is None else raw_score
+    return RerankResult(rank, index, f"img{index}.png", score, raw, tied, "" if error else "p(yes)=0.5", error)
 
 
 def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, **settings) -> RerankOutcome:
@@ -29,24 +35,30 @@ def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | Non
     return RerankOutcome(req, MODEL, list(results), list(filtered_out), list(errors), elapsed_s=0.5)
 
 
-def test_a_caption_shows_rank_score_and_name():
-    assert caption(result(1, 0, 9.3)) == "#1 · 9.30 · img0.png"
+def test_a_caption_shows_rank_and_score_above_the_name():
+    assert caption(result(1, 0, 9.3)) == "#1 · 9.30\nimg0.png"
 
 
 def test_a_tied_caption_marks_the_score_with_approximately():
-    assert caption(result(2, 3, 9.281, tied=True)) == "#2 · ≈9.28 · img3.png"
+    assert caption(result(2, 3, 9.281, tied=True)) == "#2 · ≈9.28\nimg3.png"
+
+
+def test_a_long_name_loses_its_middle_and_keeps_its_extension():
+    assert short_name("a_very_long_name_12345.jpg") == "a_very_lo…12345.jpg"
+    assert short_name("cat.jpg") == "cat.jpg"
+    assert len(short_name("x" * 50 + ".jpeg")) == 19
 
 
 def test_the_ranked_gallery_pairs_each_upload_with_its_caption():
     shown = ranked_gallery(outcome([result(1, 2, 8.0), result(2, 0, 6.0)]))
-    assert shown == [("/uploads/img2.png", "#1 · 8.00 · img2.png"), ("/uploads/img0.png", "#2 · 6.00 · img0.png")]
+    assert shown == [("/uploads/img2.png", "#1 · 8.00\nimg2.png"), ("/uploads/img0.png", "#2 · 6.00\nimg0.png")]
 
 
 def test_filtered_images_say_why_they_were_left_out():
     done = outcome([result(1, 0, 9.0)], [result(2, 1, 8.0), result(3, 2, 3.0)], score_threshold=5.0, top_k=1)
     assert [c for _, c in filtered_gallery(done, "en")] == [
-        "#2 · 8.00 · img1.png — beyond top_k=1", "#3 · 3.00 · img2.png — below 5"]
-    assert filtered_gallery(done, "zh")[1][1].endswith("低于门槛 5")
+        "#2 · 8.00\nimg1.png\nbeyond top_k=1", "#3 · 3.00\nimg2.png\nbelow 5"]
+    assert filtered_gallery(done, "zh")[1][1].endswith("\n低于门槛 5")
 
 
 def test_table_rows_list_results_then_failures_with_their_message():
@@ -76,6 +88,10 @@ def test_the_status_line_has_counts_time_throughput_device_and_dtype():
     assert line == "2 images · 1 ranked · 1 filtered out · 0 failed — 0.50 s · 4.0 images/s · cpu · fp32"
 
 
+def test_the_status_line_says_one_image_in_the_singular():
+    assert status_line(outcome([result(1, 0, 9.0)], image_paths=["a"]), "en").startswith("1 image · 1 ranked")
+
+
 def test_the_winner_card_border_follows_winner_strength(image_dir):
     paths = [str(image_dir / "good0.png"), str(image_dir / "good1.png")]
     dominant = winner_card(outcome([result(1, 0, 9.0)], [result(2, 1, 4.0)], image_paths=paths), "en")
@@ -84,6 +100,35 @@ def test_the_winner_card_border_follows_winner_strength(image_dir):
     close = winner_card(outcome([result(1, 0, 9.0, tied=True), result(2, 1, 8.97, tied=True)], image_paths=paths),
                         "zh")
     assert "lychee-winner--close" in close and "难分高下" in close
+
+
+def test_a_tied_number_one_that_scores_below_number_two_is_tied_not_behind():
+    # Inside a tie group input order decides, so #1 may score a little lower than #2.
+    card = winner_card(outcome([result(1, 0, 8.96, tied=True), result(2, 1, 9.0, tied=True)]), "en")
+    assert "tied with #2 (≈)" in card and "-0.04" not in card
+
+
+def test_a_weak_winner_says_no_image_matches_well_whatever_its_lead():
+    card = winner_card(outcome([result(1, 0, 2.64)], [result(2, 1, 1.5)]), "en")
+    assert "lychee-winner--weak" in card and "dominant" not in card
+    assert "No image matches well" in card and "below 5/10" in card and "1.14 ahead of #2" in card
+
+
+def test_a_normalised_winner_is_weak_when_the_model_score_is_low():
+    card = winner_card(outcome([result(1, 0, 10.0, raw_score=3.0)], [result(2, 1, 0.0, raw_score=1.0)]), "en")
+    assert "lychee-winner--weak" in card
+
+
+def test_a_lone_winner_shows_no_lead():
+    card = winner_card(outcome([result(1, 0, 9.0)]), "en")
+    assert "lychee-winner--alone" in card and "ahead" not in card and "tied" not in card
+
+
+def test_downloads_are_named_after_the_query_and_the_time():
+    when = datetime(2026, 11, 25, 21, 30, 5)
+    assert download_stem("a black cat / red sofa?", when) == "rerank-a-black-cat-red-sofa-20261125-213005"
+    assert download_stem("一只黑猫", when) == "rerank-一只黑猫-20261125-213005"
+    assert download_stem("???", when) == "rerank-query-20261125-213005"
 
 
 def test_the_winner_card_escapes_file_names(image_dir):

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,42 @@ def test_preset_flags():
 def test_presets_are_read_only():
     with pytest.raises(TypeError):
         PRESETS["mine"] = PRESETS["precise"]  # type: ignore[index]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def front_matter() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+
+
+def pins(path: Path) -> dict[str, str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return dict(line.split("==") for line in lines if line and not line.startswith("-r"))
+
+
+def test_the_space_front_matter_targets_zerogpu():
+    space = front_matter()
+    assert space["sdk"] == "gradio" and space["app_file"] == "app.py"
+    assert space["python_version"] in ("3.10", "3.12")  # the Pythons ZeroGPU supports
+    assert space["preload_from_hub"] == ["vec-ai/lychee-rerank-mm"]
+    assert space["sdk_version"] == pins(ROOT / "requirements.txt")["gradio"]
+
+
+def test_every_requirement_is_pinned_with_torch_in_the_zerogpu_range():
+    for path in (ROOT / "requirements.txt", ROOT / "requirements-dev.txt"):
+        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        assert all("==" in line or line.startswith("-r") for line in lines if line), path.name
+    major, minor = map(int, pins(ROOT / "requirements.txt")["torch"].split(".")[:2])
+    assert (2, 8) <= (major, minor) <= (2, 11)
+
+
+def test_the_suite_runs_on_exactly_the_pinned_versions():
+    """What CI tests is what a Space installs."""
+    from importlib.metadata import version
+
+    wanted = pins(ROOT / "requirements.txt") | pins(ROOT / "requirements-dev.txt")
+    installed = {name: version(name) for name in wanted}
+    assert installed == wanted

@@ -92,11 +92,12 @@ def raw_output_rows(outcome: RerankOutcome) -> list[list[str]]:
 
 
 def status_line(outcome: RerankOutcome, lang: Language) -> str:
-    """Counts, elapsed time, throughput, device and dtype."""
+    """Counts, elapsed time, throughput, device, dtype and the pixel budget (visual tokens per image)."""
     return text("status_done", lang, images=count_text("n_images", len(outcome.request.images), lang),
                 ranked=len(outcome.results), filtered=len(outcome.filtered_out), errors=len(outcome.errors),
                 elapsed=f"{outcome.elapsed_s:.2f}", rate=f"{outcome.images_per_s:.1f}",
-                device=outcome.model.get("device", "?"), dtype=outcome.model.get("dtype", "?"))
+                device=outcome.model.get("device", "?"), dtype=outcome.model.get("dtype", "?"),
+                tokens=outcome.model.get("visual_tokens", "?"))
 
 
 def _thumbnail_uri(path: str) -> str:

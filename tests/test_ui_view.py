@@ -20,7 +20,8 @@ from lychee.ui_view import (
     winner_card,
 )
 
-MODEL = {"model": "tiny", "device": "cpu", "dtype": "fp32", "attention": "sdpa", "mode": "logit"}
+MODEL = {"model": "tiny", "device": "cpu", "dtype": "fp32", "attention": "sdpa", "mode": "logit",
+         "visual_tokens": "4-1280"}
 
 
 def result(rank: int, index: int, score: float, *, tied: bool = False, error: str | None = None,
@@ -85,7 +86,8 @@ def test_raw_output_covers_every_image_in_rank_order():
 
 def test_the_status_line_has_counts_time_throughput_device_and_dtype():
     line = status_line(outcome([result(1, 0, 9.0)], [result(2, 1, 2.0)], image_paths=["a", "b"]), "en")
-    assert line == "2 images · 1 ranked · 1 filtered out · 0 failed — 0.50 s · 4.0 images/s · cpu · fp32"
+    assert line == ("2 images · 1 ranked · 1 filtered out · 0 failed — 0.50 s · 4.0 images/s · cpu · fp32 · "
+                    "4-1280 visual tokens per image")
 
 
 def test_the_status_line_says_one_image_in_the_singular():

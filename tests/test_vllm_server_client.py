@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import jinja2
 import pytest
@@ -128,7 +129,8 @@ def test_the_serve_command_sets_every_flag_and_passes_the_rest_through(tiny_chec
     assert json.loads(flags["--hf-overrides"]) == protocol.VLLM_HF_OVERRIDES
     assert json.loads(flags["--mm-processor-kwargs"]) == {"min_pixels": 4 * 28 * 28, "max_pixels": 1280 * 28 * 28}
     assert "--runner" not in flags  # given by the caller, whose value wins
-    assert protocol.score_template(protocol.QWEN2_VL_CHAT_TEMPLATE) in open(flags["--chat-template"]).read()
+    template = Path(flags["--chat-template"]).read_text(encoding="utf-8")
+    assert template == protocol.score_template(protocol.QWEN2_VL_CHAT_TEMPLATE)
 
 
 def test_the_score_template_renders_the_transformers_prompt(tiny_reranker):

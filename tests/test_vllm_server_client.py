@@ -73,18 +73,25 @@ def images(*widths: int) -> list[bytes]:
     return [make_image(width, 40, (10 * i, 90, 200)) for i, width in enumerate(widths)]
 
 
-def test_each_pair_is_one_classify_request_with_the_lychee_prompt_and_pixel_budget(stand_in):
+def test_each_pair_is_one_classify_request_with_the_lychee_prompt(stand_in):
     reranker = LycheeReranker(backend="vllm-server", server_url=url_of(stand_in), max_pixels=64 * 28 * 28)
     records = reranker.score("a red car", images(100, 200), instruction="Find the car.")
     assert [r.raw_score for r in records] == pytest.approx([1.0, 2.0])
     assert reranker.describe()["backend"] == "vllm-server" and reranker.model_id == "stub-model"
     body = StandIn.bodies[0]
     assert body["model"] == "stub-model" and body["add_generation_prompt"] is True
-    assert body["mm_processor_kwargs"] == {"min_pixels": protocol.MIN_PIXELS, "max_pixels": 64 * 28 * 28}
     texts = [part.get("text") for part in body["messages"][1]["content"]]
     assert texts[:3] == ["<Instruct>: Find the car.", "<Query>:", "a red car"]
     assert body["messages"][0]["content"][0]["text"] == protocol.SYSTEM_PROMPT
     assert body["messages"][1]["content"][-1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_the_model_cards_pixel_budget_is_the_servers_and_another_travels_with_each_request(stand_in):
+    LycheeReranker(backend="vllm-server", server_url=url_of(stand_in)).score("a red car", images(100))
+    LycheeReranker(backend="vllm-server", server_url=url_of(stand_in), max_pixels=64 * 28 * 28).score(
+        "a red car", images(100))
+    assert "mm_processor_kwargs" not in StandIn.bodies[0]  # vllm-serve started the server with it
+    assert StandIn.bodies[1]["mm_processor_kwargs"] == {"min_pixels": protocol.MIN_PIXELS, "max_pixels": 64 * 28 * 28}
 
 
 def test_a_refused_pair_becomes_that_images_error_and_the_others_are_scored(stand_in):

@@ -3,8 +3,10 @@
 Each (query, image) pair is one ``POST /classify`` with chat messages - the lychee prompt of
 ``lychee.protocol``, rendered by the server with the checkpoint's chat template - and the
 image as a PNG ``data:`` URI of the already decoded and pre-scaled image (lossless, so the
-server sees the pixels the other backends see). The pixel budget travels with every request
-(``mm_processor_kwargs``), so it holds whatever the server was started with. Pairs go out
+server sees the pixels the other backends see). ``vllm-serve`` starts the server with the
+model card's pixel budget; a client with another budget sends it with each request
+(``mm_processor_kwargs``), which vLLM accepts only from a server started with
+``--trust-request-mm-kwargs`` (else every pair is refused, saying so). Pairs go out
 concurrently; one pair per request means one bad answer costs only its own image.
 
 No vllm and no torch here: the client runs in the web app's or the CLI's environment.
@@ -120,9 +122,11 @@ class VllmServerBackend:
                 "attention": "vllm", "visual_tokens": visual_tokens_range(self)}
 
     def _body(self, messages: list[dict], image: Image.Image) -> dict[str, Any]:
-        return {"model": self.model_id, "messages": with_image(messages, png_data_uri(image)),
-                "add_generation_prompt": True,  # the default (False) would end the prompt before the answer
-                "mm_processor_kwargs": {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}}
+        body = {"model": self.model_id, "messages": with_image(messages, png_data_uri(image)),
+                "add_generation_prompt": True}  # the default (False) would end the prompt before the answer
+        if (self.min_pixels, self.max_pixels) != (protocol.MIN_PIXELS, protocol.MAX_PIXELS):
+            body["mm_processor_kwargs"] = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+        return body
 
     def _score_one(self, messages: list[dict], image: Image.Image) -> float:
         try:

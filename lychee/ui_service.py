@@ -147,7 +147,7 @@ class ModelSlot:
         self._started = False
         self._loaded = threading.Event()
         self._reranker: LycheeReranker | None = None
-        self._failure: str | None = None
+        self._error: UserError | None = None
 
     @classmethod
     def for_space(cls, environ: Mapping[str, str] | None = None) -> ModelSlot:
@@ -179,8 +179,11 @@ class ModelSlot:
             self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits,
                                             max_pixels=self.limits.max_visual_tokens * protocol.PATCH_PIXELS ** 2,
                                             backend=self.backend, server_url=self.server_url)
+        except UserError as exc:  # no vLLM server answers: the error names its address and the fix
+            self._error = exc
+            log.warning("%s", exc)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong is shown to the user, with the fix
-            self._failure = failure_reason(self.model or "", exc)
+            self._error = UserError("model_unavailable", model=self.name, reason=failure_reason(self.model or "", exc))
             log.exception("could not load the model %s", self.name)
         finally:
             self._loaded.set()
@@ -191,11 +194,16 @@ class ModelSlot:
         return self._loaded.is_set()
 
     def get(self) -> LycheeReranker:
-        """The loaded reranker, waiting for the load if needed; ``UserError`` if it failed."""
+        """The loaded reranker, waiting for the load if needed; ``UserError`` if it failed.
+
+        A vLLM server that was down is asked again on each request: it may have started since.
+        """
         self.start_loading()
         self._loaded.wait()
+        if self._reranker is None and self.backend == "vllm-server":
+            self._load()
         if self._reranker is None:
-            raise UserError("model_unavailable", model=self.name, reason=self._failure)
+            raise self._error
         return self._reranker
 
     def status_line(self, lang: Language) -> str:
@@ -203,7 +211,7 @@ class ModelSlot:
         if not self.settled:
             return text("model_loading", lang, model=self.name)
         if self._reranker is None:
-            return "❌ " + UserError("model_unavailable", model=self.name, reason=self._failure).text(lang)
+            return "❌ " + self._error.text(lang)
         return text("model_ready", lang, **self._reranker.describe())
 
     def score(self, request: RerankRequest, *, progress: Progress | None = None) -> list[ScoredImage]:

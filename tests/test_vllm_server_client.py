@@ -19,6 +19,8 @@ from PIL import Image
 from benchmarks.load_test import free_port
 from lychee import LycheeReranker, protocol
 from lychee.backends.vllm_server import ServerUnavailable, serve_command
+from lychee.messages import UserError
+from lychee.ui_service import ModelSlot
 
 from .conftest import make_image
 
@@ -115,6 +117,22 @@ def test_a_server_that_goes_away_fails_the_request_not_the_images(stand_in):
     stand_in.server_close()
     with pytest.raises(ServerUnavailable, match="no vLLM server answers"):
         reranker.score("a red car", images(100, 200))
+
+
+def test_the_web_app_waits_for_a_server_that_starts_after_it():
+    port = free_port()
+    slot = ModelSlot(backend="vllm-server", server_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(UserError, match="no vLLM server answers"):
+        slot.get()
+    assert "lychee vllm-serve" in slot.status_line("en") and "vllm-serve" in slot.status_line("zh")
+    server = ThreadingHTTPServer(("127.0.0.1", port), StandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert slot.get().model_id == "stub-model"
+        assert "backend vllm-server" in slot.status_line("en")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_model_the_server_does_not_serve_is_refused_by_name(stand_in):

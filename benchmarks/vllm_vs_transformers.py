@@ -4,9 +4,9 @@ Both score the same random checkpoint (lychee.random_checkpoint, saved to disk: 
 only from disk), the same seeded synthetic 1920x1080 images and the same query, one
 backend after the other (the first is freed before the second loads, so both may use the
 whole GPU). It prints images/s of each and their ratio, the max |score difference| on the
-0-10 scale, and peak memory: on CUDA the device's peak as ``nvidia-smi`` would see it
-(vLLM reserves ``gpu_memory_utilization`` up front), on the CPU the peak resident memory
-of this process and its children (vLLM's engine runs in a child process). Random weights
+0-10 scale, and peak memory: on CUDA the device memory in use at the end, as ``nvidia-smi``
+would see it (vLLM reserves ``gpu_memory_utilization`` up front), on the CPU the peak
+resident memory of this process plus its children's (vLLM's engine runs in a child process). Random weights
 make the scores meaningless; the timings are real. Run it in the venv that has vLLM
 (``make test-vllm`` builds ``.venv-vllm``)::
 
@@ -25,7 +25,6 @@ import json
 import platform
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,31 +41,21 @@ from .throughput import QUERY, synthetic_images
 PIXELS_PER_VISUAL_TOKEN = 28 * 28
 
 
-class PeakMemory:
-    """Peak resident memory of this process and its children, sampled every 20 ms while active."""
+def peak_rss(pid: int | str = "self") -> int:
+    """A process's resident-set high-water mark (``VmHWM``), in bytes; 0 if it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):  # a child that just exited
-                    total += process.memory_info().rss
-            self.peak = max(self.peak, total)
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._stop.set()
-        self._thread.join()
+def cpu_peak_bytes() -> int:
+    """This process's peak resident memory since the last reset, plus each child's peak (vLLM's
+    engine core). Read from /proc at the end: a sampling thread would steal the cores the
+    timed code runs on."""
+    children = psutil.Process().children(recursive=True)
+    return peak_rss() + sum(peak_rss(child.pid) for child in children)
 
 
 def gpu_used_bytes() -> int:
@@ -77,17 +66,18 @@ def gpu_used_bytes() -> int:
 def time_backend(make: Callable[[], LycheeReranker], images: list, repeats: int) -> dict[str, Any]:
     """Load, warm up on one image, then time ``repeats`` runs over ``images``: the fastest counts."""
     on_gpu = torch.cuda.is_available()
-    with PeakMemory() as memory:
+    with contextlib.suppress(OSError):  # Linux: "5" resets this process's VmHWM (peak RSS)
+        Path("/proc/self/clear_refs").write_text("5")
+    started = time.perf_counter()
+    reranker = make()
+    load_s = time.perf_counter() - started
+    reranker.score(QUERY, images[:1])
+    seconds, records = [], None
+    for _ in range(repeats):
         started = time.perf_counter()
-        reranker = make()
-        load_s = time.perf_counter() - started
-        reranker.score(QUERY, images[:1])
-        seconds, records = [], None
-        for _ in range(repeats):
-            started = time.perf_counter()
-            records = reranker.score(QUERY, images)
-            seconds.append(time.perf_counter() - started)
-        peak = gpu_used_bytes() if on_gpu else memory.peak
+        records = reranker.score(QUERY, images)
+        seconds.append(time.perf_counter() - started)
+    peak = gpu_used_bytes() if on_gpu else cpu_peak_bytes()
     about = reranker.describe()
     del reranker
     gc.collect()

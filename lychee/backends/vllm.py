@@ -61,6 +61,10 @@ class VllmBackend:
         self._lock = threading.Lock()
         log.info("vLLM engine for %s on %s (%s)", model, self.device, self.dtype)
 
+    def close(self) -> None:
+        """Stop vLLM's engine processes now (otherwise they stop when the interpreter exits)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def describe(self) -> dict[str, str]:
         return {"backend": self.name, "model": self.model_id, "device": self.device, "dtype": self.dtype,
                 "attention": "vllm", "visual_tokens": visual_tokens_range(self)}

@@ -65,8 +65,10 @@ def transformers_reranker(checkpoint: str) -> LycheeReranker:
 
 
 @pytest.fixture(scope="module")
-def vllm_reranker(checkpoint: str) -> LycheeReranker:
-    return LycheeReranker(checkpoint, dtype="fp32", backend="vllm", engine_options={"enforce_eager": True})
+def vllm_reranker(checkpoint: str):
+    reranker = LycheeReranker(checkpoint, dtype="fp32", backend="vllm", engine_options={"enforce_eager": True})
+    yield reranker
+    reranker.backend.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The transformers backend: a Qwen2.5-VL reranker checkpoint in this process, scored in batches.
 
-With :mod:`lychee.random_checkpoint`, the only modules that import torch and transformers
-(the vLLM backend reuses :func:`load_processor` to render its prompt). The scoring story, top to bottom:
+Besides :mod:`lychee.random_checkpoint` and the vLLM backend (which reuses :func:`load_processor`
+to render its prompt), the only module that imports torch and transformers. The scoring story,
+top to bottom:
 chat prompt (rendered once per query) -> each image's vision-tower output (from the
 vision cache, or processor + vision tower for the images not seen before) -> token
 embeddings of the left-padded prompts with the image features scattered in at the

@@ -38,9 +38,16 @@ import torch
 from PIL import Image
 
 from lychee import LycheeReranker, protocol
-from lychee.engine import DTYPES, Engine, pick_attention, resolve_device, resolve_dtype
+from lychee.backends.transformers import (
+    DTYPES,
+    Engine,
+    TransformersBackend,
+    pick_attention,
+    resolve_device,
+    resolve_dtype,
+)
+from lychee.backends.vision_cache import VisionCache
 from lychee.random_checkpoint import build_random_checkpoint, build_random_model
-from lychee.vision_cache import VisionCache
 
 from .flops import pair_flops
 
@@ -165,9 +172,9 @@ def run_setting(engine: Engine, images: list[Image.Image], max_visual_tokens: in
     max_pixels = max_visual_tokens * PIXELS_PER_VISUAL_TOKEN
     engine = dataclasses.replace(engine, max_pixels=max_pixels,
                                  vision_cache=VisionCache(args.vision_cache_mb * 2**20))
-    reranker = LycheeReranker(engine=engine, batch_size=args.batch_size)
-    uncached = LycheeReranker(engine=dataclasses.replace(engine, vision_cache=VisionCache(0)),
-                              batch_size=args.batch_size)
+    reranker = LycheeReranker(backend=TransformersBackend(engine, args.batch_size))
+    uncached = LycheeReranker(backend=TransformersBackend(dataclasses.replace(engine, vision_cache=VisionCache(0)),
+                                                          args.batch_size))
     size = {**dict(engine.processor.image_processor.size), "longest_edge": max_pixels}
     device, counts, reference_count = engine.device, args.images, args.reference_images
     top, clock = max(counts), CLOCKS[args.clock]

@@ -28,6 +28,8 @@ from pathlib import Path
 from lychee import cli
 from lychee.limits import Limits
 from lychee.presets import PRESETS
+from lychee.report import Report
+from lychee.settings import resolve_settings
 
 PRESET = PRESETS["pipeline"]
 STATE_FILE = ".last-run"
@@ -76,16 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.EXIT_MODEL if isinstance(exc, cli.ModelLoadError) else cli.EXIT_USAGE
 
     records = cli.score_in_chunks(reranker, query, images) if reranker else []
-    report = cli.build_report(query, records, preset=PRESET, score_threshold=PRESET.score_threshold,
-                              top_k=PRESET.top_k, skipped=skipped, model=reranker.describe() if reranker else None)
-    report.update(folder=str(args.folder), since=since.isoformat(timespec="seconds"),
-                  generated_at=now.isoformat(timespec="seconds"))
+    report = Report.build(query, records, resolve_settings(PRESET.name), skipped=skipped,
+                          model=reranker.describe() if reranker else None)
     stem = out_dir / f"report-{now:%Y-%m-%d}"
     title = f"Daily image report {now:%Y-%m-%d}: {args.folder}, new since {since:%Y-%m-%d %H:%M}"
     cli.write_atomically(stem.with_suffix(".md"), cli.render_markdown(report, title=title))
-    cli.write_atomically(stem.with_suffix(".json"), cli.render_json(report))
+    cli.write_atomically(stem.with_suffix(".json"), cli.render_json(
+        report, folder=str(args.folder), since=since.isoformat(timespec="seconds"),
+        generated_at=now.isoformat(timespec="seconds")))
     cli.write_atomically(state, now.isoformat() + "\n")
-    print(f"{len(images)} new images, {report['counts']['ranked']} in the top {PRESET.top_k}: "
+    print(f"{len(images)} new images, {len(report.results)} in the top {PRESET.top_k}: "
           f"{stem}.md, {stem}.json")
     return cli.EXIT_OK
 

@@ -2,6 +2,7 @@
 
     python -m lychee rank "QUERY" PATH... [--preset NAME] [--threshold X|none] [--top-k K|all]
                                           [--format md|json|csv] [--output FILE] [--strict]
+                                          [--backend transformers|vllm|vllm-server] [--server-url URL]
 
 Folders are walked recursively in sorted order (hidden files and folders are left out);
 files without an image extension are skipped and reported; a file with an image
@@ -10,14 +11,16 @@ decoded lazily, --chunk-size at a time, so memory stays bounded on large folders
 
 Exit codes: 0 ok; 1 --strict and at least one image failed; 2 usage error (bad
 argument, path not found, no images, empty query, bad LYCHEE_* variable);
-3 the model could not be loaded.
+3 the model could not be loaded, or no vLLM server answers (--backend vllm-server).
+
+    python -m lychee vllm-serve MODEL [vLLM server options...]
+
+starts a vLLM server configured for lychee-rerank-mm (see :mod:`lychee.backends.vllm_server`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os
@@ -31,13 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from . import protocol, ranking
+from . import protocol
+from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
 from .images import IMAGE_EXTENSIONS, is_image_path
 from .limits import Limits
-from .messages import Notice, UserError
-from .presets import PRESETS, Preset
+from .messages import UserError
+from .presets import PRESETS
 from .query import prepare_text
 from .ranking import ScoredImage
+from .report import EMPTY_SLOT, Report
 from .settings import UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
 
 if TYPE_CHECKING:
@@ -51,9 +56,7 @@ EXIT_USAGE = 2
 EXIT_MODEL = 3
 
 DEFAULT_CHUNK_SIZE = 32
-EMPTY_SLOT = "—"
 FORMATS = ("md", "json", "csv")
-CSV_COLUMNS = ("status", "rank", "index", "source", "score", "raw_score", "tied", "raw_output", "error")
 
 
 class UsageError(ValueError):
@@ -119,61 +122,19 @@ def score_in_chunks(reranker: LycheeReranker, query: str, paths: Sequence[str], 
 
 # --- the report ---------------------------------------------------------------------------
 
-def build_report(query: str, records: Sequence[ScoredImage], *, preset: Preset | None = None,
-                 score_threshold: float | None = None, top_k: int | None = None, normalize: bool = False,
-                 tie_epsilon: float = 0.05, instruction: str | None = None,
-                 skipped: Sequence[str] = (), model: dict[str, str] | None = None,
-                 notices: Sequence[Notice] = ()) -> dict[str, Any]:
-    """The JSON document of a run; the Markdown and CSV formats are views of it.
-
-    Every input appears exactly once: in ``results`` (ranked, best first), ``filtered_out``
-    (below the threshold or beyond ``top_k``), ``errors`` (failed to load or score) or
-    ``skipped`` (not an image file). ``warnings`` lists what was changed in the input
-    (a truncated query, removed control tokens).
-    """
-    groups = ranking.partition(records, score_threshold=score_threshold, top_k=top_k,
-                               normalize=normalize, tie_epsilon=tie_epsilon)
-    ranked, filtered_out, errors = groups.results, groups.filtered_out, groups.errors
-    return {
-        "query": query,
-        "preset": preset.name if preset else None,
-        "settings": {"score_threshold": score_threshold, "top_k": top_k, "normalize": normalize,
-                     "tie_epsilon": tie_epsilon, "instruction": instruction},
-        "model": model or {},
-        "counts": {"images": len(records), "ranked": len(ranked), "filtered_out": len(filtered_out),
-                   "failed": len(errors), "skipped": len(skipped)},
-        "slots": top_k if preset is not None and preset.fixed_length else None,
-        "winner_strength": ranking.winner_strength(ranked + filtered_out),
-        "results": [r.to_dict() for r in ranked],
-        "filtered_out": [r.to_dict() for r in filtered_out],
-        "errors": [{"index": r.index, "source": r.source, "error": r.error} for r in errors],
-        "skipped": list(skipped),
-        "warnings": [n.to_dict() for n in notices],
-    }
-
-
 def _slots(report: dict[str, Any]) -> list[dict[str, Any] | None]:
     """The results, padded with ``None`` up to ``slots`` for fixed-length reports."""
     results = report["results"]
     return results + [None] * max(0, (report["slots"] or 0) - len(results))
 
 
-def render_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+def render_json(report: Report, **extra: Any) -> str:
+    """The report's JSON form, with ``extra`` top-level fields (the daily report's folder and dates)."""
+    return json.dumps({**report.to_dict(), **extra}, ensure_ascii=False, indent=2) + "\n"
 
 
-def render_csv(report: dict[str, Any]) -> str:
-    """One row per input (ranked, empty slot, filtered, failed, skipped), ``CSV_COLUMNS``."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for rank, result in enumerate(_slots(report), start=1):
-        writer.writerow({"status": "ranked", **result} if result else
-                        {"status": "empty", "rank": rank, "source": EMPTY_SLOT})
-    writer.writerows({"status": "filtered_out", **r} for r in report["filtered_out"])
-    writer.writerows({"status": "failed", **r} for r in report["errors"])
-    writer.writerows({"status": "skipped", "source": path} for path in report["skipped"])
-    return buffer.getvalue()
+def render_csv(report: Report) -> str:
+    return report.to_csv()
 
 
 def _cell(value: Any) -> str:
@@ -188,36 +149,37 @@ def _settings_line(report: dict[str, Any]) -> str:
     parts.append("all results" if top_k is None else f"top {top_k}")
     if settings["normalize"]:
         parts.append("normalised")
-    parts.append(f"{counts['images']} images, {counts['failed']} failed, {counts['skipped']} files skipped")
+    parts.append(f"{counts['images']} images, {counts['errors']} failed, {counts['skipped']} files skipped")
     return " · ".join(parts)
 
 
-def render_markdown(report: dict[str, Any], *, title: str = "Image ranking") -> str:
+def render_markdown(report: Report, *, title: str = "Image ranking") -> str:
     """A short human report: the ranked table, failures and skipped files; filtered-out
     images are only counted (the JSON and CSV formats list every score)."""
-    lines = [f"# {title}", "", f"**Query:** {_cell(report['query'])}", "", _settings_line(report), "",
+    data = report.to_dict()
+    lines = [f"# {title}", "", f"**Query:** {_cell(data['query'])}", "", _settings_line(data), "",
              "| rank | image | score | raw score |", "|---:|---|---:|---:|"]
-    for rank, result in enumerate(_slots(report), start=1):
+    for rank, result in enumerate(_slots(data), start=1):
         if result is None:
             lines.append(f"| {rank} | {EMPTY_SLOT} | | |")
         else:
             mark = "≈ " if result["tied"] else ""
             lines.append(f"| {rank} | {_cell(result['source'])} | {mark}{result['score']:.2f} "
                          f"| {result['raw_score']:.2f} |")
-    if not report["results"] and not report["slots"]:
+    if not data["results"] and not data["slots"]:
         lines.append(f"| {EMPTY_SLOT} | no image passed | | |")
-    if report["filtered_out"]:
-        lines += ["", f"{len(report['filtered_out'])} more images scored below the threshold or beyond top_k."]
-    if report["errors"]:
-        lines += ["", f"## Failed ({len(report['errors'])})", "", "| image | error |", "|---|---|"]
-        lines += [f"| {_cell(e['source'])} | {_cell(e['error'])} |" for e in report["errors"]]
-    if report["skipped"]:
-        lines += ["", f"## Skipped, not image files ({len(report['skipped'])})", ""]
-        lines += [f"- {_cell(path)}" for path in report["skipped"]]
+    if data["filtered_out"]:
+        lines += ["", f"{len(data['filtered_out'])} more images scored below the threshold or beyond top_k."]
+    if data["errors"]:
+        lines += ["", f"## Failed ({len(data['errors'])})", "", "| image | error |", "|---|---|"]
+        lines += [f"| {_cell(e['source'])} | {_cell(e['error'])} |" for e in data["errors"]]
+    if data["skipped"]:
+        lines += ["", f"## Skipped, not image files ({len(data['skipped'])})", ""]
+        lines += [f"- {_cell(path)}" for path in data["skipped"]]
     return "\n".join(lines) + "\n"
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+RENDERERS: dict[str, Callable[[Report], str]] = {
     "md": render_markdown, "json": render_json, "csv": render_csv,
 }
 
@@ -304,18 +266,34 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
                       help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; "
                            "bounds memory)")
+    rank.add_argument("--backend", choices=list(BACKENDS), default=default_backend(),
+                      help="scoring engine (default: $LYCHEE_BACKEND or transformers)")
+    rank.add_argument("--server-url", metavar="URL",
+                      help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or "
+                           "http://127.0.0.1:8000)")
+    serve = commands.add_parser(
+        "vllm-serve", help="start a vLLM server configured for lychee-rerank-mm",
+        description="Run vLLM's OpenAI-compatible server with every flag lychee-rerank-mm needs (pooling runner, "
+                    "the yes/no head, the score template, the model card's pixel budget); every other option "
+                    "(--port, --host, --dtype, --data-parallel-size, --tensor-parallel-size, ...) is passed through.")
+    serve.add_argument("model", help="hub id or local checkpoint directory")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER, metavar="...", help="options for vLLM's server")
     return parser
 
 
 def load_reranker(model: str | None, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
                   limits: Limits | None = None, min_pixels: int = protocol.MIN_PIXELS,
-                  max_pixels: int = protocol.MAX_PIXELS) -> LycheeReranker:
+                  max_pixels: int = protocol.MAX_PIXELS, backend: str = "transformers",
+                  server_url: str | None = None) -> LycheeReranker:
     """The reranker, or :class:`ModelLoadError` saying what to do when it cannot be loaded."""
+    from .backends.vllm_server import ServerUnavailable
     from .reranker import LycheeReranker, default_model
 
     try:
         return LycheeReranker(model, device=device, dtype=dtype, batch_size=batch_size, limits=limits,
-                              min_pixels=min_pixels, max_pixels=max_pixels)
+                              min_pixels=min_pixels, max_pixels=max_pixels, backend=backend, server_url=server_url)
+    except ServerUnavailable as exc:
+        raise ModelLoadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - hub, disk, device and format errors all end the same way
         raise ModelLoadError(f"could not load the model {model or default_model()!r}: {exc}\n"
                              "Point --model or LYCHEE_MODEL at a local checkpoint directory, or check "
@@ -355,7 +333,6 @@ def _rank(args: argparse.Namespace) -> int:
         prompt = prepare_text(args.query, args.instruction, limits)
         settings = resolve_settings(args.preset, score_threshold=args.threshold, top_k=args.top_k,
                                     normalize=args.normalize, tie_epsilon=args.tie_epsilon)
-        preset, score_threshold, top_k = settings.preset, settings.score_threshold, settings.top_k
         if args.min_pixels > args.max_pixels:
             raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
         if args.chunk_size and args.chunk_size > limits.max_images:
@@ -375,28 +352,38 @@ def _rank(args: argparse.Namespace) -> int:
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
     reranker = load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                             limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+                             limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                             backend=args.backend, server_url=args.server_url)
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
-        records = score_in_chunks(reranker, prompt.query, paths, chunk_size=args.chunk_size,
-                                  instruction=prompt.instruction,
-                                  lenient_parsing=preset.lenient_parsing if preset else False,
-                                  progress=lambda done, _: bar.update(done - bar.n))
-    elapsed = time.perf_counter() - started
-    report = build_report(prompt.query, records, preset=preset, score_threshold=score_threshold, top_k=top_k,
-                          normalize=args.normalize, tie_epsilon=args.tie_epsilon, instruction=prompt.instruction,
-                          skipped=skipped, model=reranker.describe(), notices=prompt.notices)
+        try:
+            records = score_in_chunks(reranker, prompt.query, paths, chunk_size=args.chunk_size,
+                                      instruction=prompt.instruction, lenient_parsing=settings.lenient_parsing,
+                                      progress=lambda done, _: bar.update(done - bar.n))
+        except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
+            raise ModelLoadError(str(exc)) from exc
+    report = Report.build(prompt.query, records, settings, instruction=prompt.instruction,
+                          model=reranker.describe(), warnings=prompt.notices, skipped=skipped,
+                          elapsed_s=time.perf_counter() - started)
     text = RENDERERS[_output_format(args)](report)
     if args.output:
         write_atomically(args.output, text)
     else:
         sys.stdout.write(text)
-    counts = report["counts"]
     if not args.quiet:
-        print(f"{counts['images']} images in {elapsed:.1f} s ({counts['images'] / max(elapsed, 1e-9):.2f}/s): "
-              f"{counts['ranked']} ranked, {counts['filtered_out']} filtered out, {counts['failed']} failed, "
-              f"{counts['skipped']} skipped", file=sys.stderr)
-    return EXIT_IMAGES_FAILED if args.strict and counts["failed"] else EXIT_OK
+        print(f"{report.images} images in {report.elapsed_s:.1f} s ({report.images_per_s:.2f}/s): "
+              f"{len(report.results)} ranked, {len(report.filtered_out)} filtered out, {len(report.errors)} failed, "
+              f"{len(skipped)} skipped", file=sys.stderr)
+    return EXIT_IMAGES_FAILED if args.strict and report.errors else EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Replace this process with vLLM's server (it never returns when the server starts)."""
+    from .backends.vllm_server import serve_command
+
+    command = serve_command(args.model, args.vllm_args)
+    log.info("starting: %s", " ".join(command))
+    os.execv(command[0], command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
         return int(exit_.code or 0)
+    if args.command == "vllm-serve":
+        return _serve(args)
     with _console(args.quiet):
         try:
             return _rank(args)

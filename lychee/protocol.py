@@ -33,6 +33,12 @@ PATCH_PIXELS = 28
 MIN_PIXELS = 4 * PATCH_PIXELS * PATCH_PIXELS
 MAX_PIXELS = 1280 * PATCH_PIXELS * PATCH_PIXELS
 
+# vLLM (the vllm and vllm-server backends): the checkpoint's language-model head becomes a
+# one-output head, softmax over the (no, yes) logits at the last position, i.e. p(yes).
+VLLM_HF_OVERRIDES = {"architectures": ["Qwen2_5_VLForSequenceClassification"],
+                     "classifier_from_token": [NO_TOKEN, YES_TOKEN], "method": "from_2_way_softmax"}
+VLLM_MAX_IMAGES_PER_PROMPT = 2  # a query image (SPEC section 12) and the candidate
+
 # Generate mode: generic instruction-tuned VLMs are asked for a 0-10 score as text.
 GENERATE_SYSTEM_PROMPT = (
     "You rate how well an image matches a description. "
@@ -91,3 +97,24 @@ def generate_messages(query: str, instruction: str | None = None) -> list[dict]:
     ]
     return [_system(GENERATE_SYSTEM_PROMPT), {"role": "user", "content": user}]
 
+
+
+def score_template(chat_template: str) -> str:
+    """A chat template for a vLLM server: the lychee prompt for vLLM's score routes, the
+    checkpoint's ``chat_template`` for everything else.
+
+    ``/v1/rerank`` and ``/score`` render a (query, document) pair as messages with the roles
+    ``query`` and ``document`` and pass a request's ``instruction`` as a template variable; for
+    them this renders the prompt of :func:`rerank_messages` (a document image becomes
+    ``<|vision_start|><|image_pad|><|vision_end|>``). Chat messages - ``/classify``, which the
+    ``vllm-server`` backend uses - fall through to ``chat_template`` unchanged.
+    """
+    score = (
+        '{%- set q = messages | selectattr("role", "eq", "query") | map(attribute="content") | first -%}'
+        '{%- set d = messages | selectattr("role", "eq", "document") | map(attribute="content") | first -%}'
+        "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
+        "<Instruct>: {{ instruction | default(" + repr(DEFAULT_INSTRUCTION) + ", true) }}"
+        "<Query>:{{ q }}\n<Document>:{{ d }}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    return ('{%- if messages | selectattr("role", "eq", "document") | list | length > 0 -%}' + score
+            + "{% else %}" + chat_template + "{% endif %}")

@@ -1,8 +1,8 @@
 """Randomly initialised Qwen2.5-VL checkpoints for offline tests and benchmarks.
 
 lychee-rerank-mm is a Qwen2.5-VL-7B fine-tune whose weights cannot be downloaded here, so this
-module builds a structurally faithful stand-in: a Qwen2.5-VL config ("tiny", "mid" or the exact
-"7b" architecture), random weights, a tiny byte-level BPE tokenizer with the Qwen2-VL special
+module builds a structurally faithful stand-in: a Qwen2.5-VL config ("tiny", "tiny32", "mid" or
+the exact "7b" architecture), random weights, a tiny byte-level BPE tokenizer with the Qwen2-VL special
 tokens (where "yes" and "no" are single tokens), the Qwen2-VL image processor and the real chat
 template. The scores it produces are meaningless; shapes, token ids and code paths are real.
 """
@@ -107,6 +107,9 @@ def _arch(
 
 SIZES: dict[str, dict] = {
     "tiny": _arch(64, 128, 2, 4, 2, [2, 3, 3], 2, 32, 64, 2, [1]),
+    # tiny with 32-wide attention heads (2 x 32, 1 kv head): vLLM's CPU attention takes head
+    # sizes 32, 64, 80, ... only, so this is the smallest checkpoint vLLM's tests can serve.
+    "tiny32": _arch(64, 128, 2, 2, 1, [4, 6, 6], 2, 32, 64, 2, [1]),
     "mid": _arch(512, 1408, 6, 8, 2, [8, 12, 12], 4, 256, 704, 4, [1, 3]),
     "7b": _arch(3584, 18944, 28, 28, 4, [16, 24, 24], 32, 1280, 3420, 16, [7, 15, 23, 31]),
 }
@@ -115,6 +118,7 @@ SIZES["7b"]["text"]["vocab_size"] = 152064
 # A wider init than Qwen's 0.02 spreads the tiny model's p(yes) over the scale instead of
 # clustering near one value, so ranking, ties and thresholds get exercised in tests.
 SIZES["tiny"]["text"]["initializer_range"] = 0.2
+SIZES["tiny32"]["text"]["initializer_range"] = 0.2
 
 
 def build_config(
@@ -128,8 +132,9 @@ def build_config(
         "bos_token_id": ids("<|endoftext|>"), "eos_token_id": ids("<|im_end|>"),
         "pad_token_id": ids("<|endoftext|>"),
     }  # fmt: skip
+    # tie_word_embeddings also inside text_config: transformers 5.19 (vLLM's) reads it there.
     return Qwen2_5_VLConfig(
-        text_config={**arch["text"], "vocab_size": vocab, **special},
+        text_config={**arch["text"], "vocab_size": vocab, "tie_word_embeddings": False, **special},
         vision_config=dict(arch["vision"]), tie_word_embeddings=False,
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),

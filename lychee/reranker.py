@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -14,7 +13,8 @@ from typing import Literal
 from PIL import Image
 
 from . import protocol, ranking
-from .engine import Engine, run_batched
+from .backends import Backend, load_backend
+from .backends.base import Progress
 from .images import ImageLoadError, ImageSource, load_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice
@@ -26,7 +26,6 @@ from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Unset, check
 log = logging.getLogger(__name__)
 
 Mode = Literal["logit", "generate"]
-Progress = Callable[[int, int], None]
 
 LOAD_THREADS = 8  # image decoding threads at most
 
@@ -61,49 +60,59 @@ class LycheeReranker:
     ``model`` is a hub id or a local directory (default ``$LYCHEE_MODEL`` or
     ``vec-ai/lychee-rerank-mm``). ``mode="logit"`` is the lychee-rerank-mm protocol
     (p(yes) of a yes/no judgement); ``mode="generate"`` asks a generic instruction-tuned
-    VLM for a 0-10 score as text and parses it.
+    VLM for a 0-10 score as text and parses it (transformers backend only).
+
+    ``backend`` picks the engine: ``"transformers"`` (this process), ``"vllm"`` (an
+    in-process ``vllm.LLM``; ``engine_options`` go to it, e.g. ``{"tensor_parallel_size": 2}``)
+    or ``"vllm-server"`` (a client of the vLLM server at ``server_url``, default
+    ``$LYCHEE_VLLM_URL`` or ``http://127.0.0.1:8000``; ``model`` None means the model it serves);
+    or a :class:`~lychee.backends.base.Backend` already built (the benchmarks' random 7B),
+    when the loading arguments are unused. Scores, errors and ranking are the same on all.
 
     ``min_pixels``/``max_pixels`` bound each image's pixels after resizing (N visual tokens
     = N x 28 x 28 pixels); the defaults are the model card's, at most 1280 visual tokens.
     ``max_side``: images are first scaled so their longest side is at most this (64-4096).
-    ``batch_size``: pairs per forward pass; None picks it from free GPU memory on CUDA
-    (8 elsewhere). ``vision_cache_bytes``: bound of the cache of image features that lets
-    a new query over the same images skip the vision tower (None: ``$LYCHEE_VISION_CACHE_MB``
-    or 1 GiB; 0: off). ``engine``: an :class:`~lychee.engine.Engine` already in memory
-    (the benchmarks' random 7B); the loading arguments are then unused.
+    ``batch_size``: pairs per forward pass (transformers; None picks it from free GPU memory
+    on CUDA, 8 elsewhere). ``vision_cache_bytes``: bound of the transformers backend's cache
+    of image features that lets a new query over the same images skip the vision tower
+    (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,
+                 backend: str | Backend = "transformers", server_url: str | None = None,
                  mode: Mode = "logit", batch_size: int | None = None, min_pixels: int = protocol.MIN_PIXELS,
                  max_pixels: int = protocol.MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
                  limits: Limits | None = None, vision_cache_bytes: int | None = None,
-                 engine: Engine | None = None) -> None:
+                 engine_options: Mapping[str, object] | None = None) -> None:
         if mode not in ("logit", "generate"):
             raise ValueError(f"mode must be 'logit' or 'generate', got {mode!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         if not 1 <= min_pixels <= max_pixels:
             raise ValueError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
+        if mode == "generate" and not (backend == "transformers" or hasattr(backend, "generate")):
+            name = getattr(backend, "name", backend)
+            raise ValueError(f"mode='generate' needs the transformers backend, not {name!r}")
         self.mode: Mode = mode
-        self.batch_size = batch_size
         self.max_side = check_max_side(max_side)
         self.limits = limits or Limits.from_env()
-        self.engine = engine or Engine.load(model or default_model(), device=device, dtype=dtype,
-                                            min_pixels=min_pixels, max_pixels=max_pixels,
-                                            need_yes_no=mode == "logit", vision_cache_bytes=vision_cache_bytes)
-        self._lock = threading.Lock()
+        if isinstance(backend, str):
+            backend = load_backend(backend, model=model if model or backend == "vllm-server" else default_model(),
+                                   device=device, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
+                                   need_yes_no=mode == "logit", batch_size=batch_size,
+                                   vision_cache_bytes=vision_cache_bytes, server_url=server_url,
+                                   engine_options=engine_options)
+        self.backend: Backend = backend
 
     @property
     def model_id(self) -> str:
-        return self.engine.model_id
+        return self.backend.model_id
 
     def describe(self) -> dict[str, str]:
-        """What is loaded: model (a local checkpoint by its folder name), device, dtype,
+        """What scores: backend, model (a local checkpoint by its folder name), device, dtype,
         attention, mode and the pixel budget (``visual_tokens``: per image, min-max)."""
-        e = self.engine
-        tokens = f"{e.min_pixels // protocol.PATCH_PIXELS ** 2}-{e.max_pixels // protocol.PATCH_PIXELS ** 2}"
-        return {"model": display_name(e.model_id), "device": str(e.device), "dtype": e.dtype_name,
-                "attention": e.attention, "mode": self.mode, "visual_tokens": tokens}
+        about = self.backend.describe()
+        return {**about, "model": display_name(about["model"]), "mode": self.mode}
 
     def score(self, query: str, images: Sequence[ImageSource], *, instruction: str | None = None,
               labels: Sequence[str] | None = None, max_side: int | None = None,
@@ -160,41 +169,20 @@ class LycheeReranker:
     def _score_loaded(self, query: str, instruction: str | None, loaded: dict[int, Image.Image],
                       lenient: bool, progress: Progress | None, *, total: int,
                       already_done: int) -> dict[int, tuple[float, str, str | None]]:
-        keys = list(loaded)
-        if self.mode == "logit":
-            prompt = self.engine.render(protocol.rerank_messages(query, instruction))
-            fn = lambda batch: self._logit_batch(prompt, batch)  # noqa: E731
-        else:
-            prompt = self.engine.render(protocol.generate_messages(query, instruction))
-            fn = lambda batch: self._generate_batch(prompt, batch, lenient)  # noqa: E731
-
         def report(done: int, _: int) -> None:
             if progress:
                 progress(already_done + done, total)
 
-        batch = [loaded[k] for k in keys]
-        with self._lock:
-            results = run_batched(batch, fn, batch_size=self.engine.batch_size(batch, self.batch_size),
-                                  cost=self.engine.visual_tokens, progress=report)
+        keys, images = list(loaded), list(loaded.values())
+        if self.mode == "logit":
+            outputs = self.backend.relevance(protocol.rerank_messages(query, instruction), images, report)
+            judged = [_relevance(p) for p in outputs]
+        else:
+            outputs = self.backend.generate(protocol.generate_messages(query, instruction), images, report)
+            judged = [_parsed(text, lenient) for text in outputs]
         if progress and not keys:
             progress(total, total)
-        return {k: (r if not isinstance(r, Exception) else (0.0, "", f"model error: {r}"))
-                for k, r in zip(keys, results)}
-
-    def _logit_batch(self, prompt: str, images: list[Image.Image]) -> list[tuple[float, str, None]]:
-        p_yes = self.engine.relevance_logits(prompt, images).sigmoid().tolist()  # [n]
-        return [(10.0 * p, f"p(yes)={p:.4f} p(no)={1 - p:.4f}", None) for p in p_yes]
-
-    def _generate_batch(self, prompt: str, images: list[Image.Image],
-                        lenient: bool) -> list[tuple[float, str, str | None]]:
-        out = []
-        for text in self.engine.generate(prompt, images):
-            value = parse_score(text, lenient=lenient)
-            if value is None:
-                out.append((0.0, text, "could not read a 0-10 score in the model's answer"))
-            else:
-                out.append((value, text, None))
-        return out
+        return dict(zip(keys, judged))
 
     def rerank(self, query: str, images: Sequence[ImageSource], *,
                score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,
@@ -245,3 +233,20 @@ class LycheeReranker:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
         return ranking.rank(records, score_threshold=settings.score_threshold, top_k=settings.top_k,
                             normalize=settings.normalize, tie_epsilon=settings.tie_epsilon)
+
+
+def _relevance(p_yes: float | Exception) -> tuple[float, str, str | None]:
+    """(score, raw output, error) of one image in logit mode."""
+    if isinstance(p_yes, Exception):
+        return 0.0, "", f"model error: {p_yes}"
+    return 10.0 * p_yes, f"p(yes)={p_yes:.4f} p(no)={1 - p_yes:.4f}", None
+
+
+def _parsed(text: str | Exception, lenient: bool) -> tuple[float, str, str | None]:
+    """(score, raw output, error) of one image in generate mode: the score read from the answer."""
+    if isinstance(text, Exception):
+        return 0.0, "", f"model error: {text}"
+    value = parse_score(text, lenient=lenient)
+    if value is None:
+        return 0.0, text, "could not read a 0-10 score in the model's answer"
+    return value, text, None

@@ -355,7 +355,7 @@ class RerankDemo:
                     tie_epsilon: float = DEFAULT_TIE_EPSILON, max_side: int = DEFAULT_MAX_SIDE) -> dict[str, Any]:
         """Score candidate images, given as URLs, against a text query with lychee-rerank-mm and rank them.
 
-        Returns JSON with schema_version 2: "results" (best first; each has rank, index,
+        Returns JSON with schema_version 3: "results" (best first; each has rank, index,
         source, score 0-10, raw_score, tied, raw_output, error), "filtered_out" (scored
         images below score_threshold or beyond top_k, each with a "reason"), "errors"
         (images that could not be fetched, read or scored), "warnings" (changes made to the

@@ -9,8 +9,6 @@ of the ``/rerank`` API.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -22,24 +20,25 @@ from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from . import protocol, ranking
+from . import protocol
+from .backends import default_backend
 from .images import ImageSource
 from .limits import Limits
 from .messages import LANGUAGES, Language, Notice, UserError
 from .presets import PRESETS
 from .query import prepare_text
 from .ranking import RerankResult, ScoredImage, WinnerStrength
+from .report import Report
 from .reranker import LycheeReranker, Progress, default_model, display_name
-from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, resolve_settings
+from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LANGUAGES", "Language", "UserError", "ModelSlot", "RerankRequest", "RerankOutcome", "rerank",
            "validate", "text"]
 
-SCHEMA_VERSION = 2
 ZERO_GPU_ENV_VAR = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU Spaces
 
 
@@ -79,6 +78,12 @@ class RerankRequest:
     @property
     def lenient_parsing(self) -> bool:
         return PRESETS[self.preset].lenient_parsing if self.preset else False
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of a validated request."""
+        return Settings(PRESETS[self.preset] if self.preset else None, self.score_threshold, self.top_k,
+                        self.normalize, self.tie_epsilon, self.max_side)
 
 
 def _unset_if_none(value: Any) -> Any:
@@ -122,13 +127,19 @@ class ModelSlot:
     """The process's one reranker: loaded once, in a background thread, on first need.
 
     Loading never raises here: a failure is kept and reported to every request as a
-    :class:`UserError` that says how to fix it (``LYCHEE_MODEL``).
+    :class:`UserError` that says how to fix it (``LYCHEE_MODEL``, or for ``vllm-server``
+    the server's address). ``backend`` (default ``$LYCHEE_BACKEND``) and ``server_url``
+    (default ``$LYCHEE_VLLM_URL``) choose the engine; a vLLM server's model is the one it
+    serves unless ``model`` or ``$LYCHEE_MODEL`` names it.
     """
 
     def __init__(self, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-                 limits: Limits | None = None) -> None:
-        self.model = model or default_model()
-        self.name = display_name(self.model)
+                 limits: Limits | None = None, backend: str | None = None, server_url: str | None = None) -> None:
+        self.backend = backend or default_backend()
+        self.server_url = server_url
+        on_server = self.backend == "vllm-server"
+        self.model = model or (os.environ.get(protocol.MODEL_ENV_VAR) if on_server else default_model())
+        self.name = display_name(self.model) if self.model else "vLLM server"
         self.device = device or os.environ.get("LYCHEE_DEVICE", "auto")
         self.dtype = dtype or os.environ.get("LYCHEE_DTYPE", "auto")
         self.limits = limits or Limits.from_env()
@@ -136,7 +147,7 @@ class ModelSlot:
         self._started = False
         self._loaded = threading.Event()
         self._reranker: LycheeReranker | None = None
-        self._failure: str | None = None
+        self._error: UserError | None = None
 
     @classmethod
     def for_space(cls, environ: Mapping[str, str] | None = None) -> ModelSlot:
@@ -166,9 +177,13 @@ class ModelSlot:
     def _load(self) -> None:
         try:
             self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits,
-                                            max_pixels=self.limits.max_visual_tokens * protocol.PATCH_PIXELS ** 2)
+                                            max_pixels=self.limits.max_visual_tokens * protocol.PATCH_PIXELS ** 2,
+                                            backend=self.backend, server_url=self.server_url)
+        except UserError as exc:  # no vLLM server answers: the error names its address and the fix
+            self._error = exc
+            log.warning("%s", exc)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong is shown to the user, with the fix
-            self._failure = failure_reason(self.model, exc)
+            self._error = UserError("model_unavailable", model=self.name, reason=failure_reason(self.model or "", exc))
             log.exception("could not load the model %s", self.name)
         finally:
             self._loaded.set()
@@ -179,11 +194,16 @@ class ModelSlot:
         return self._loaded.is_set()
 
     def get(self) -> LycheeReranker:
-        """The loaded reranker, waiting for the load if needed; ``UserError`` if it failed."""
+        """The loaded reranker, waiting for the load if needed; ``UserError`` if it failed.
+
+        A vLLM server that was down is asked again on each request: it may have started since.
+        """
         self.start_loading()
         self._loaded.wait()
+        if self._reranker is None and self.backend == "vllm-server":
+            self._load()
         if self._reranker is None:
-            raise UserError("model_unavailable", model=self.name, reason=self._failure)
+            raise self._error
         return self._reranker
 
     def status_line(self, lang: Language) -> str:
@@ -191,7 +211,7 @@ class ModelSlot:
         if not self.settled:
             return text("model_loading", lang, model=self.name)
         if self._reranker is None:
-            return "❌ " + UserError("model_unavailable", model=self.name, reason=self._failure).text(lang)
+            return "❌ " + self._error.text(lang)
         return text("model_ready", lang, **self._reranker.describe())
 
     def score(self, request: RerankRequest, *, progress: Progress | None = None) -> list[ScoredImage]:
@@ -212,100 +232,61 @@ class ModelSlot:
                                 lenient_parsing=request.lenient_parsing, progress=report)
 
 
-def left_out_reason(result: RerankResult, request: RerankRequest) -> Literal["below_threshold", "beyond_top_k"]:
-    """Why a scored image is not among the results."""
-    if request.score_threshold is not None and result.score < request.score_threshold:
-        return "below_threshold"
-    return "beyond_top_k"
-
-
 @dataclass(frozen=True)
 class RerankOutcome:
-    """Everything one rerank produced. ``results``, ``filtered_out`` and ``errors`` share
-    one rank sequence: results 1..n, then the filtered-out images, then the failures."""
+    """A request and its :class:`~lychee.report.Report` (the JSON and CSV downloads, the API answer)."""
 
     request: RerankRequest  # validated: preset defaults applied
-    model: dict[str, str]
-    results: list[RerankResult]
-    filtered_out: list[RerankResult]
-    errors: list[RerankResult]
-    elapsed_s: float
+    report: Report
+
+    @property
+    def model(self) -> dict[str, str]:
+        return self.report.model
+
+    @property
+    def results(self) -> list[RerankResult]:
+        return self.report.results
+
+    @property
+    def filtered_out(self) -> list[RerankResult]:
+        return self.report.filtered_out
+
+    @property
+    def errors(self) -> list[RerankResult]:
+        return self.report.errors
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.report.elapsed_s
 
     @property
     def images_per_s(self) -> float:
-        return len(self.request.images) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self.report.images_per_s
 
     @property
     def winner_strength(self) -> WinnerStrength | None:
-        """How decisive #1 is over the best other scored image (``None`` without a #1)."""
-        return ranking.winner_strength(self.results + self.filtered_out) if self.results else None
+        return self.report.winner_strength
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``/rerank`` API's JSON result (schema version 2); see :func:`rerank`."""
-        r = self.request
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "query": r.query,
-            "preset": r.preset,
-            "settings": {"score_threshold": r.score_threshold, "top_k": r.top_k, "instruction": r.instruction,
-                         "normalize": r.normalize, "tie_epsilon": r.tie_epsilon, "max_side": r.max_side},
-            "model": dict(self.model),
-            "counts": {"images": len(r.images), "results": len(self.results),
-                       "filtered_out": len(self.filtered_out), "errors": len(self.errors)},
-            "winner_strength": self.winner_strength,
-            "results": [x.to_dict() for x in self.results],
-            "filtered_out": [{**x.to_dict(), "reason": left_out_reason(x, r)} for x in self.filtered_out],
-            "errors": [x.to_dict() for x in self.errors],
-            "warnings": [n.to_dict() for n in r.notices],
-            "elapsed_s": round(self.elapsed_s, 4),
-            "images_per_s": round(self.images_per_s, 3),
-        }
+        """The ``/rerank`` API's JSON result: :meth:`lychee.report.Report.to_dict`."""
+        return self.report.to_dict()
 
     def to_csv(self) -> str:
-        """One row per image, in rank order, with the group it landed in."""
-        columns = ["group", "rank", "index", "source", "score", "raw_score", "tied", "reason", "error", "raw_output"]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        data = self.to_dict()
-        for group in ("results", "filtered_out", "errors"):
-            for record in data[group]:
-                writer.writerow({**record, "group": group})
-        return buffer.getvalue()
+        return self.report.to_csv()
 
 
 def rerank(request: RerankRequest, slot: ModelSlot, *,
            score: Callable[[RerankRequest], list[ScoredImage]] | None = None) -> RerankOutcome:
     """Validate ``request``, score its images with ``score`` (default ``slot.score``) and rank them.
 
-    The JSON form (``RerankOutcome.to_dict()``), schema version 2::
-
-        {"schema_version": 2, "query": str, "preset": str | null,
-         "settings": {"score_threshold": float | null, "top_k": int | null, "instruction": str | null,
-                      "normalize": bool, "tie_epsilon": float, "max_side": int},
-         "model": {"model": str, "device": str, "dtype": str, "attention": str, "mode": str,
-                   "visual_tokens": str},
-         "counts": {"images": int, "results": int, "filtered_out": int, "errors": int},
-         "winner_strength": "close" | "clear" | "dominant" | null,
-         "results": [record, ...],        # best first, ranks 1..n
-         "filtered_out": [record + {"reason": "below_threshold" | "beyond_top_k"}, ...],
-         "errors": [record, ...],         # images that could not be scored (score 0.0)
-         "warnings": [{"code": str, "message": str}, ...],  # what was changed in the input
-         "elapsed_s": float, "images_per_s": float}
-
-    where ``record`` is ``RerankResult.to_dict()``: ``rank, index`` (position in the
-    request), ``source`` (file name), ``score`` (0-10, normalised if asked), ``raw_score``,
-    ``tied``, ``raw_output``, ``error``. ``warnings`` (new in version 2) lists each change
-    made to the input - a query or instruction cut to its length limit, chat control tokens
-    removed - with a ``code`` and a ``message`` in English and Chinese. Bad input raises
+    The JSON form (``RerankOutcome.to_dict()``) is :meth:`lychee.report.Report.to_dict`
+    (schema version 3), shared with the CLI's ``--format json``. Bad input raises
     :class:`UserError`; a bad image only becomes an error record.
     """
     request = validate(request, slot.limits)
     model = slot.get().describe()  # waits for the model outside any GPU allocation
     started = time.perf_counter()
     records = (score or slot.score)(request)
-    elapsed = time.perf_counter() - started
-    groups = ranking.partition(records, score_threshold=request.score_threshold, top_k=request.top_k,
-                               normalize=request.normalize, tie_epsilon=request.tie_epsilon)
-    return RerankOutcome(request=request, model=model, results=groups.results, filtered_out=groups.filtered_out,
-                         errors=groups.errors, elapsed_s=elapsed)
+    report = Report.build(request.query, records, request.settings, instruction=request.instruction, model=model,
+                          warnings=request.notices, elapsed_s=time.perf_counter() - started)
+    return RerankOutcome(request=request, report=report)

@@ -14,7 +14,7 @@ from .images import ImageLoadError, load_image
 from .presets import PRESETS
 from .query_hints import CATEGORIES, query_hints
 from .ranking import WEAK_MATCH_SCORE, RerankResult, matches_well
-from .ui_service import Language, RerankOutcome, left_out_reason, text
+from .ui_service import Language, RerankOutcome, text
 
 THUMBNAIL_SIDE = 320
 NAME_LIMIT = 19  # characters of a file name in a gallery caption; longer ones lose their middle
@@ -49,7 +49,7 @@ def caption(result: RerankResult) -> str:
 def reason_text(result: RerankResult, outcome: RerankOutcome, lang: Language) -> str:
     """Why an image was filtered out, in words."""
     request = outcome.request
-    if left_out_reason(result, request) == "below_threshold":
+    if outcome.report.left_out_reason(result) == "below_threshold":
         return text("reason_below_threshold", lang, threshold=f"{request.score_threshold:g}")
     return text("reason_beyond_top_k", lang, top_k=request.top_k)
 

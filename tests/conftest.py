@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+# tests/vllm needs the real vLLM engine, which lives in its own venv (`make test-vllm`).
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 
 
 @pytest.fixture(scope="session")

@@ -61,12 +61,12 @@ def test_rerank_urls_is_the_only_documented_endpoint(client):
 
 
 def test_result_follows_the_documented_schema(everything):
-    assert everything["schema_version"] == 2
+    assert everything["schema_version"] == 3
     assert everything["query"] == QUERY
     assert set(everything["settings"]) == {"score_threshold", "top_k", "instruction", "normalize", "tie_epsilon",
                                            "max_side"}
     assert everything["model"]["device"] == "cpu" and everything["model"]["dtype"] == "fp32"
-    assert everything["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1}
+    assert everything["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1, "skipped": 0}
     assert everything["winner_strength"] in ("close", "clear", "dominant")
     assert everything["elapsed_s"] > 0 and everything["images_per_s"] > 0
     assert everything["warnings"] == []
@@ -196,7 +196,7 @@ def test_rerank_urls_ranks_data_uris_like_uploads(client, batch):
     uploads = call(client, paths)
     by_url = client.predict("一只black cat坐在red sofa上", [data_uri(Path(p).read_bytes()) for p in paths],
                             api_name="/rerank_urls")
-    assert by_url["schema_version"] == 2
+    assert by_url["schema_version"] == 3
     assert [r["index"] for r in by_url["results"]] == [r["index"] for r in uploads["results"]]
     assert [r["score"] for r in by_url["results"]] == [r["score"] for r in uploads["results"]]
 

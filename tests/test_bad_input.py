@@ -222,7 +222,7 @@ def test_too_few_arguments_are_refused(demo_url):
 
 def test_the_api_still_answers_after_malformed_payloads(demo_url, api_payload):
     status, event, data = post_rerank(demo_url, payload(api_payload))
-    assert (status, event) == (200, "complete") and '"schema_version": 2' in data
+    assert (status, event) == (200, "complete") and '"schema_version": 3' in data
 
 
 def test_chat_control_tokens_in_the_query_are_removed(tiny_reranker):

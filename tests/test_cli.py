@@ -15,6 +15,7 @@ import pytest
 
 from lychee import cli
 from lychee.cli import EXIT_IMAGES_FAILED, EXIT_MODEL, EXIT_OK, EXIT_USAGE, main
+from lychee.report import CSV_COLUMNS
 
 from .conftest import make_image
 
@@ -105,7 +106,7 @@ def test_json_report_lists_every_input_exactly_once(capsys, tiny_checkpoint, tre
               + report["skipped"])
     assert sorted(listed) == sorted([str(p) for p in cli.collect_images([tree])[0]] + [str(tree / "notes.txt")])
     assert [r["rank"] for r in report["results"]] == [1, 2]
-    assert report["counts"] == {"images": 4, "ranked": 2, "filtered_out": 1, "failed": 1, "skipped": 1}
+    assert report["counts"] == {"images": 4, "results": 2, "filtered_out": 1, "errors": 1, "skipped": 1}
     assert report["errors"][0]["source"].endswith("broken.jpg")
     assert "image 3" in report["errors"][0]["error"] and "not a readable image" in report["errors"][0]["error"]
     assert report["model"]["device"] == "cpu" and report["settings"]["top_k"] == 2
@@ -125,8 +126,8 @@ def test_csv_has_a_row_per_input_and_per_empty_slot(capsys, tiny_checkpoint, tre
     code, out, _ = run(capsys, QUERY, str(tree), "--preset", "pipeline", "--threshold", "10", "--format", "csv",
                        "--model", str(tiny_checkpoint), "--device", "cpu")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == EXIT_OK and tuple(rows[0]) == cli.CSV_COLUMNS
-    assert [r["status"] for r in rows] == ["empty"] * 3 + ["filtered_out"] * 3 + ["failed", "skipped"]
+    assert code == EXIT_OK and tuple(rows[0]) == CSV_COLUMNS
+    assert [r["group"] for r in rows] == ["empty"] * 3 + ["filtered_out"] * 3 + ["errors", "skipped"]
 
 
 def test_format_follows_the_output_suffix_and_the_file_is_written(capsys, tiny_checkpoint, tree, tmp_path):

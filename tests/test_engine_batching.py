@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from lychee import LycheeReranker, protocol
-from lychee.engine import (
+from lychee.backends.base import run_batched
+from lychee.backends.transformers import (
     DEFAULT_BATCH_SIZE,
     MAX_AUTO_BATCH_SIZE,
     batch_size_for_memory,
     pair_activation_bytes,
-    run_batched,
 )
 from lychee.random_checkpoint import build_config, build_tokenizer
 
@@ -27,7 +27,7 @@ SORT_TOLERANCE = 1e-5  # max |logit difference|, sorted vs unsorted batches (fp3
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoint):
-    return LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32", vision_cache_bytes=0).engine
+    return LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32", vision_cache_bytes=0).backend.engine
 
 
 @pytest.fixture(scope="module")

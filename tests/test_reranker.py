@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lychee import PRESETS, LycheeReranker, RerankError, protocol
-from lychee.engine import run_batched
+from lychee.backends.base import run_batched
 
 from .conftest import make_image
 
@@ -31,9 +31,9 @@ def good_paths(image_dir):
 
 
 def test_loads_through_from_pretrained_with_yes_and_no_ids(tiny_reranker):
-    tokenizer = tiny_reranker.engine.processor.tokenizer
-    assert tokenizer.decode([tiny_reranker.engine.yes_id]) == "yes"
-    assert tokenizer.decode([tiny_reranker.engine.no_id]) == "no"
+    tokenizer = tiny_reranker.backend.engine.processor.tokenizer
+    assert tokenizer.decode([tiny_reranker.backend.engine.yes_id]) == "yes"
+    assert tokenizer.decode([tiny_reranker.backend.engine.no_id]) == "no"
     assert tokenizer.padding_side == "left"
     assert tiny_reranker.describe()["device"] == "cpu"
     assert tiny_reranker.describe()["dtype"] == "fp32"
@@ -50,7 +50,7 @@ def test_unknown_model_directory_fails_clearly(tmp_path):
 
 
 def test_prompt_follows_the_lychee_protocol(tiny_reranker):
-    prompt = tiny_reranker.engine.render(protocol.rerank_messages("a cat"))
+    prompt = tiny_reranker.backend.engine.render(protocol.rerank_messages("a cat"))
     assert prompt.startswith(f"<|im_start|>system\n{protocol.SYSTEM_PROMPT}<|im_end|>")
     assert (f"<Instruct>: {protocol.DEFAULT_INSTRUCTION}<Query>:a cat\n<Document>:"
             "<|vision_start|><|image_pad|><|vision_end|><|im_end|>") in prompt
@@ -80,7 +80,7 @@ def test_batched_scores_equal_one_by_one_scores(tiny_checkpoint, image_dir, dtyp
 def test_the_model_cards_pixel_budget_is_the_default(tiny_reranker):
     """min_pixels = 4*28*28, max_pixels = 1280*28*28: a 1920x1080 photo gets at most 1280 visual
     tokens, counted by Qwen's own smart_resize and by the processor alike."""
-    engine = tiny_reranker.engine
+    engine = tiny_reranker.backend.engine
     assert (engine.min_pixels, engine.max_pixels) == (4 * 28 * 28, 1280 * 28 * 28)
     full_hd = Image.new("RGB", (1920, 1080), (10, 120, 200))
     tokens = engine.visual_tokens(full_hd)
@@ -93,7 +93,7 @@ def test_the_model_cards_pixel_budget_is_the_default(tiny_reranker):
 def test_batched_logits_match_the_plain_full_logits_forward(tiny_reranker, image_dir):
     """Our path (left-padded batch, last position only) equals the model card's style of
     use: one pair per forward pass, full logits, softmax over (yes, no)."""
-    engine = tiny_reranker.engine
+    engine = tiny_reranker.backend.engine
     prompt = engine.render(protocol.rerank_messages(QUERY))
     images = [Image.open(p).convert("RGB") for p in good_paths(image_dir)]
     ours = engine.relevance_logits(prompt, images)  # [n]: z_yes - z_no
@@ -189,9 +189,9 @@ def test_progress_reaches_the_total(tiny_reranker, image_dir):
 def test_max_pixels_bounds_visual_tokens(tiny_checkpoint):
     reranker = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32", max_pixels=28 * 28 * 16)
     big = Image.open(__import__("io").BytesIO(make_image(1000, 800, (10, 10, 10))))
-    assert reranker.engine.visual_tokens(big) <= 16
-    inputs = reranker.engine._inputs("x <|vision_start|><|image_pad|><|vision_end|>", [big])
-    assert int(inputs["image_grid_thw"].prod()) // 4 == reranker.engine.visual_tokens(big)
+    assert reranker.backend.engine.visual_tokens(big) <= 16
+    inputs = reranker.backend.engine._inputs("x <|vision_start|><|image_pad|><|vision_end|>", [big])
+    assert int(inputs["image_grid_thw"].prod()) // 4 == reranker.backend.engine.visual_tokens(big)
 
 
 def test_generate_mode_keeps_unparseable_text_and_scores_zero(tiny_checkpoint, image_dir):
@@ -215,7 +215,7 @@ def test_run_batched_halves_on_out_of_memory_and_isolates_failures():
             raise ValueError("bad item 13")
         return [x * 2 for x in batch]
 
-    results = run_batched(list(range(10, 16)), fn, batch_size=8)
+    results = run_batched(list(range(10, 16)), fn, batch_size=8, out_of_memory=lambda e: "out of memory" in str(e))
     assert calls[:3] == [6, 4, 2]
     assert results[:3] == [20, 22, 24] and results[4:] == [28, 30]
     assert isinstance(results[3], ValueError)

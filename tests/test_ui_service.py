@@ -123,17 +123,18 @@ def test_results_filtered_out_and_errors_share_one_rank_sequence(mixed_outcome):
     assert [(r["source"], r["rank"], r["reason"]) for r in data["filtered_out"]] == [
         ("d.png", 2, "beyond_top_k"), ("b.png", 3, "below_threshold")]
     assert [(r["source"], r["rank"]) for r in data["errors"]] == [("c.png", 4)]
-    assert data["counts"] == {"images": 4, "results": 1, "filtered_out": 2, "errors": 1}
+    assert data["counts"] == {"images": 4, "results": 1, "filtered_out": 2, "errors": 1, "skipped": 0}
 
 
 def test_the_json_form_has_the_documented_keys_and_serialises(mixed_outcome):
     data = json.loads(json.dumps(mixed_outcome.to_dict()))
-    assert set(data) == {"schema_version", "query", "preset", "settings", "model", "counts", "winner_strength",
-                         "results", "filtered_out", "errors", "warnings", "elapsed_s", "images_per_s"}
-    assert data["schema_version"] == 2 and data["warnings"] == []
+    assert set(data) == {"schema_version", "query", "preset", "settings", "model", "counts", "slots",
+                         "winner_strength", "results", "filtered_out", "errors", "skipped", "warnings", "elapsed_s",
+                         "images_per_s"}
+    assert data["schema_version"] == 3 and data["warnings"] == [] and data["skipped"] == []
     assert data["settings"] == {"score_threshold": 5.0, "top_k": 1, "instruction": None, "normalize": False,
                                 "tie_epsilon": 0.05, "max_side": 1920}
-    assert set(data["model"]) == {"model", "device", "dtype", "attention", "mode", "visual_tokens"}
+    assert set(data["model"]) == {"backend", "model", "device", "dtype", "attention", "mode", "visual_tokens"}
 
 
 def test_winner_strength_compares_number_one_with_the_best_other_scored_image(mixed_outcome):
@@ -216,6 +217,6 @@ def test_scoring_past_the_request_timeout_stops_with_a_clear_error(tiny_checkpoi
 
 def test_the_app_bounds_visual_tokens_per_image(tiny_checkpoint):
     slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(max_visual_tokens=16))
-    engine = slot.get().engine
+    engine = slot.get().backend.engine
     assert engine.max_pixels == 16 * 28 * 28
     assert engine.visual_tokens(Image.new("RGB", (1920, 1080))) <= 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from lychee.ranking import RerankResult
+from lychee.report import Report
 from lychee.ui_service import RerankOutcome, RerankRequest
 from lychee.ui_view import (
     caption,
@@ -33,7 +34,9 @@ def result(rank: int, index: int, score: float, *, tied: bool = False, error: st
 def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, **settings) -> RerankOutcome:
     paths = image_paths or [f"/uploads/img{i}.png" for i in range(6)]
     req = RerankRequest("cat", paths, **settings)
-    return RerankOutcome(req, MODEL, list(results), list(filtered_out), list(errors), elapsed_s=0.5)
+    report = Report(req.query, req.settings, None, MODEL, list(results), list(filtered_out), list(errors),
+                    elapsed_s=0.5)
+    return RerankOutcome(req, report)
 
 
 def test_a_caption_shows_rank_and_score_above_the_name():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lychee import LycheeReranker, protocol
-from lychee.vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
+from lychee.backends.vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
 from .conftest import make_image
 
@@ -36,7 +36,7 @@ def cached(tiny_checkpoint) -> LycheeReranker:
 def test_cached_logits_equal_the_plain_pixel_values_forward(cached, image_dir):
     """Misses (features computed here) and hits (features from the cache) both equal the
     model's own path, where it runs the vision tower on pixel_values itself."""
-    engine, images = cached.engine, good_images(image_dir)
+    engine, images = cached.backend.engine, good_images(image_dir)
     prompt = engine.render(protocol.rerank_messages(QUERY))
     with torch.inference_mode():
         plain = engine.model(**engine._inputs(prompt, images), logits_to_keep=1).logits[:, -1]
@@ -55,18 +55,18 @@ def test_cached_scores_equal_uncached_scores(tiny_checkpoint, cached, image_dir)
         with_cache = [r.raw_score for r in cached.score(query, paths)]
         without = [r.raw_score for r in uncached.score(query, paths)]
         assert max(abs(a - b) for a, b in zip(with_cache, without)) <= CACHE_TOLERANCE
-    assert cached.engine.vision_cache.hits == len(paths)
-    assert len(uncached.engine.vision_cache) == 0 and uncached.engine.vision_cache.misses == 0
+    assert cached.backend.engine.vision_cache.hits == len(paths)
+    assert len(uncached.backend.engine.vision_cache) == 0 and uncached.backend.engine.vision_cache.misses == 0
 
 
 def test_second_query_over_the_same_images_skips_the_vision_tower(cached, image_dir, monkeypatch):
     paths = sorted(str(p) for p in image_dir.glob("good*.png"))
-    cache = cached.engine.vision_cache
+    cache = cached.backend.engine.vision_cache
     cached.score(QUERY, paths)
     assert (cache.hits, cache.misses, len(cache)) == (0, len(paths), len(paths))
     calls = []
-    encode = cached.engine.model.get_image_features
-    monkeypatch.setattr(cached.engine.model, "get_image_features",
+    encode = cached.backend.engine.model.get_image_features
+    monkeypatch.setattr(cached.backend.engine.model, "get_image_features",
                         lambda *args, **kwargs: calls.append(args) or encode(*args, **kwargs))
     cached.score(SECOND_QUERY, paths)
     assert (cache.hits, cache.misses) == (len(paths), len(paths))
@@ -77,15 +77,15 @@ def test_cached_entries_hold_only_their_own_memory(cached, image_dir):
     """Entries are compact copies, not views that keep a whole batch's output alive, so
     the byte bound is the memory actually held."""
     cached.score(QUERY, sorted(str(p) for p in image_dir.glob("good*.png")))
-    cache = cached.engine.vision_cache
+    cache = cached.backend.engine.vision_cache
     assert sum(entry.embeds.untyped_storage().nbytes() for entry in cache._entries.values()) == cache.bytes > 0
 
 
 def test_different_pixel_settings_do_not_collide(cached):
     """Two engines sharing one cache and one model, differing only in max_pixels."""
     image = Image.open(io.BytesIO(make_image(400, 300, (40, 90, 160))))
-    small = dataclasses.replace(cached.engine, max_pixels=28 * 28 * 16)
-    large = dataclasses.replace(cached.engine, max_pixels=28 * 28 * 64)
+    small = dataclasses.replace(cached.backend.engine, max_pixels=28 * 28 * 16)
+    large = dataclasses.replace(cached.backend.engine, max_pixels=28 * 28 * 64)
     assert small.vision_cache is large.vision_cache
     assert small.visual_tokens(image) < large.visual_tokens(image)
     prompt = small.render(protocol.rerank_messages(QUERY))
@@ -127,7 +127,7 @@ def test_zero_bytes_turns_the_cache_off(tiny_checkpoint, image_dir, monkeypatch)
     paths = sorted(str(p) for p in image_dir.glob("good*.png"))
     reranker.score(QUERY, paths)
     reranker.score(QUERY, paths)
-    cache = reranker.engine.vision_cache
+    cache = reranker.backend.engine.vision_cache
     assert not cache.enabled and (len(cache), cache.hits, cache.misses) == (0, 0, 0)
 
 

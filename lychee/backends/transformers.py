@@ -1,6 +1,8 @@
-"""Model-facing code: load a Qwen2.5-VL reranker checkpoint and score batches of pairs.
+"""The transformers backend: a Qwen2.5-VL reranker checkpoint in this process, scored in batches.
 
-The only module that imports torch and transformers. The scoring story, top to bottom:
+Besides :mod:`lychee.random_checkpoint` and the vLLM backend (which reuses :func:`load_processor`
+to render its prompt), the only module that imports torch and transformers. The scoring story,
+top to bottom:
 chat prompt (rendered once per query) -> each image's vision-tower output (from the
 vision cache, or processor + vision tower for the images not seen before) -> token
 embeddings of the left-padded prompts with the image features scattered in at the
@@ -18,22 +20,22 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Hashable, Sequence
+import threading
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from PIL import Image
 from qwen_vl_utils import smart_resize
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from . import protocol
+from .. import protocol
+from .base import Progress, run_batched, visual_tokens_range
 from .vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -88,8 +90,26 @@ def single_token_id(tokenizer: Any, word: str) -> int:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for CUDA/MPS/CPU allocation failures."""
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """True for CUDA/MPS/CPU allocation failures; frees the CUDA cache for the retry."""
+    if not (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()):
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return True
+
+
+def load_processor(model_id: str) -> Any:
+    """The checkpoint's processor, padding on the left, with the Qwen2-VL chat template if it ships none."""
+    return prepare_processor(AutoProcessor.from_pretrained(model_id), model_id)
+
+
+def prepare_processor(processor: Any, model_id: str) -> Any:
+    """``processor`` padding on the left, with the Qwen2-VL chat template if it has none."""
+    processor.tokenizer.padding_side = "left"  # the last position is every row's real end
+    if not getattr(processor, "chat_template", None):
+        log.warning("%s ships no chat template; using the Qwen2-VL template", model_id)
+        processor.chat_template = protocol.QWEN2_VL_CHAT_TEMPLATE
+    return processor
 
 
 def pair_activation_bytes(config: Any, visual_tokens: int, *, text_tokens: int = TEXT_TOKENS_ALLOWANCE,
@@ -158,10 +178,7 @@ class Engine:
                    vision_cache_bytes: int | None = None) -> Engine:
         """Wrap a model and processor already in memory (``load`` ends here; the benchmarks
         build a random 7B directly on the GPU)."""
-        processor.tokenizer.padding_side = "left"  # the last position is every row's real end
-        if not getattr(processor, "chat_template", None):
-            log.warning("%s ships no chat template; using the Qwen2-VL template", model_id)
-            processor.chat_template = protocol.QWEN2_VL_CHAT_TEMPLATE
+        processor = prepare_processor(processor, model_id)
         model.eval()
         yes_id = single_token_id(processor.tokenizer, protocol.YES_TOKEN) if need_yes_no else None
         no_id = single_token_id(processor.tokenizer, protocol.NO_TOKEN) if need_yes_no else None
@@ -281,51 +298,62 @@ class Engine:
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
 
-def run_batched(items: Sequence[T], fn: Callable[[list[T]], list[Any]], *, batch_size: int,
-                cost: Callable[[T], int] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> list[Any]:
-    """Apply ``fn`` to ``items`` in batches; return results in input order.
 
-    Items are batched by descending ``cost`` (similar lengths pad less, and the largest
-    batch comes first, so an out-of-memory error shows up at once). Out of memory halves
-    the batch size and retries; any other error in a batch retries its items one by one,
-    so a failing item gets its own exception (returned in its slot) and the others
-    still get results.
+class TransformersBackend:
+    """:class:`~lychee.backends.base.Backend` over an :class:`Engine`: batches sorted by visual
+    tokens, the batch size from free GPU memory (or ``batch_size``), halved on out of memory.
+
+    One request at a time: the engine and its vision cache are not thread-safe.
     """
-    order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))
-    results: list[Any] = [None] * len(items)
-    start = 0
-    while start < len(order):
-        chunk = order[start:start + batch_size]
-        try:
-            outputs = fn([items[i] for i in chunk])
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a per-item result
-            if is_out_of_memory(exc) and batch_size > 1:
-                batch_size //= 2
-                log.warning("out of memory; retrying with batch size %d", batch_size)
-                _free_memory()
-                continue
-            if len(chunk) > 1:
-                outputs = [_one(fn, items[i]) for i in chunk]
-            else:
-                log.warning("item %d failed: %s", chunk[0], exc)
-                outputs = [exc]
-        for i, output in zip(chunk, outputs):
-            results[i] = output
-        start += len(chunk)
-        if progress:
-            progress(start, len(items))
-    return results
+
+    name = "transformers"
+
+    def __init__(self, engine: Engine, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.engine = engine
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    @property
+    def min_pixels(self) -> int:
+        return self.engine.min_pixels
+
+    @property
+    def max_pixels(self) -> int:
+        return self.engine.max_pixels
+
+    def describe(self) -> dict[str, str]:
+        e = self.engine
+        return {"backend": self.name, "model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
+                "attention": e.attention, "visual_tokens": visual_tokens_range(self)}
+
+    def _batched(self, images: Sequence[Image.Image], fn: Any, progress: Progress | None) -> list[Any]:
+        with self._lock:
+            return run_batched(images, fn, batch_size=self.engine.batch_size(images, self.batch_size),
+                               cost=self.engine.visual_tokens, progress=progress, out_of_memory=is_out_of_memory)
+
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image],
+                  progress: Progress | None = None) -> list[float | Exception]:
+        prompt = self.engine.render(messages)
+        return self._batched(images, lambda batch: self.engine.relevance_logits(prompt, batch).sigmoid().tolist(),
+                             progress)
+
+    def generate(self, messages: list[dict], images: Sequence[Image.Image],
+                 progress: Progress | None = None) -> list[str | Exception]:
+        """The model's greedy answer for each image (generate mode), or the exception it raised."""
+        prompt = self.engine.render(messages)
+        return self._batched(images, lambda batch: self.engine.generate(prompt, batch), progress)
 
 
-def _one(fn: Callable[[list[T]], list[Any]], item: T) -> Any:
-    try:
-        return fn([item])[0]
-    except Exception as exc:  # noqa: BLE001
-        log.warning("item failed: %s", exc)
-        return exc
-
-
-def _free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def load(model: str, *, device: str = "auto", dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,
+         max_pixels: int = protocol.MAX_PIXELS, need_yes_no: bool = True, batch_size: int | None = None,
+         vision_cache_bytes: int | None = None, **_: Any) -> TransformersBackend:
+    """The backend over ``Engine.load(model, ...)``; options meant for other backends are ignored."""
+    engine = Engine.load(model, device=device, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
+                         need_yes_no=need_yes_no, vision_cache_bytes=vision_cache_bytes)
+    return TransformersBackend(engine, batch_size)

@@ -1,0 +1,96 @@
+"""The seam between :class:`~lychee.reranker.LycheeReranker` and the engines that score pairs.
+
+The reranker owns everything a person sees - text cleaning, image loading and its errors,
+labels, progress, ranking - and hands each backend only the chat messages of one query
+(``lychee.protocol``, the same for every backend) and the decoded, pre-scaled images. A
+backend answers with one result per image, in input order: p(yes) of the lychee protocol,
+or the exception that image raised, so one failing image never costs the others theirs.
+A problem with the whole request (a server that is down) is raised instead.
+
+Pure: no torch, no vllm, no network; each backend module does its own heavy imports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[int, int], None]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What :class:`~lychee.reranker.LycheeReranker` needs from a scoring engine."""
+
+    name: str          # "transformers", "vllm" or "vllm-server"
+    model_id: str      # the hub id or checkpoint directory it scores with
+    min_pixels: int    # the pixel budget each image is resized into (N visual tokens = N x 28 x 28 pixels)
+    max_pixels: int
+
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image],
+                  progress: Progress | None = None) -> list[float | Exception]:
+        """p(yes) of each image under ``messages`` (one ``{"type": "image"}`` part: the candidate),
+        in input order, or the exception that image raised."""
+
+    def describe(self) -> dict[str, str]:
+        """What scores: ``backend``, ``model``, ``device``, ``dtype``, ``attention``, ``visual_tokens``."""
+
+
+def visual_tokens_range(backend: Backend) -> str:
+    """The pixel budget as visual tokens per image, ``min-max`` (``4-1280`` by the model card)."""
+    per_token = 28 * 28
+    return f"{backend.min_pixels // per_token}-{backend.max_pixels // per_token}"
+
+
+def never(_: BaseException) -> bool:
+    return False
+
+
+def run_batched(items: Sequence[T], fn: Callable[[list[T]], list[Any]], *, batch_size: int,
+                cost: Callable[[T], int] | None = None, progress: Progress | None = None,
+                out_of_memory: Callable[[BaseException], bool] = never) -> list[Any]:
+    """Apply ``fn`` to ``items`` in batches; return results in input order.
+
+    Items are batched by descending ``cost`` (similar lengths pad less, and the largest
+    batch comes first, so an out-of-memory error shows up at once). An error for which
+    ``out_of_memory`` is true halves the batch size and retries; any other error in a
+    batch retries its items one by one, so a failing item gets its own exception
+    (returned in its slot) and the others still get results.
+    """
+    order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))
+    results: list[Any] = [None] * len(items)
+    start = 0
+    while start < len(order):
+        chunk = order[start:start + batch_size]
+        try:
+            outputs = fn([items[i] for i in chunk])
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a per-item result
+            if batch_size > 1 and out_of_memory(exc):
+                batch_size //= 2
+                log.warning("out of memory; retrying with batch size %d", batch_size)
+                continue
+            if len(chunk) > 1:
+                outputs = [_one(fn, items[i]) for i in chunk]
+            else:
+                log.warning("item %d failed: %s", chunk[0], exc)
+                outputs = [exc]
+        for i, output in zip(chunk, outputs):
+            results[i] = output
+        start += len(chunk)
+        if progress:
+            progress(start, len(items))
+    return results
+
+
+def _one(fn: Callable[[list[T]], list[Any]], item: T) -> Any:
+    try:
+        return fn([item])[0]
+    except Exception as exc:  # noqa: BLE001
+        log.warning("item failed: %s", exc)
+        return exc

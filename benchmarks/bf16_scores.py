@@ -99,9 +99,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         path = str(build_random_checkpoint(Path(workdir) / args.size, args.size))
-        engines = {dtype: with_common_logit(LycheeReranker(path, device="cpu", dtype=dtype,
-                                                           vision_cache_bytes=0).backend.engine, images, args.common_logit)
-                   for dtype in ("fp32", "bf16")}
+        loaded = {dtype: LycheeReranker(path, device="cpu", dtype=dtype, vision_cache_bytes=0).backend.engine
+                  for dtype in ("fp32", "bf16")}
+        engines = {dtype: with_common_logit(engine, images, args.common_logit) for dtype, engine in loaded.items()}
         for name, head in HEADS.items():
             fp32 = scores(engines["fp32"], head, images, args.batch_size)
             for dtype, engine in engines.items():

@@ -123,7 +123,7 @@ def image_sets(count: int, per_request: int) -> list[list[str]]:
 def _call(client: Any, images: Sequence[str], timeout_s: float) -> dict[str, Any]:
     from gradio_client import handle_file
 
-    job = client.submit(QUERY, [handle_file(p) for p in images], "", None, None, "", False, 0.05, 1920,
+    job = client.submit(QUERY, [handle_file(p) for p in images], "", None, None, "", False, 0.05, 1920, None,
                         api_name="/rerank")
     try:
         return job.result(timeout=timeout_s)

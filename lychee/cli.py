@@ -1,7 +1,7 @@
 """Command line for unattended use: rank the images in files and folders against a query.
 
-    python -m lychee rank "QUERY" PATH... [--preset NAME] [--threshold X|none] [--top-k K|all]
-                                          [--format md|json|csv] [--output FILE] [--strict]
+    python -m lychee rank "QUERY" PATH... [--query-image PATH] [--preset NAME] [--threshold X|none]
+                                          [--top-k K|all] [--format md|json|csv] [--output FILE] [--strict]
                                           [--backend transformers|vllm|vllm-server] [--server-url URL]
 
 Folders are walked recursively in sorted order (hidden files and folders are left out);
@@ -10,7 +10,8 @@ extension that cannot be decoded is scored 0.0 and listed under errors. Images a
 decoded lazily, --chunk-size at a time, so memory stays bounded on large folders.
 
 Exit codes: 0 ok; 1 --strict and at least one image failed; 2 usage error (bad
-argument, path not found, no images, empty query, bad LYCHEE_* variable);
+argument, path not found, no images, empty query without --query-image, unreadable query
+image, bad LYCHEE_* variable);
 3 the model could not be loaded, or no vLLM server answers (--backend vllm-server).
 
     python -m lychee vllm-serve MODEL [vLLM server options...]
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
-from .images import IMAGE_EXTENSIONS, is_image_path
+from .images import IMAGE_EXTENSIONS, is_image_path, load_query_image
 from .limits import Limits
 from .messages import UserError
 from .presets import PRESETS
@@ -237,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     rank = commands.add_parser(
         "rank", help="rank image files and folders against a query",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    rank.add_argument("query", help="what the image should show (Chinese, English or mixed)")
+    rank.add_argument("query", help='what the image should show (Chinese, English or mixed); may be "" with '
+                                    "--query-image")
     rank.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (walked recursively)")
     rank.add_argument("--preset", choices=list(PRESETS), help="defaults for threshold and top-k")
     rank.add_argument("--threshold", type=_threshold, default=UNSET, metavar="X",
@@ -249,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
     rank.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
     rank.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
-    rank.add_argument("--instruction", help="task instruction for the model (default: the protocol's)")
+    rank.add_argument("--query-image", metavar="PATH",
+                      help="a reference image: rank the images by how well they match it (and the query text)")
+    rank.add_argument("--instruction", help="task instruction for the model (default: the protocol's for the "
+                                            "kind of query)")
     rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
     rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=0.05, metavar="E",
                       help="scores closer than E are ties (default 0.05)")
@@ -330,7 +335,8 @@ def _output_format(args: argparse.Namespace) -> str:
 def _rank(args: argparse.Namespace) -> int:
     try:
         limits = Limits.from_env()
-        prompt = prepare_text(args.query, args.instruction, limits)
+        prompt = prepare_text(args.query, args.instruction, limits, image_query=args.query_image is not None)
+        reference = None if args.query_image is None else load_query_image(args.query_image, limits=limits)
         settings = resolve_settings(args.preset, score_threshold=args.threshold, top_k=args.top_k,
                                     normalize=args.normalize, tie_epsilon=args.tie_epsilon)
         if args.min_pixels > args.max_pixels:
@@ -358,11 +364,13 @@ def _rank(args: argparse.Namespace) -> int:
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
         try:
             records = score_in_chunks(reranker, prompt.query, paths, chunk_size=args.chunk_size,
-                                      instruction=prompt.instruction, lenient_parsing=settings.lenient_parsing,
+                                      query_image=reference, instruction=prompt.instruction,
+                                      lenient_parsing=settings.lenient_parsing,
                                       progress=lambda done, _: bar.update(done - bar.n))
         except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
             raise ModelLoadError(str(exc)) from exc
     report = Report.build(prompt.query, records, settings, instruction=prompt.instruction,
+                          query_image=Path(args.query_image).name if args.query_image else None,
                           model=reranker.describe(), warnings=prompt.notices, skipped=skipped,
                           elapsed_s=time.perf_counter() - started)
     text = RENDERERS[_output_format(args)](report)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .limits import Limits, env_name
+from .messages import UserError
 from .settings import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
@@ -201,3 +202,13 @@ def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
                              f"({env_name('max_image_pixels')}); refused as a decompression bomb") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on malformed input
         raise ImageLoadError(f"not a readable image ({_describe(exc, image_format)})") from None
+
+
+def load_query_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
+                     limits: Limits | None = None) -> Image.Image:
+    """A query (reference) image, decoded like a candidate. It is part of the request, so one
+    that cannot be used refuses the request: ``UserError`` ``bad_query_image`` with the cause."""
+    try:
+        return load_image(source, max_side=max_side, limits=limits)
+    except ImageLoadError as exc:
+        raise UserError("bad_query_image", reason=str(exc)) from None

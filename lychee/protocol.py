@@ -16,6 +16,8 @@ A correction to any string here is a one-line change; nothing else hard-codes th
 
 from __future__ import annotations
 
+from typing import Literal
+
 DEFAULT_MODEL = "vec-ai/lychee-rerank-mm"
 MODEL_ENV_VAR = "LYCHEE_MODEL"
 
@@ -23,7 +25,17 @@ SYSTEM_PROMPT = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct '
     'provided. Note that the answer can only be "yes" or "no".'
 )
-DEFAULT_INSTRUCTION = "Given a caption, determine if the image matches the description."
+DEFAULT_INSTRUCTION = "Given a caption, determine if the image matches the description."  # text -> image
+
+# A query is text, an image, or both (SPEC section 12; lychee's paper evaluates image->image and
+# image+text->image on its MRB benchmark). The model card gives an instruction only for text queries;
+# these two are our choice, in the same style, and like every instruction they can be overridden.
+QueryKind = Literal["text", "image", "image+text"]
+IMAGE_QUERY_INSTRUCTION = "Given an image, determine if the candidate image shows the same subject and scene."
+IMAGE_TEXT_QUERY_INSTRUCTION = ("Given a reference image and a description, determine if the candidate image "
+                                "matches the reference image as changed by the description.")
+DEFAULT_INSTRUCTIONS: dict[QueryKind, str] = {"text": DEFAULT_INSTRUCTION, "image": IMAGE_QUERY_INSTRUCTION,
+                                              "image+text": IMAGE_TEXT_QUERY_INSTRUCTION}
 YES_TOKEN = "yes"
 NO_TOKEN = "no"
 
@@ -72,16 +84,28 @@ def _system(text: str) -> dict:
     return {"role": "system", "content": [{"type": "text", "text": text}]}
 
 
-def rerank_messages(query: str, instruction: str | None = None) -> list[dict]:
-    """Chat messages scoring one candidate image against a text query (logit mode).
+def query_kind(text: str | None, has_image: bool) -> QueryKind:
+    """``text``, ``image`` or ``image+text``; a query needs at least one of the two."""
+    if not has_image and not text:
+        raise ValueError("a query needs text, an image or both")
+    return "text" if not has_image else "image+text" if text else "image"
 
-    The candidate is the single ``{"type": "image"}`` part; the processor expands it
-    to the image's visual tokens.
+
+def rerank_messages(query: str | None, instruction: str | None = None, *, query_image: bool = False) -> list[dict]:
+    """Chat messages scoring one candidate image against a query (logit mode).
+
+    Laid out as Qwen3-VL-Reranker's official code does: ``<Instruct>``, then ``<Query>:``
+    followed by the query image (when there is one) and the query text (when there is
+    some), then ``\n<Document>:`` and the candidate. Each ``{"type": "image"}`` part - the
+    query image first, the candidate last - is expanded by the processor into that image's
+    visual tokens. Without ``instruction``, the default for the query's kind is used.
     """
+    kind = query_kind(query, query_image)
     user = [
-        {"type": "text", "text": f"<Instruct>: {instruction or DEFAULT_INSTRUCTION}"},
+        {"type": "text", "text": f"<Instruct>: {instruction or DEFAULT_INSTRUCTIONS[kind]}"},
         {"type": "text", "text": "<Query>:"},
-        {"type": "text", "text": query},
+        *([{"type": "image"}] if query_image else []),
+        *([{"type": "text", "text": query}] if query else []),
         {"type": "text", "text": "\n<Document>:"},
         {"type": "image"},
     ]

@@ -29,7 +29,7 @@ CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")
 class PromptText:
     """The cleaned query and instruction (None: the protocol's default) and what was changed."""
 
-    query: str
+    query: str                # "" when the query is an image alone
     instruction: str | None
     notices: tuple[Notice, ...] = ()
 
@@ -61,12 +61,17 @@ def _clean_query(query: str, max_chars: int) -> tuple[str, list[Notice]]:
     return text, notices
 
 
-def prepare_text(query: str, instruction: str | None, limits: Limits) -> PromptText:
+def prepare_text(query: str | None, instruction: str | None, limits: Limits, *,
+                 image_query: bool = False) -> PromptText:
     """The query and instruction as they may enter the prompt, with the notices of what changed.
 
-    An empty or blank instruction means the protocol's default one.
+    An empty or blank instruction means the protocol's default one. With ``image_query``
+    (a query image is given) the query text may be empty: the query is then the image alone.
     """
-    query, notices = _clean_query(query, limits.max_query_chars)
+    if image_query:
+        query, notices = _clean(query if query is not None else "", "query", limits.max_query_chars)
+    else:
+        query, notices = _clean_query(query, limits.max_query_chars)
     if instruction is None:
         return PromptText(query, None, tuple(notices))
     instruction, more = _clean(instruction, "instruction", limits.max_instruction_chars)

@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 from . import ranking
 from .messages import Notice
+from .protocol import QueryKind, query_kind
 from .ranking import RerankResult, ScoredImage, WinnerStrength
 from .settings import Settings
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CSV_COLUMNS = ("group", "rank", "index", "source", "score", "raw_score", "tied", "reason", "error", "raw_output")
 EMPTY_SLOT = "—"  # the source of an unfilled slot of a fixed-length (pipeline preset) report
 
@@ -39,16 +40,23 @@ class Report:
     warnings: tuple[Notice, ...] = ()
     skipped: tuple[str, ...] = ()
     elapsed_s: float = 0.0
+    query_image: str | None = None  # the name of the query image, if the query has one
 
     @classmethod
     def build(cls, query: str, records: Sequence[ScoredImage], settings: Settings, *,
               instruction: str | None = None, model: dict[str, str] | None = None,
-              warnings: Sequence[Notice] = (), skipped: Sequence[str] = (), elapsed_s: float = 0.0) -> Report:
+              warnings: Sequence[Notice] = (), skipped: Sequence[str] = (), elapsed_s: float = 0.0,
+              query_image: str | None = None) -> Report:
         """Rank ``records`` (every image, in input order) by ``settings`` into a report."""
         groups = ranking.partition(records, score_threshold=settings.score_threshold, top_k=settings.top_k,
                                    normalize=settings.normalize, tie_epsilon=settings.tie_epsilon)
         return cls(query, settings, instruction, dict(model or {}), groups.results, groups.filtered_out,
-                   groups.errors, tuple(warnings), tuple(skipped), elapsed_s)
+                   groups.errors, tuple(warnings), tuple(skipped), elapsed_s, query_image)
+
+    @property
+    def query_kind(self) -> QueryKind:
+        """``text``, ``image`` or ``image+text``."""
+        return query_kind(self.query, self.query_image is not None)
 
     @property
     def images(self) -> int:
@@ -76,9 +84,10 @@ class Report:
         return "below_threshold" if threshold is not None and result.score < threshold else "beyond_top_k"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (schema version 3)::
+        """The JSON form (schema version 4)::
 
-            {"schema_version": 3, "query": str, "preset": str | null,
+            {"schema_version": 4, "query": str, "query_kind": "text" | "image" | "image+text",
+             "query_image": str | null, "preset": str | null,
              "settings": {"score_threshold": float | null, "top_k": int | null, "instruction": str | null,
                           "normalize": bool, "tie_epsilon": float, "max_side": int},
              "model": {"backend", "model", "device", "dtype", "attention", "mode", "visual_tokens"},
@@ -94,6 +103,8 @@ class Report:
         return {
             "schema_version": SCHEMA_VERSION,
             "query": self.query,
+            "query_kind": self.query_kind,
+            "query_image": self.query_image,
             "preset": s.preset.name if s.preset else None,
             "settings": {"score_threshold": s.score_threshold, "top_k": s.top_k, "instruction": self.instruction,
                          "normalize": s.normalize, "tie_epsilon": s.tie_epsilon, "max_side": s.max_side},

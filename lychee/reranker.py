@@ -15,7 +15,7 @@ from PIL import Image
 from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
-from .images import ImageLoadError, ImageSource, load_image, source_label
+from .images import ImageLoadError, ImageSource, load_image, load_query_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice
 from .parsing import parse_score
@@ -114,22 +114,31 @@ class LycheeReranker:
         about = self.backend.describe()
         return {**about, "model": display_name(about["model"]), "mode": self.mode}
 
-    def score(self, query: str, images: Sequence[ImageSource], *, instruction: str | None = None,
-              labels: Sequence[str] | None = None, max_side: int | None = None,
+    def score(self, query: str | None, images: Sequence[ImageSource], *, query_image: ImageSource | None = None,
+              instruction: str | None = None, labels: Sequence[str] | None = None, max_side: int | None = None,
               lenient_parsing: bool = False, progress: Progress | None = None,
               start: int = 0) -> list[ScoredImage]:
         """Score every image, in input order; nothing is filtered. Failures carry ``error``.
+
+        The query is ``query`` text, a ``query_image`` (path, PIL image or bytes, read by
+        the same safe loader as the candidates), or both. A query image that cannot be used
+        refuses the request (:class:`~lychee.messages.UserError` ``bad_query_image``); it is
+        encoded once for all the candidates.
 
         ``start`` is the position of ``images[0]`` in a longer list that a caller scores in
         chunks: records and messages then carry the position in that list. More than
         ``LYCHEE_MAX_IMAGES`` images raise :class:`~lychee.limits.LimitExceeded`.
         """
-        text = prepare_text(query, instruction, self.limits)
+        text = prepare_text(query, instruction, self.limits, image_query=query_image is not None)
         warn(text.notices)
         max_side = check_max_side(max_side) if max_side is not None else self.max_side
         self.limits.check_image_count(len(images))
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
+        if query_image is not None and self.mode != "logit":
+            raise ValueError("image queries need mode='logit' (the lychee protocol)")
+        reference = None if query_image is None else load_query_image(query_image, max_side=max_side,
+                                                                       limits=self.limits)
         names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
 
         def problem(i: int, cause: object) -> str:
@@ -144,7 +153,7 @@ class LycheeReranker:
                 errors[i] = problem(i, outcome)
             else:
                 loaded[i] = outcome
-        outputs = self._score_loaded(text.query, text.instruction, loaded, lenient_parsing, progress,
+        outputs = self._score_loaded(text.query, text.instruction, reference, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors))
         records = []
         for i in range(len(images)):
@@ -166,7 +175,8 @@ class LycheeReranker:
         with ThreadPoolExecutor(max_workers=min(LOAD_THREADS, os.cpu_count() or 1)) as pool:
             return list(pool.map(load, images))
 
-    def _score_loaded(self, query: str, instruction: str | None, loaded: dict[int, Image.Image],
+    def _score_loaded(self, query: str, instruction: str | None, reference: Image.Image | None,
+                      loaded: dict[int, Image.Image],
                       lenient: bool, progress: Progress | None, *, total: int,
                       already_done: int) -> dict[int, tuple[float, str, str | None]]:
         def report(done: int, _: int) -> None:
@@ -175,7 +185,8 @@ class LycheeReranker:
 
         keys, images = list(loaded), list(loaded.values())
         if self.mode == "logit":
-            outputs = self.backend.relevance(protocol.rerank_messages(query, instruction), images, report)
+            messages = protocol.rerank_messages(query, instruction, query_image=reference is not None)
+            outputs = self.backend.relevance(messages, images, report, query_image=reference)
             judged = [_relevance(p) for p in outputs]
         else:
             outputs = self.backend.generate(protocol.generate_messages(query, instruction), images, report)
@@ -184,26 +195,31 @@ class LycheeReranker:
             progress(total, total)
         return dict(zip(keys, judged))
 
-    def rerank(self, query: str, images: Sequence[ImageSource], *,
+    def rerank(self, query: str | None, images: Sequence[ImageSource], *, query_image: ImageSource | None = None,
                score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,
                preset: str | None = None, instruction: str | None = None, normalize: bool = False,
                tie_epsilon: float = DEFAULT_TIE_EPSILON, raise_on_error: bool | Unset = UNSET,
                labels: Sequence[str] | None = None, max_side: int | None = None,
                progress: Progress | None = None) -> list[RerankResult]:
-        """Score every image against ``query``, then rank: best first, ``min(top_k, passing)`` results.
+        """Score every image against the query, then rank: best first, ``min(top_k, passing)`` results.
 
         Args:
             query: What the image should show, in Chinese, English or both. Chat control
                 tokens are removed and a query over ``LYCHEE_MAX_QUERY_CHARS`` is cut (each
-                with an :class:`~lychee.messages.InputWarning`); an empty one raises ``ValueError``.
+                with an :class:`~lychee.messages.InputWarning`). Without ``query_image`` an
+                empty query raises ``ValueError``; with one it may be empty or None.
             images: File paths, PIL images or raw bytes, in any mix. An image that cannot be
                 used gets score 0.0 and an ``error`` and sinks to the bottom.
+            query_image: A reference image (path, PIL image or bytes) for "images like this
+                one" (with ``query`` text: "like this one, but ..."). One that cannot be read
+                refuses the request (``UserError`` ``bad_query_image``).
             score_threshold: Keep scores >= this (0-10); None keeps all. Default: the preset's, else None.
             top_k: Keep at most this many (>= 1); None keeps all. Default: the preset's, else None.
             preset: "screening", "precise", "mixed_language" or "pipeline": defaults for
                 ``score_threshold``, ``top_k`` and ``raise_on_error``; explicit arguments win.
-            instruction: Task instruction for the model (None: ``protocol.DEFAULT_INSTRUCTION``);
-                cleaned like the query, capped at ``LYCHEE_MAX_INSTRUCTION_CHARS``.
+            instruction: Task instruction for the model (None: the default for the query's kind,
+                ``protocol.DEFAULT_INSTRUCTIONS``); cleaned like the query, capped at
+                ``LYCHEE_MAX_INSTRUCTION_CHARS``.
             normalize: Min-max normalise the scores of this batch onto 0-10 before the threshold.
             tie_epsilon: Neighbours closer than this (0-10) are tied; ties keep input order.
             raise_on_error: Raise :class:`RerankError` when any image failed (default: the
@@ -221,13 +237,14 @@ class LycheeReranker:
 
             >>> reranker.rerank("a black cat on a red sofa", ["a.jpg", "b.jpg"], top_k=1)
             [RerankResult(rank=1, index=1, source='b.jpg', score=8.7, ...)]
+            >>> reranker.rerank("", ["a.jpg", "b.jpg"], query_image="reference.jpg")  # images like this one
         """
         settings = resolve_settings(preset, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
                                     tie_epsilon=tie_epsilon, max_side=self.max_side if max_side is None else max_side)
         if raise_on_error is UNSET:
             raise_on_error = settings.preset.raise_on_error if settings.preset else False
-        records = self.score(query, images, instruction=instruction, labels=labels, max_side=settings.max_side,
-                             lenient_parsing=settings.lenient_parsing, progress=progress)
+        records = self.score(query, images, query_image=query_image, instruction=instruction, labels=labels,
+                             max_side=settings.max_side, lenient_parsing=settings.lenient_parsing, progress=progress)
         failures = [r.error for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))

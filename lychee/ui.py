@@ -183,8 +183,12 @@ class RerankDemo:
         tr = self.tr
         with gr.Row(equal_height=True, elem_id="lychee-query-row"):
             self.query_keys = {"label": "query_label", "placeholder": "query_placeholder"}
-            self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, scale=1, min_width=180,
+            self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, scale=3, min_width=180,
                             elem_id="lychee-query")
+            # Optional: "images like this one"; the image's own toolbar clears it.
+            self.reference = tr(gr.Image, {"label": "reference_label"}, type="filepath",
+                                sources=["upload", "clipboard"], height=112, scale=1, min_width=110,
+                                elem_id="lychee-reference")
             self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", scale=0, min_width=110,
                                  elem_id="lychee-run")
         self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
@@ -247,11 +251,12 @@ class RerankDemo:
                 gr.Checkbox(False, label="normalize"),
                 gr.Number(DEFAULT_TIE_EPSILON, label="tie_epsilon"),
                 gr.Number(DEFAULT_MAX_SIDE, label="max_side"),
+                gr.File(label="query_image"),
             ]
             self.api_output = gr.JSON(label="result")
 
     def _wire(self, demo: gr.Blocks) -> None:
-        run_inputs = [self.lang, self.query, self.images, self.preset, self.threshold, self.top_k,
+        run_inputs = [self.lang, self.query, self.reference, self.images, self.preset, self.threshold, self.top_k,
                       self.instruction, self.normalize, self.tie_epsilon, self.max_side]
         run_triggers = [self.run_button.click, self.query.submit]
         gr.on(run_triggers, None, inputs=[self.query], js=SHOW_RESULTS_JS, **PRIVATE)
@@ -305,14 +310,15 @@ class RerankDemo:
             self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": raw_output_rows(outcome)}),
         }
 
-    def run(self, lang: Language, query: str, gallery: list[tuple[str, str | None]] | None, preset: str | None,
-            threshold: float, top_k: float, instruction: str, normalize: bool, tie_epsilon: float, max_side: float,
-            progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:  # noqa: B008 - how gradio asks for a progress bar
+    def run(self, lang: Language, query: str, reference: str | None, gallery: list[tuple[str, str | None]] | None,
+            preset: str | None, threshold: float, top_k: float, instruction: str, normalize: bool, tie_epsilon: float,
+            max_side: float, progress: gr.Progress = gr.Progress()  # noqa: B008 - how gradio asks for a progress bar
+            ) -> dict[Any, Any]:
         """The Run button and Enter: rerank the gallery's images and render everything.
 
         A request the user must fix gets a toast and no updates: the last good results stay on the page."""
-        request = RerankRequest(query=query, images=[path for path, _ in gallery or []], preset=preset,
-                                score_threshold=threshold, top_k=int(top_k), instruction=instruction,
+        request = RerankRequest(query=query, images=[path for path, _ in gallery or []], query_image=reference,
+                                preset=preset, score_threshold=threshold, top_k=int(top_k), instruction=instruction,
                                 normalize=normalize, tie_epsilon=tie_epsilon, max_side=int(max_side))
         # "0 / N images" from the first moment, not Gradio's bare timer.
         waiting = "progress_scoring" if self.slot.settled else "progress_loading"
@@ -335,16 +341,19 @@ class RerankDemo:
     def rerank(self, query: str, images: list[dict[str, Any]] | None, preset: str = "",
                score_threshold: float | None = None, top_k: int | None = None, instruction: str = "",
                normalize: bool = False, tie_epsilon: float = DEFAULT_TIE_EPSILON,
-               max_side: int = DEFAULT_MAX_SIDE) -> dict[str, Any]:
-        """Score uploaded candidate images against a text query with lychee-rerank-mm and rank them.
+               max_side: int = DEFAULT_MAX_SIDE, query_image: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Score uploaded candidate images against a query with lychee-rerank-mm and rank them.
 
         The file-upload twin of :meth:`rerank_urls`, with the same arguments (``images``:
-        the uploaded files) and the same JSON result.
+        the uploaded files; ``query_image``: an uploaded reference image, or None) and the
+        same JSON result.
         """
         try:
             paths, names = uploaded_files(images)
+            references, reference_names = uploaded_files([query_image] if query_image else None)
             return self._rerank(RerankRequest(
-                query=query, images=paths, labels=names, preset=preset, score_threshold=score_threshold,
+                query=query, images=paths, labels=names, query_image=next(iter(references), None),
+                query_image_label=next(iter(reference_names), None), preset=preset, score_threshold=score_threshold,
                 top_k=top_k, instruction=instruction, normalize=normalize, tie_epsilon=tie_epsilon,
                 max_side=max_side))
         except UserError as exc:
@@ -352,18 +361,21 @@ class RerankDemo:
 
     def rerank_urls(self, query: str, image_urls: list[str], preset: str = "", score_threshold: float | None = None,
                     top_k: int | None = None, instruction: str = "", normalize: bool = False,
-                    tie_epsilon: float = DEFAULT_TIE_EPSILON, max_side: int = DEFAULT_MAX_SIDE) -> dict[str, Any]:
-        """Score candidate images, given as URLs, against a text query with lychee-rerank-mm and rank them.
+                    tie_epsilon: float = DEFAULT_TIE_EPSILON, max_side: int = DEFAULT_MAX_SIDE,
+                    query_image_url: str = "") -> dict[str, Any]:
+        """Score candidate images, given as URLs, against a query (text, an image, or both) with lychee-rerank-mm.
 
-        Returns JSON with schema_version 3: "results" (best first; each has rank, index,
-        source, score 0-10, raw_score, tied, raw_output, error), "filtered_out" (scored
+        Returns JSON with schema_version 4: "query_kind" (text, image or image+text), "results"
+        (best first; each has rank, index, source, score 0-10, raw_score, tied, raw_output,
+        error), "filtered_out" (scored
         images below score_threshold or beyond top_k, each with a "reason"), "errors"
         (images that could not be fetched, read or scored), "warnings" (changes made to the
         input, e.g. a query cut to its length limit), "winner_strength", "counts", "model",
         "settings", "elapsed_s" and "images_per_s".
 
         Args:
-            query: What the image should show, in Chinese, English or both (e.g. "一只black cat坐在red sofa上").
+            query: What the image should show, in Chinese, English or both (e.g. "一只black cat坐在red sofa上");
+                may be "" when query_image_url is given.
             image_urls: The candidate images: data: URIs (data:image/png;base64,...) or public http(s) URLs;
                 a URL that is refused or fails becomes an entry in "errors" and the rest are still ranked.
             preset: Optional scenario preset supplying defaults: screening, precise, mixed_language or
@@ -375,12 +387,18 @@ class RerankDemo:
             normalize: true to min-max normalise the scores within this batch onto 0-10 before the threshold.
             tie_epsilon: Scores closer than this (0-10) are tied (marked "tied": true).
             max_side: Longest image side in pixels before scoring (a whole number, 64-4096); smaller is faster.
+            query_image_url: Optional reference image, for "images like this one" (with query text: "like this
+                one, but ..."): a data: URI or a public http(s) URL; "" for none. One that fails refuses the request.
         """
         try:
             if not isinstance(image_urls, list) or not all(isinstance(u, str) for u in image_urls):
                 raise UserError("bad_urls", value=repr(image_urls)[:80])
-            request = ui_service.validate(RerankRequest(  # refuse bad settings before fetching anything
+            reference = None
+            if query_image_url:
+                (reference,) = fetch_images([query_image_url], self.limits)
+            request = ui_service.validate(RerankRequest(  # refuse bad settings before fetching the candidates
                 query=query, images=image_urls, labels=[url_label(url, i) for i, url in enumerate(image_urls)],
+                query_image=reference, query_image_label=url_label(query_image_url, 0) if reference else None,
                 preset=preset, score_threshold=score_threshold, top_k=top_k, instruction=instruction,
                 normalize=normalize, tie_epsilon=tie_epsilon, max_side=max_side), self.limits)
             return self._rerank(replace(request, images=fetch_images(image_urls, self.limits)))

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import protocol
 from .backends import default_backend
-from .images import ImageSource
+from .images import ImageSource, load_query_image, source_label
 from .limits import Limits
 from .messages import LANGUAGES, Language, Notice, UserError
 from .presets import PRESETS
@@ -73,6 +73,8 @@ class RerankRequest:
     tie_epsilon: float = DEFAULT_TIE_EPSILON
     max_side: int = DEFAULT_MAX_SIDE
     labels: Sequence[str] | None = None  # a ``source`` name per image (default: from the file name)
+    query_image: ImageSource | None = None  # a reference image: with or without ``query`` text
+    query_image_label: str | None = None    # its name (default: from the file name)
     notices: tuple[Notice, ...] = ()
 
     @property
@@ -94,7 +96,8 @@ def validate(request: RerankRequest, limits: Limits) -> RerankRequest:
     """A cleaned copy of ``request``, checked by the library's one validator after the web's
     conventions are translated (empty = the preset's value, ``top_k`` 0 = all), with the
     preset's defaults filled in; ``UserError`` names the first problem."""
-    prompt = prepare_text(request.query, request.instruction or None, limits)
+    prompt = prepare_text(request.query, request.instruction or None, limits,
+                          image_query=request.query_image is not None)
     if not request.images:
         raise UserError("no_images")
     limits.check_image_count(len(request.images))
@@ -102,8 +105,13 @@ def validate(request: RerankRequest, limits: Limits) -> RerankRequest:
     settings = resolve_settings(request.preset, score_threshold=_unset_if_none(request.score_threshold),
                                 top_k=_unset_if_none(top_k), normalize=request.normalize,
                                 tie_epsilon=request.tie_epsilon, max_side=request.max_side)
+    reference, label = request.query_image, request.query_image_label
+    if reference is not None:  # decoded here, before any GPU time, so a bad one is refused at once
+        label = label or source_label(reference, 0)
+        reference = load_query_image(reference, max_side=settings.max_side, limits=limits)
     return replace(request, query=prompt.query, images=tuple(request.images), instruction=prompt.instruction,
-                   notices=request.notices + prompt.notices, **settings.as_dict())
+                   query_image=reference, query_image_label=label, notices=request.notices + prompt.notices,
+                   **settings.as_dict())
 
 
 _PATH = re.compile(r"(?<![\w:/])(?:~|\.{1,2})?(?:/[^\s/'\"]+)+/?")
@@ -227,8 +235,8 @@ class ModelSlot:
             if progress:
                 progress(done, total)
 
-        return self.get().score(request.query, request.images, instruction=request.instruction,
-                                labels=request.labels, max_side=request.max_side,
+        return self.get().score(request.query, request.images, query_image=request.query_image,
+                                instruction=request.instruction, labels=request.labels, max_side=request.max_side,
                                 lenient_parsing=request.lenient_parsing, progress=report)
 
 
@@ -280,7 +288,7 @@ def rerank(request: RerankRequest, slot: ModelSlot, *,
     """Validate ``request``, score its images with ``score`` (default ``slot.score``) and rank them.
 
     The JSON form (``RerankOutcome.to_dict()``) is :meth:`lychee.report.Report.to_dict`
-    (schema version 3), shared with the CLI's ``--format json``. Bad input raises
+    (schema version 4), shared with the CLI's ``--format json``. Bad input raises
     :class:`UserError`; a bad image only becomes an error record.
     """
     request = validate(request, slot.limits)
@@ -288,5 +296,6 @@ def rerank(request: RerankRequest, slot: ModelSlot, *,
     started = time.perf_counter()
     records = (score or slot.score)(request)
     report = Report.build(request.query, records, request.settings, instruction=request.instruction, model=model,
+                          query_image=request.query_image_label,
                           warnings=request.notices, elapsed_s=time.perf_counter() - started)
     return RerankOutcome(request=request, report=report)

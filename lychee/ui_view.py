@@ -10,7 +10,7 @@ import io
 import re
 from datetime import datetime
 
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError, ImageSource, load_image
 from .presets import PRESETS
 from .query_hints import CATEGORIES, query_hints
 from .ranking import WEAK_MATCH_SCORE, RerankResult, matches_well
@@ -100,9 +100,9 @@ def status_line(outcome: RerankOutcome, lang: Language) -> str:
                 tokens=outcome.model.get("visual_tokens", "?"))
 
 
-def _thumbnail_uri(path: str) -> str:
+def _thumbnail_uri(source: ImageSource) -> str:
     try:
-        image = load_image(path, max_side=THUMBNAIL_SIDE)
+        image = load_image(source, max_side=THUMBNAIL_SIDE)
     except ImageLoadError:
         return ""
     buffer = io.BytesIO()
@@ -140,7 +140,7 @@ def winner_card(outcome: RerankOutcome, lang: Language) -> str:
     thumbnail = _thumbnail_uri(outcome.request.images[first.index])
     image = f'<img class="lychee-winner__image" src="{thumbnail}" alt="">' if thumbnail else ""
     return (
-        f'<div class="lychee-winner lychee-winner--{level}">{image}'
+        f'<div class="lychee-winner lychee-winner--{level}">{reference_figure(outcome, lang)}{image}'
         f'<div class="lychee-winner__body">'
         f'<span class="lychee-winner__badge">{html.escape(text(f"winner_{level}", lang))}</span>'
         f'<div class="lychee-winner__name">#1 · {html.escape(first.source)}</div>'
@@ -149,6 +149,16 @@ def winner_card(outcome: RerankOutcome, lang: Language) -> str:
         f'<div class="lychee-winner__note">{html.escape(note)}</div>'
         f"</div></div>"
     )
+
+
+def reference_figure(outcome: RerankOutcome, lang: Language) -> str:
+    """The query image, captioned, for beside the #1 card ("" for a text query)."""
+    reference = outcome.request.query_image
+    thumbnail = _thumbnail_uri(reference) if reference is not None else ""
+    if not thumbnail:
+        return ""
+    return (f'<figure class="lychee-winner__reference"><img src="{thumbnail}" alt="">'
+            f'<figcaption>{html.escape(text("reference_caption", lang))}</figcaption></figure>')
 
 
 def download_stem(query: str, when: datetime) -> str:
@@ -187,6 +197,10 @@ CSS = """
 .lychee-winner { display: flex; gap: 1rem; align-items: center; padding: 0.75rem; border-radius: 14px;
   border: 2px solid var(--border-color-primary); background: var(--block-background-fill); }
 .lychee-winner__image { width: 132px; height: 132px; object-fit: cover; border-radius: 10px; flex: none; }
+.lychee-winner__reference { margin: 0; flex: none; text-align: center; padding-right: 1rem;
+  border-right: 1px dashed var(--border-color-primary); }
+.lychee-winner__reference img { width: 96px; height: 96px; object-fit: cover; border-radius: 8px; display: block; }
+.lychee-winner__reference figcaption { font-size: 0.75rem; color: var(--neutral-700); margin-top: 0.2rem; }
 .lychee-winner__badge { display: inline-block; font-size: 0.8rem; font-weight: 600; padding: 0.1rem 0.6rem;
   border-radius: 999px; background: var(--neutral-200); color: var(--neutral-800); }
 .lychee-winner__name { font-weight: 600; margin-top: 0.35rem; overflow-wrap: anywhere; }
@@ -226,6 +240,8 @@ CSS = """
   #lychee-top { flex-direction: column; align-items: flex-start; }
   #lychee-ranked .grid-container, #lychee-filtered .grid-container { grid-template-columns: repeat(2, 1fr); }
   .lychee-winner__image { width: 96px; height: 96px; }
+  .lychee-winner__reference img { width: 64px; height: 64px; }
+  .lychee-winner__reference { padding-right: 0.5rem; }
   #lychee-table span { font-size: var(--text-xs) !important; }
   #lychee-table th, #lychee-table td { padding-left: 2px; padding-right: 2px; }
   #lychee-table .cell-menu-button { display: none; }  /* sorting menus need more room than a phone has */

@@ -35,11 +35,11 @@ def batch(image_dir) -> list[str]:
 
 
 API_ARGUMENTS = {"query": QUERY, "images": None, "preset": "", "score_threshold": None, "top_k": None,
-                 "instruction": "", "normalize": False, "tie_epsilon": 0.05, "max_side": 1920}
+                 "instruction": "", "normalize": False, "tie_epsilon": 0.05, "max_side": 1920, "query_image": None}
 
 
 def call(client, images: list[str], **kwargs) -> dict:
-    """``/rerank`` takes all nine arguments by position (it is undocumented, so the client
+    """``/rerank`` takes all ten arguments by position (it is undocumented, so the client
     does not know their names)."""
     from gradio_client import handle_file
 
@@ -57,11 +57,11 @@ def test_rerank_urls_is_the_only_documented_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/rerank_urls"} and not api["unnamed_endpoints"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/rerank_urls"]["parameters"]]
-    assert names == ["query", "image_urls", *list(API_ARGUMENTS)[2:]]
+    assert names == ["query", "image_urls", *list(API_ARGUMENTS)[2:-1], "query_image_url"]
 
 
 def test_result_follows_the_documented_schema(everything):
-    assert everything["schema_version"] == 3
+    assert everything["schema_version"] == 4
     assert everything["query"] == QUERY
     assert set(everything["settings"]) == {"score_threshold", "top_k", "instruction", "normalize", "tie_epsilon",
                                            "max_side"}
@@ -196,7 +196,7 @@ def test_rerank_urls_ranks_data_uris_like_uploads(client, batch):
     uploads = call(client, paths)
     by_url = client.predict("一只black cat坐在red sofa上", [data_uri(Path(p).read_bytes()) for p in paths],
                             api_name="/rerank_urls")
-    assert by_url["schema_version"] == 3
+    assert by_url["schema_version"] == 4
     assert [r["index"] for r in by_url["results"]] == [r["index"] for r in uploads["results"]]
     assert [r["score"] for r in by_url["results"]] == [r["score"] for r in uploads["results"]]
 

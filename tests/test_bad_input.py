@@ -16,6 +16,7 @@ from lychee.limits import LimitExceeded, Limits
 from lychee.messages import InputWarning
 
 from .conftest import make_image
+from .test_app_api import API_ARGUMENTS
 from .test_images import animation, encode, png_header_only
 
 QUERY = "a red square on a white background"
@@ -145,8 +146,6 @@ def test_a_bad_limit_variable_names_itself(value):
 
 # --- malformed payloads sent straight to the web demo's /rerank API (no gradio_client) -----
 
-API_ARGUMENTS = ("query", "images", "preset", "score_threshold", "top_k", "instruction", "normalize",
-                 "tie_epsilon", "max_side")
 
 
 def post_rerank(url: str, body: bytes) -> tuple[int, str, str]:
@@ -170,7 +169,7 @@ def api_payload(demo_url):
     uploaded = httpx.post(f"{demo_url}/gradio_api/upload", files={"files": ("a.png", GOOD)}, timeout=30).json()
     image = {"path": uploaded[0], "meta": {"_type": "gradio.FileData"}}
     return {"query": QUERY, "images": [image], "preset": "", "score_threshold": None, "top_k": None,
-            "instruction": "", "normalize": False, "tie_epsilon": 0.05, "max_side": 512}
+            "instruction": "", "normalize": False, "tie_epsilon": 0.05, "max_side": 512, "query_image": None}
 
 
 def payload(arguments: dict, **changes) -> bytes:
@@ -222,7 +221,7 @@ def test_too_few_arguments_are_refused(demo_url):
 
 def test_the_api_still_answers_after_malformed_payloads(demo_url, api_payload):
     status, event, data = post_rerank(demo_url, payload(api_payload))
-    assert (status, event) == (200, "complete") and '"schema_version": 3' in data
+    assert (status, event) == (200, "complete") and '"schema_version": 4' in data
 
 
 def test_chat_control_tokens_in_the_query_are_removed(tiny_reranker):

@@ -43,14 +43,14 @@ def test_the_url_tool_is_listed_with_every_argument_described_and_rerank_is_not(
     schema = by_name["rerank_urls"].inputSchema
     assert schema["required"] == ["query", "image_urls"]
     assert set(schema["properties"]) == {"query", "image_urls", "preset", "score_threshold", "top_k", "instruction",
-                                         "normalize", "tie_epsilon", "max_side"}
+                                         "normalize", "tie_epsilon", "max_side", "query_image_url"}
     assert all(prop.get("description") for prop in schema["properties"].values())
 
 
 def test_the_tool_ranks_data_uris_and_refuses_a_loopback_url_per_image(demo_url, image_dir):
     images = [data_uri((image_dir / f"good{i}.png").read_bytes()) for i in range(3)]
     data = call_rerank_urls(demo_url, {"query": "a red square", "image_urls": [*images, "http://127.0.0.1/x.png"]})
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     assert data["counts"] == {"images": 4, "results": 3, "filtered_out": 0, "errors": 1, "skipped": 0}
     assert [r["source"] for r in sorted(data["results"], key=lambda r: r["index"])] == ["image 1", "image 2", "image 3"]
     (refused,) = data["errors"]

@@ -128,10 +128,12 @@ def test_results_filtered_out_and_errors_share_one_rank_sequence(mixed_outcome):
 
 def test_the_json_form_has_the_documented_keys_and_serialises(mixed_outcome):
     data = json.loads(json.dumps(mixed_outcome.to_dict()))
-    assert set(data) == {"schema_version", "query", "preset", "settings", "model", "counts", "slots",
+    assert set(data) == {"schema_version", "query", "query_kind", "query_image", "preset", "settings", "model",
+                         "counts", "slots",
                          "winner_strength", "results", "filtered_out", "errors", "skipped", "warnings", "elapsed_s",
                          "images_per_s"}
-    assert data["schema_version"] == 3 and data["warnings"] == [] and data["skipped"] == []
+    assert data["schema_version"] == 4 and data["warnings"] == [] and data["skipped"] == []
+    assert (data["query_kind"], data["query_image"]) == ("text", None)
     assert data["settings"] == {"score_threshold": 5.0, "top_k": 1, "instruction": None, "normalize": False,
                                 "tie_epsilon": 0.05, "max_side": 1920}
     assert set(data["model"]) == {"backend", "model", "device", "dtype", "attention", "mode", "visual_tokens"}

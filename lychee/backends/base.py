@@ -33,10 +33,11 @@ class Backend(Protocol):
     min_pixels: int    # the pixel budget each image is resized into (N visual tokens = N x 28 x 28 pixels)
     max_pixels: int
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image],
-                  progress: Progress | None = None) -> list[float | Exception]:
-        """p(yes) of each image under ``messages`` (one ``{"type": "image"}`` part: the candidate),
-        in input order, or the exception that image raised."""
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
+                  query_image: Image.Image | None = None) -> list[float | Exception]:
+        """p(yes) of each image under ``messages``, in input order, or the exception that image
+        raised. The last ``{"type": "image"}`` part is the candidate; with ``query_image`` there is
+        one before it, the query image, the same in every pair."""
 
     def describe(self) -> dict[str, str]:
         """What scores: ``backend``, ``model``, ``device``, ``dtype``, ``attention``, ``visual_tokens``."""

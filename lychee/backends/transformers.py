@@ -209,15 +209,16 @@ class Engine:
                                      min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return height * width // protocol.PATCH_PIXELS ** 2
 
-    def batch_size(self, images: Sequence[Image.Image], requested: int | None = None) -> int:
+    def batch_size(self, images: Sequence[Image.Image], requested: int | None = None, *,
+                   query_tokens: int = 0) -> int:
         """``requested`` if given; on CUDA, as many pairs as fit in free memory at the largest
-        image (at most 32); elsewhere 8."""
+        image plus the query image's ``query_tokens`` (at most 32); elsewhere 8."""
         if requested is not None:
             return requested
         if self.device.type != "cuda" or not images:
             return DEFAULT_BATCH_SIZE
         free, _ = torch.cuda.mem_get_info(self.device)
-        pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images)),
+        pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images)) + query_tokens,
                                      dtype_bytes=self.dtype.itemsize)
         size = batch_size_for_memory(free, pair)
         log.debug("batch size %d: %.1f GiB free, ~%.0f MiB per pair", size, free / 2**30, pair / 2**20)
@@ -263,25 +264,33 @@ class Engine:
         embeds = self.model.get_image_features(patches, grids).pooler_output  # n x [t*h*w/4, hidden]
         return [VisionFeatures(tuple(grid), embed) for grid, embed in zip(grids.tolist(), embeds)]
 
-    def _text_inputs(self, prompt: str, visual_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
-        """The tokenised prompts, row i's image placeholder widened to ``visual_tokens[i]`` tokens."""
+    def _text_inputs(self, prompt: str, visual_tokens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """The tokenised prompts: in row i, the k-th image placeholder widened to ``visual_tokens[i][k]`` tokens."""
         placeholder = self.processor.image_token
-        texts = [prompt.replace(placeholder, placeholder * n) for n in visual_tokens]
+        pieces = prompt.split(placeholder)  # one more than the image parts
+        texts = ["".join(piece + placeholder * n for piece, n in zip(pieces, row)) + pieces[-1]
+                 for row in visual_tokens]
         tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
         input_ids = tokens["input_ids"].to(self.device)         # [batch, seq], left-padded
         return {"input_ids": input_ids, "attention_mask": tokens["attention_mask"].to(self.device),
                 "mm_token_type_ids": (input_ids == self.processor.image_token_id).long()}  # 1 = image token
 
     @torch.inference_mode()
-    def relevance_logits(self, prompt: str, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``[batch]`` float32 z_yes - z_no at each row's last position; p(yes) is its sigmoid."""
+    def relevance_logits(self, prompt: str, images: Sequence[Image.Image],
+                         query: VisionFeatures | None = None) -> torch.Tensor:
+        """``[batch]`` float32 z_yes - z_no at each row's last position; p(yes) is its sigmoid.
+
+        ``query``: the query image's features, computed once by the caller and shared by every
+        row; ``prompt`` then has two image parts, the query image's first.
+        """
         features = self.image_features(images)                  # per image: [visual tokens_i, hidden]
-        inputs = self._text_inputs(prompt, [len(f.embeds) for f in features])
+        rows = [[query, f] if query is not None else [f] for f in features]  # each row's images, in prompt order
+        inputs = self._text_inputs(prompt, [[len(x.embeds) for x in row] for row in rows])
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])  # [batch, seq, hidden]
-        image_positions = inputs["input_ids"] == self.processor.image_token_id  # [batch, seq]: sum_i tokens_i True
+        image_positions = inputs["input_ids"] == self.processor.image_token_id  # [batch, seq]
         # Row-major order of the positions is image order, so the concatenated features land in place.
-        embeds[image_positions] = torch.cat([f.embeds.to(self.device) for f in features]).to(embeds.dtype)
-        grids = torch.tensor([f.grid_thw for f in features], device=self.device)  # [batch, 3]
+        embeds[image_positions] = torch.cat([x.embeds.to(self.device) for row in rows for x in row]).to(embeds.dtype)
+        grids = torch.tensor([x.grid_thw for row in rows for x in row], device=self.device)  # [images, 3]
         # input_ids ride along only for the model to derive its 3D (M-RoPE) positions from them and
         # the grids, exactly as in a plain call; the embeddings come from inputs_embeds.
         hidden = self.model.model(**inputs, inputs_embeds=embeds, image_grid_thw=grids,
@@ -332,22 +341,27 @@ class TransformersBackend:
         return {"backend": self.name, "model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
                 "attention": e.attention, "visual_tokens": visual_tokens_range(self)}
 
-    def _batched(self, images: Sequence[Image.Image], fn: Any, progress: Progress | None) -> list[Any]:
-        with self._lock:
-            return run_batched(images, fn, batch_size=self.engine.batch_size(images, self.batch_size),
-                               cost=self.engine.visual_tokens, progress=progress, out_of_memory=is_out_of_memory)
+    def _batched(self, images: Sequence[Image.Image], fn: Any, progress: Progress | None, *,
+                 query_tokens: int = 0) -> list[Any]:
+        batch_size = self.engine.batch_size(images, self.batch_size, query_tokens=query_tokens)
+        return run_batched(images, fn, batch_size=batch_size, cost=self.engine.visual_tokens, progress=progress,
+                           out_of_memory=is_out_of_memory)
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image],
-                  progress: Progress | None = None) -> list[float | Exception]:
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
+                  query_image: Image.Image | None = None) -> list[float | Exception]:
         prompt = self.engine.render(messages)
-        return self._batched(images, lambda batch: self.engine.relevance_logits(prompt, batch).sigmoid().tolist(),
-                             progress)
+        with self._lock:  # the query image goes through the vision tower once, for every batch
+            query = self.engine.image_features([query_image])[0] if query_image is not None else None
+            return self._batched(
+                images, lambda batch: self.engine.relevance_logits(prompt, batch, query).sigmoid().tolist(), progress,
+                query_tokens=len(query.embeds) if query is not None else 0)
 
     def generate(self, messages: list[dict], images: Sequence[Image.Image],
                  progress: Progress | None = None) -> list[str | Exception]:
         """The model's greedy answer for each image (generate mode), or the exception it raised."""
         prompt = self.engine.render(messages)
-        return self._batched(images, lambda batch: self.engine.generate(prompt, batch), progress)
+        with self._lock:
+            return self._batched(images, lambda batch: self.engine.generate(prompt, batch), progress)
 
 
 def load(model: str, *, device: str = "auto", dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

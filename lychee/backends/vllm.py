@@ -69,13 +69,15 @@ class VllmBackend:
         return {"backend": self.name, "model": self.model_id, "device": self.device, "dtype": self.dtype,
                 "attention": "vllm", "visual_tokens": visual_tokens_range(self)}
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image],
-                  progress: Progress | None = None) -> list[float | Exception]:
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
+                  query_image: Image.Image | None = None) -> list[float | Exception]:
         prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+        def pair(image: Image.Image) -> dict[str, Any]:  # the images in prompt order: query image, then candidate
+            return {"prompt": prompt, "multi_modal_data": {"image": [query_image, image] if query_image else image}}
+
         def classify(batch: list[Image.Image]) -> list[float]:
-            outputs = self.llm.classify([{"prompt": prompt, "multi_modal_data": {"image": image}} for image in batch],
-                                        use_tqdm=False)
+            outputs = self.llm.classify([pair(image) for image in batch], use_tqdm=False)
             return [output.outputs.probs[0] for output in outputs]  # probs == [p(yes)]
 
         with self._lock:  # a failing call is retried pair by pair, so one bad pair fails alone

@@ -64,10 +64,12 @@ def png_data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def with_image(messages: list[dict], uri: str) -> list[dict]:
-    """``messages`` in the OpenAI chat format, the ``{"type": "image"}`` part carrying ``uri``."""
+def with_images(messages: list[dict], uris: Sequence[str]) -> list[dict]:
+    """``messages`` in the OpenAI chat format, the ``{"type": "image"}`` parts carrying ``uris`` in order."""
+    remaining = iter(uris)
+
     def part(p: dict) -> dict:
-        return {"type": "image_url", "image_url": {"url": uri}} if p.get("type") == "image" else p
+        return {"type": "image_url", "image_url": {"url": next(remaining)}} if p.get("type") == "image" else p
 
     return [{**m, "content": [part(p) for p in m["content"]]} for m in messages]
 
@@ -121,16 +123,17 @@ class VllmServerBackend:
         return {"backend": self.name, "model": self.model_id, "device": "vLLM server", "dtype": "server's",
                 "attention": "vllm", "visual_tokens": visual_tokens_range(self)}
 
-    def _body(self, messages: list[dict], image: Image.Image) -> dict[str, Any]:
-        body = {"model": self.model_id, "messages": with_image(messages, png_data_uri(image)),
+    def _body(self, messages: list[dict], uris: Sequence[str]) -> dict[str, Any]:
+        body = {"model": self.model_id, "messages": with_images(messages, uris),
                 "add_generation_prompt": True}  # the default (False) would end the prompt before the answer
         if (self.min_pixels, self.max_pixels) != (protocol.MIN_PIXELS, protocol.MAX_PIXELS):
             body["mm_processor_kwargs"] = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
         return body
 
-    def _score_one(self, messages: list[dict], image: Image.Image) -> float:
+    def _score_one(self, messages: list[dict], image: Image.Image, query_uri: str | None) -> float:
+        uris = [query_uri, png_data_uri(image)] if query_uri else [png_data_uri(image)]
         try:
-            response = self.client.post("/classify", json=self._body(messages, image))
+            response = self.client.post("/classify", json=self._body(messages, uris))
         except httpx.ConnectError as exc:
             raise ServerUnavailable(self.url, exc) from exc
         except httpx.TimeoutException as exc:
@@ -144,12 +147,13 @@ class VllmServerBackend:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise PairError(f"the vLLM server's answer has no p(yes): {response.text[:200]}") from exc
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image],
-                  progress: Progress | None = None) -> list[float | Exception]:
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
+                  query_image: Image.Image | None = None) -> list[float | Exception]:
         results: list[float | Exception] = [PairError("not scored")] * len(images)
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(images))))
         try:
-            pending = {pool.submit(self._score_one, messages, image): i for i, image in enumerate(images)}
+            query_uri = png_data_uri(query_image) if query_image is not None else None  # encoded once
+            pending = {pool.submit(self._score_one, messages, image, query_uri): i for i, image in enumerate(images)}
             for done, future in enumerate(as_completed(pending), start=1):
                 try:
                     results[pending[future]] = future.result()

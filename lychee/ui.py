@@ -56,10 +56,11 @@ PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('z
 PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}  # UI-only events: no API, no queue
 # A run brings the results' top edge into view when it starts and when it ends (on a phone they sit
 # below the controls), unless the query is empty: then the error toast is all there is to see.
-SHOW_RESULTS_JS = """(query) => {
+SHOW_RESULTS_JS = """(query, reference) => {
   const results = document.getElementById('lychee-results');
   const top = results.getBoundingClientRect().top;
-  if (query.trim() && (top < 0 || top > window.innerHeight / 3)) results.scrollIntoView({behavior: 'smooth'});
+  const asked = query.trim() || reference;  // no query at all: stay at the box to fill in
+  if (asked && (top < 0 || top > window.innerHeight / 3)) results.scrollIntoView({behavior: 'smooth'});
 }"""
 # Gradio's own words (footer, upload prompts, toast buttons) follow its locale, which lives in its core
 # module; the language switch sets it too. Nothing happens if a Gradio release renames that module.
@@ -183,14 +184,13 @@ class RerankDemo:
         tr = self.tr
         with gr.Row(equal_height=True, elem_id="lychee-query-row"):
             self.query_keys = {"label": "query_label", "placeholder": "query_placeholder"}
-            self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, scale=3, min_width=180,
+            self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, scale=1, min_width=180,
                             elem_id="lychee-query")
-            # Optional: "images like this one"; the image's own toolbar clears it.
-            self.reference = tr(gr.Image, {"label": "reference_label"}, type="filepath",
-                                sources=["upload", "clipboard"], height=112, scale=1, min_width=110,
-                                elem_id="lychee-reference")
             self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", scale=0, min_width=110,
                                  elem_id="lychee-run")
+        # Optional, right under the query: "images like this one"; the image's own toolbar clears it.
+        self.reference = tr(gr.Image, {"label": "reference_label"}, type="filepath", sources=["upload", "clipboard"],
+                            height=150, elem_id="lychee-reference")
         self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
         self.images = tr(gr.Gallery, {"label": "images_label"}, type="filepath", file_types=["image"],
                          interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
@@ -259,11 +259,11 @@ class RerankDemo:
         run_inputs = [self.lang, self.query, self.reference, self.images, self.preset, self.threshold, self.top_k,
                       self.instruction, self.normalize, self.tie_epsilon, self.max_side]
         run_triggers = [self.run_button.click, self.query.submit]
-        gr.on(run_triggers, None, inputs=[self.query], js=SHOW_RESULTS_JS, **PRIVATE)
+        gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
         gr.on(run_triggers, self.run, inputs=run_inputs, outputs=[self.outcome, *self.results],
               show_progress_on=[self.status], api_visibility="private", concurrency_id="gpu",
-              ).success(None, inputs=[self.query], js=SHOW_RESULTS_JS, **PRIVATE)
+              ).success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
         # Raw values reach the handler (preprocess=False): lychee's validator, not Gradio's coercion
         # (top_k 2.5 -> 2), judges them. Hidden from MCP and the API page, where list-of-file inputs
         # fail in Gradio 6.31; gradio_client still calls it. rerank_urls is the documented route.

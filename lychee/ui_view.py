@@ -240,8 +240,11 @@ CSS = """
   #lychee-top { flex-direction: column; align-items: flex-start; }
   #lychee-ranked .grid-container, #lychee-filtered .grid-container { grid-template-columns: repeat(2, 1fr); }
   .lychee-winner__image { width: 96px; height: 96px; }
-  .lychee-winner__reference img { width: 64px; height: 64px; }
-  .lychee-winner__reference { padding-right: 0.5rem; }
+  .lychee-winner { flex-wrap: wrap; }
+  .lychee-winner__reference { display: flex; align-items: center; gap: 0.5rem; flex-basis: 100%; padding: 0 0 0.5rem;
+    border-right: none; border-bottom: 1px dashed var(--border-color-primary); }
+  .lychee-winner__reference img { width: 48px; height: 48px; }
+  .lychee-winner__reference figcaption { margin-top: 0; }
   #lychee-table span { font-size: var(--text-xs) !important; }
   #lychee-table th, #lychee-table td { padding-left: 2px; padding-right: 2px; }
   #lychee-table .cell-menu-button { display: none; }  /* sorting menus need more room than a phone has */

@@ -206,3 +206,40 @@ def test_rerank_urls_refuses_a_list_that_is_not_urls(client):
 
     with pytest.raises(AppError, match="image_urls must be a list of URL strings"):
         client.predict("a cat", "http://example.com/x.png", api_name="/rerank_urls")
+
+
+REFERENCE = ROOT / "examples" / "images" / "coffee.jpg"
+
+
+@pytest.mark.parametrize(("query", "kind"), [("", "image"), ("at night", "image+text")])
+def test_rerank_takes_a_query_image(client, batch, query, kind):
+    from gradio_client import handle_file
+
+    data = call(client, batch, query=query, query_image=handle_file(str(REFERENCE)))
+    assert (data["schema_version"], data["query_kind"], data["query_image"]) == (4, kind, "coffee.jpg")
+    assert data["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1, "skipped": 0}
+    assert data["settings"]["instruction"] is None  # the default for the query's kind is the protocol's
+
+
+def test_an_unreadable_query_image_is_refused_in_both_languages(client, batch, image_dir):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="the query image cannot be used: not a readable image") as refused:
+        call(client, batch, query="", query_image=handle_file(str(image_dir / "corrupt.jpg")))
+    assert "参考图片无法使用" in str(refused.value)
+
+
+def test_rerank_urls_takes_a_query_image_url_and_refuses_an_internal_one(client, batch):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from .test_url_images import data_uri
+
+    images = [data_uri(Path(p).read_bytes()) for p in batch[:3]]
+    data = client.predict("", images, query_image_url=data_uri(REFERENCE.read_bytes()), api_name="/rerank_urls")
+    assert (data["query_kind"], data["query_image"], data["counts"]["results"]) == ("image", "image 1", 3)
+    uploads = call(client, batch[:3], query="", query_image=handle_file(str(REFERENCE)))
+    assert [r["score"] for r in data["results"]] == [r["score"] for r in uploads["results"]]
+    with pytest.raises(AppError, match="query image cannot be used: refused URL: 127.0.0.1 is not a public"):
+        client.predict("", images, query_image_url="http://127.0.0.1/ref.png", api_name="/rerank_urls")

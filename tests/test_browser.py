@@ -200,3 +200,20 @@ def test_the_language_switch_changes_labels_and_gradio_words(page):
     page.wait_for_function("document.querySelector('#lychee-run').innerText === '开始排序'")
     assert "查询描述" in page.inner_text("#lychee-query")
     page.get_by_text("使用 Gradio 构建").wait_for()  # the footer follows Gradio's own locale
+
+
+def test_a_reference_image_alone_is_a_query_and_is_shown_beside_number_one(any_page, image_dir):
+    page = any_page
+    reference = Path(__file__).resolve().parent.parent / "examples" / "images" / "coffee.jpg"
+    page.set_input_files("#lychee-reference input[type=file]", str(reference))
+    page.locator("#lychee-reference img").first.wait_for()
+    upload(page, sorted(image_dir.glob("good*.png"))[:3])
+    keep_every_score(page)
+    assert len(run_and_wait(page, "")) == 3  # no text: the image is the query
+    figure = page.locator("#lychee-winner .lychee-winner__reference")
+    figure.wait_for()
+    assert figure.locator("img").get_attribute("src").startswith("data:image/jpeg;base64,")
+    assert figure.inner_text().strip() == "Reference"
+    wait_until_results_top_is_in_view(page)
+    page.wait_for_timeout(600)
+    screenshot(page, "4-reference-image")

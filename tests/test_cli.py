@@ -251,3 +251,27 @@ def test_daily_report_ranks_only_new_images_and_remembers_the_run(tiny_checkpoin
     assert report["counts"]["images"] == 0 and report["model"] == {}
     assert report_json.with_suffix(".md").read_text(encoding="utf-8").count("| — |") == 3
     assert "0 new images" in capsys.readouterr().out
+
+
+def image_query_json(capsys, tiny_checkpoint, query: str, *args: str) -> tuple[int, dict, str]:
+    code, out, err = run(capsys, query, *args, "--model", str(tiny_checkpoint), "--device", "cpu", "--format", "json")
+    return code, json.loads(out) if out else {}, err
+
+
+@pytest.mark.parametrize(("query", "kind"), [("", "image"), ("at night", "image+text")])
+def test_a_query_image_ranks_the_images_with_or_without_text(capsys, tiny_checkpoint, tree, query, kind):
+    reference = str(REPO / "examples" / "images" / "coffee.jpg")
+    code, report, _ = image_query_json(capsys, tiny_checkpoint, query, str(tree), "--query-image", reference)
+    assert code == EXIT_OK
+    assert (report["query_kind"], report["query_image"], report["query"]) == (kind, "coffee.jpg", query)
+    assert report["counts"]["results"] == 3 and report["counts"]["errors"] == 1
+
+
+def test_an_unreadable_query_image_is_a_usage_error(capsys, tiny_checkpoint, tree):
+    code, _, err = image_query_json(capsys, tiny_checkpoint, "", str(tree), "--query-image", str(tree / "notes.txt"))
+    assert code == EXIT_USAGE and "the query image cannot be used: not a readable image" in err
+
+
+def test_without_a_query_image_the_query_text_is_required(capsys, tree):
+    code, _, err = run(capsys, "", str(tree))
+    assert code == EXIT_USAGE and "the query is empty" in err

@@ -137,6 +137,23 @@ def test_server_scores_equal_transformers(server_reranker, reference, image_path
     assert difference <= TOLERANCE
 
 
+@pytest.fixture(scope="module")
+def query_image(image_paths) -> str:
+    return image_paths[2]  # a 333x517 photo-sized image, also among the candidates
+
+
+@pytest.mark.parametrize("backend", ["vllm_reranker", "server_reranker"])
+@pytest.mark.parametrize("text", ["", "at night"])
+def test_image_queries_score_the_same_on_every_backend(request, backend, transformers_reranker, image_paths,
+                                                       query_image, text):
+    """Query image and candidate in one prompt (two images), as vLLM's cross-encoder path allows."""
+    expected = transformers_reranker.score(text, image_paths, query_image=query_image)
+    records = request.getfixturevalue(backend).score(text, image_paths, query_image=query_image)
+    difference = max_difference(records, expected)
+    print(f"{backend} vs transformers, image query {text!r}: max |Δscore| = {difference:.2e}")
+    assert difference <= TOLERANCE
+
+
 def test_the_instruction_reaches_every_backend(reference):
     """The custom instruction changes the transformers scores, so equal scores above prove vLLM used it."""
     default, custom = ([r.raw_score for r in reference[i] if r.error is None] for i in (None, INSTRUCTION))

@@ -121,19 +121,13 @@ def max_difference(records, reference_records) -> float:
     return max(abs(a.raw_score - b.raw_score) for a, b in zip(records, reference_records) if a.error is None)
 
 
+@pytest.mark.parametrize("backend", ["vllm_reranker", "server_reranker"])
 @pytest.mark.parametrize("instruction", [None, INSTRUCTION])
-def test_in_process_vllm_scores_equal_transformers(vllm_reranker, reference, image_paths, instruction):
-    records = vllm_reranker.score(QUERY, image_paths, instruction=instruction)
+def test_vllm_scores_equal_transformers(request, backend, reference, image_paths, instruction):
+    """In-process vLLM and the vLLM server, on mixed sizes, with the default and a custom instruction."""
+    records = request.getfixturevalue(backend).score(QUERY, image_paths, instruction=instruction)
     difference = max_difference(records, reference[instruction])
-    print(f"vllm vs transformers, instruction={instruction!r}: max |Δscore| = {difference:.2e}")
-    assert difference <= TOLERANCE
-
-
-@pytest.mark.parametrize("instruction", [None, INSTRUCTION])
-def test_server_scores_equal_transformers(server_reranker, reference, image_paths, instruction):
-    records = server_reranker.score(QUERY, image_paths, instruction=instruction)
-    difference = max_difference(records, reference[instruction])
-    print(f"vllm-server vs transformers, instruction={instruction!r}: max |Δscore| = {difference:.2e}")
+    print(f"{backend} vs transformers, instruction={instruction!r}: max |Δscore| = {difference:.2e}")
     assert difference <= TOLERANCE
 
 

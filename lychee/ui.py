@@ -49,7 +49,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
 DEFAULT_PRESET = "screening"
 GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one request
-TABLE_COLUMN_WIDTHS = ["13%", "27%", "15%", "19%", "26%"]  # rank, image, score, raw score, status
+TABLE_COLUMN_WIDTHS = ["15%", "26%", "15%", "19%", "25%"]  # rank, image, score, raw score, status
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
 PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"

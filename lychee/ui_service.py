@@ -79,7 +79,7 @@ class RerankRequest:
 
     @property
     def lenient_parsing(self) -> bool:
-        return PRESETS[self.preset].lenient_parsing if self.preset else False
+        return self.settings.lenient_parsing
 
     @property
     def settings(self) -> Settings:

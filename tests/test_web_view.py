@@ -7,8 +7,10 @@ from datetime import datetime
 
 from lychee.ranking import RerankResult
 from lychee.report import Report
-from lychee.ui_service import RerankOutcome, RerankRequest
-from lychee.ui_view import (
+from lychee.request import Query, Request
+from lychee.settings import Settings, get_preset
+from lychee.web.service import Job, RerankOutcome
+from lychee.web.view import (
     caption,
     download_stem,
     filtered_gallery,
@@ -31,12 +33,13 @@ def result(rank: int, index: int, score: float, *, tied: bool = False, error: st
     return RerankResult(rank, index, f"img{index}.png", score, raw, tied, "" if error else "p(yes)=0.5", error)
 
 
-def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, **settings) -> RerankOutcome:
+def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, preset: str | None = None,
+            **settings) -> RerankOutcome:
     paths = image_paths or [f"/uploads/img{i}.png" for i in range(6)]
-    req = RerankRequest("cat", paths, **settings)
-    report = Report(req.query, req.settings, None, MODEL, list(results), list(filtered_out), list(errors),
+    request = Request(Query("cat", None), Settings(get_preset(preset), **settings))
+    report = Report("cat", request.settings, None, MODEL, list(results), list(filtered_out), list(errors),
                     elapsed_s=0.5)
-    return RerankOutcome(req, report)
+    return RerankOutcome(Job(request, tuple(paths)), (), report)
 
 
 def test_a_caption_shows_rank_and_score_above_the_name():

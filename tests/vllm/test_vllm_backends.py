@@ -24,7 +24,6 @@ from PIL import Image
 from benchmarks.load_test import free_port
 from lychee import LycheeReranker, cli
 from lychee.backends.vllm_server import ServerUnavailable
-from lychee.limits import Limits
 from lychee.random_checkpoint import build_random_checkpoint
 from lychee.web.service import Form, ModelSlot, accept, rerank
 
@@ -188,7 +187,7 @@ def test_the_web_app_reaches_the_server_through_lychee_backend(monkeypatch, serv
     monkeypatch.setenv("LYCHEE_BACKEND", "vllm-server")
     monkeypatch.setenv("LYCHEE_VLLM_URL", server_url)
     slot = ModelSlot()
-    outcome = rerank(accept(Form(QUERY, top_k=3), image_paths, Limits()), slot).report
+    outcome = rerank(accept(Form(QUERY, top_k=3), image_paths, slot.limits), slot).report
     expected = sorted((r for r in reference[None] if r.error is None), key=lambda r: -r.raw_score)[:3]
     assert [r.index for r in outcome.results] == [r.index for r in expected]
     assert len(outcome.errors) == 1 and "backend vllm-server" in slot.status_line("en")

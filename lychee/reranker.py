@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from . import protocol, ranking
 from .backends import Backend, load_backend
-from .backends.base import Progress
+from .backends.base import Progress, StageProgress
 from .images import ImageLoadError, ImageSource, load_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice
@@ -139,18 +139,26 @@ class LycheeReranker:
                            progress=progress, start=start)
 
     def score_request(self, request: Request, images: Sequence[ImageSource], *,
-                      labels: Sequence[str] | None = None, progress: Progress | None = None,
-                      start: int = 0) -> list[ScoredImage]:
+                      labels: Sequence[str] | None = None, progress: Progress | None = None, start: int = 0,
+                      stages: StageProgress | None = None) -> list[ScoredImage]:
         """:meth:`score` for a request a surface has already validated (:func:`lychee.request.build_request`):
-        its query is used as it is, its settings give ``max_side`` and the preset's parsing rule."""
+        its query is used as it is, its settings give ``max_side`` and the preset's parsing rule.
+
+        ``stages``, if given, is called as ``stages(stage, done, total)`` through each stage:
+        ``decoding`` (image by image), then ``scoring`` (batch by batch).
+        """
         if request.query.image is not None and self.mode != "logit":
             raise ValueError("image queries need mode='logit' (the lychee protocol)")
         settings = request.settings
+        if stages is not None:
+            progress = _also_staged(progress, stages)
         return self._score(request.query, images, max_side=settings.max_side,
-                           lenient_parsing=settings.lenient_parsing, labels=labels, progress=progress, start=start)
+                           lenient_parsing=settings.lenient_parsing, labels=labels, progress=progress, start=start,
+                           decoded=(lambda done, total: stages("decoding", done, total)) if stages else None)
 
     def _score(self, query: Query, images: Sequence[ImageSource], *, max_side: int, lenient_parsing: bool,
-               labels: Sequence[str] | None, progress: Progress | None, start: int) -> list[ScoredImage]:
+               labels: Sequence[str] | None, progress: Progress | None, start: int,
+               decoded: Progress | None = None) -> list[ScoredImage]:
         self.limits.check_image_count(len(images))
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
@@ -163,7 +171,7 @@ class LycheeReranker:
 
         loaded: dict[int, Image.Image] = {}
         errors: dict[int, str] = {}
-        for i, outcome in enumerate(self._load_all(images, max_side)):
+        for i, outcome in enumerate(self._load_all(images, max_side, decoded)):
             if isinstance(outcome, ImageLoadError):
                 errors[i] = problem(i, outcome)
             else:
@@ -179,16 +187,23 @@ class LycheeReranker:
             records.append(ScoredImage(start + i, names[i], value, raw_output, cause and problem(i, cause)))
         return records
 
-    def _load_all(self, images: Sequence[ImageSource], max_side: int) -> list[Image.Image | ImageLoadError]:
-        """Decode ``images`` on a few threads (Pillow's decoders release the GIL)."""
+    def _load_all(self, images: Sequence[ImageSource], max_side: int,
+                  progress: Progress | None = None) -> list[Image.Image | ImageLoadError]:
+        """Decode ``images`` on a few threads (Pillow's decoders release the GIL), reporting each one done."""
         def load(source: ImageSource) -> Image.Image | ImageLoadError:
             try:
                 return load_image(source, max_side=max_side, limits=self.limits)
             except ImageLoadError as exc:
                 return exc
 
+        if progress:
+            progress(0, len(images))
         with ThreadPoolExecutor(max_workers=min(LOAD_THREADS, os.cpu_count() or 1)) as pool:
-            return list(pool.map(load, images))
+            futures = [pool.submit(load, source) for source in images]
+            for done, _ in enumerate(as_completed(futures), start=1):
+                if progress:
+                    progress(done, len(images))
+            return [future.result() for future in futures]
 
     def _score_loaded(self, query: str, instruction: str | None, reference: Image.Image | None,
                       loaded: dict[int, Image.Image],
@@ -266,6 +281,15 @@ class LycheeReranker:
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
         return ranking.split_with(records, settings)[0]
+
+
+def _also_staged(progress: Progress | None, stages: StageProgress) -> Progress:
+    """``progress`` that also reports to ``stages`` as the ``scoring`` stage."""
+    def report(done: int, total: int) -> None:
+        stages("scoring", done, total)
+        if progress:
+            progress(done, total)
+    return report
 
 
 def _relevance(p_yes: float | Exception) -> tuple[float, str, str | None]:

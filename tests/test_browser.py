@@ -123,14 +123,14 @@ def test_results_survive_a_following_error(any_page, image_dir):
     before = run_and_wait(page, "a green square")
     page.fill("#lychee-query textarea", "   ")
     page.click("#lychee-run")
-    toast = page.locator("[data-testid=toast-body]")
-    toast.wait_for()
-    assert "the query is empty" in toast.inner_text()
+    alert = page.locator("#lychee-alerts .lychee-alert--error")
+    alert.wait_for()
+    assert "Cannot rerank" in alert.inner_text() and "the query is empty" in alert.inner_text()
     assert page.locator("#lychee-ranked .caption-label").all_inner_texts() == before
     assert page.locator("#lychee-winner .lychee-winner").count() == 1
     assert page.get_attribute("#lychee-table [role=grid]", "aria-rowcount") == "4"
     assert page.get_by_role("button", name="Download JSON").is_visible()
-    page.wait_for_timeout(500)  # the toast has slid in before the picture
+    page.wait_for_timeout(500)
     screenshot(page, "3-error-after-run")
 
 
@@ -169,12 +169,13 @@ def test_a_run_shows_one_progress_indicator_counting_images(page, image_dir):
     page.fill("#lychee-query textarea", "squares")
     page.evaluate("""() => { window.seen = []; window.sampler = setInterval(() => {
         for (const el of document.querySelectorAll('.progress-text')) {
-            if (el.offsetParent) window.seen.push([el.closest('[id]').id, el.innerText]);
+            const shown = el.offsetParent && getComputedStyle(el.closest('.wrap')).opacity !== '0';
+            if (shown) window.seen.push([el.closest('[id]').id, el.innerText]);
         } }, 10); }""")
     page.click("#lychee-run")
     ranked_captions(page)
     seen = page.evaluate("clearInterval(window.sampler), window.seen")
-    assert {where for where, _ in seen} <= {"lychee-status"}
+    assert {where for where, _ in seen} <= {"lychee-progress"}
     counted = [shown for _, shown in seen if "images" in shown]  # before that, Gradio's timer alone
     assert all(re.match(r"\d+/6 images", shown) for shown in counted), counted
 
@@ -217,3 +218,137 @@ def test_a_reference_image_alone_is_a_query_and_is_shown_beside_number_one(any_p
     wait_until_results_top_is_in_view(page)
     page.wait_for_timeout(600)
     screenshot(page, "4-reference-image")
+
+
+# A second app on the same tiny checkpoint whose scoring is slowed to one image per 0.4 s and
+# counted, so a run can be watched (progress, Cancel, a language switch) and a re-rank shown to
+# make no model call.
+SLOW_SECONDS_PER_IMAGE = 0.4
+
+
+@pytest.fixture(scope="module")
+def slow_app(tiny_checkpoint):
+    import time
+
+    from benchmarks.load_test import free_port
+    from lychee.web.app import build_demo, launch_options
+    from lychee.web.service import ModelSlot
+
+    slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32")
+    backend = slot.get().backend
+    backend.batch_size = 1
+    scored = backend.relevance
+    calls: list[int] = []
+
+    def relevance(messages, images, progress=None, query_image=None):
+        calls.append(len(images))
+
+        def slowly(done: int, total: int) -> None:
+            time.sleep(SLOW_SECONDS_PER_IMAGE)
+            if progress:
+                progress(done, total)
+        return scored(messages, images, slowly, query_image)
+
+    backend.relevance = relevance
+    demo = build_demo(slot)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **launch_options(slot.limits))
+    yield url.rstrip("/"), calls
+    demo.close()
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def slow_page(request, browser, slow_app):
+    context, page = open_page(browser, slow_app[0], request.param)
+    page.viewport_name = request.param
+    page.model_calls = slow_app[1]
+    yield page
+    context.close()
+
+
+def progress_text(page) -> str:
+    return page.evaluate("""() => [...document.querySelectorAll('#lychee-progress .progress-text')]
+        .filter((el) => getComputedStyle(el.closest('.wrap')).opacity !== '0').map((el) => el.innerText).join(' ')""")
+
+
+def scores(captions: list[str]) -> list[float]:
+    return [float(re.search(r"(\d+\.\d\d)", c).group(1)) for c in captions]
+
+
+def test_moving_the_threshold_after_a_run_reranks_without_a_model_call(slow_page, image_dir):
+    page = slow_page
+    upload(page, sorted(image_dir.glob("good*.png")))
+    keep_every_score(page)
+    before = run_and_wait(page, "squares")
+    assert len(before) == 6
+    page.locator("#lychee-run").wait_for()
+    calls = len(page.model_calls)
+    cut = sorted(scores(before))[3]  # three images score at least this
+    page.fill("#lychee-threshold input[type=number]", f"{cut:.2f}")
+    page.press("#lychee-threshold input[type=number]", "Tab")
+    page.wait_for_function("() => document.querySelectorAll('#lychee-ranked .caption-label').length === 3")
+    assert len(page.model_calls) == calls  # the stored scores were ranked again: no model call
+    assert "no model call" in page.inner_text("#lychee-status")
+    assert f"{cut:.2f}".rstrip("0").rstrip(".") in page.inner_text("#lychee-controls")  # the values in force
+    screenshot(page, "5-reranked-by-threshold")
+
+
+def test_progress_advances_and_cancel_takes_the_place_of_rerank_and_stops_the_job(slow_page, image_dir):
+    page = slow_page
+    upload(page, sorted(image_dir.glob("good*.png")))
+    keep_every_score(page)
+    page.fill("#lychee-query textarea", "squares")
+    calls = len(page.model_calls)
+    page.click("#lychee-run")
+    page.locator("#lychee-cancel").wait_for()
+    assert not page.locator("#lychee-run").is_visible()  # no second run while this one is under way
+    page.wait_for_function(r"""() => /\b[1-4]\/6 images/.test(document.querySelector('#lychee-progress').innerText)""")
+    assert "Scoring" in page.inner_text("#lychee-progress")  # moving, well before the end
+    screenshot(page, "6-progress")
+    page.click("#lychee-cancel")
+    page.locator("#lychee-alerts .lychee-alert--cancelled").wait_for()
+    page.locator("#lychee-run").wait_for()
+    page.wait_for_timeout(int(3 * SLOW_SECONDS_PER_IMAGE * 1000))
+    stopped = len(page.model_calls)
+    page.wait_for_timeout(int(3 * SLOW_SECONDS_PER_IMAGE * 1000))
+    assert len(page.model_calls) == stopped < calls + 6  # the job stopped, short of the sixth image
+    assert page.locator("#lychee-ranked .caption-label").count() == 0  # nothing half-done was shown
+    screenshot(page, "7-cancelled")
+
+
+ALLOWED_LATIN = {"good0", "good1", "good2", "good3", "good4", "good5", "png", "cpu", "fp32", "token", "top_k",
+                 "score_threshold", "JSON", "CSV", "tiny", "qwen2", "vl", "transformers", "sdpa", "p", "yes", "no",
+                 "min", "max"}
+
+
+def test_a_zh_switch_in_the_middle_of_a_run_leaves_every_visible_string_chinese(slow_page, image_dir):
+    page = slow_page
+    upload(page, sorted(image_dir.glob("good*.png")))
+    keep_every_score(page)
+    page.fill("#lychee-query textarea", "squares")
+    page.click("#lychee-run")
+    page.wait_for_function("() => /\\d\\/6/.test(document.querySelector('#lychee-progress').innerText)")
+    page.get_by_text("中文", exact=True).click()
+    page.wait_for_function("() => /正在/.test(document.querySelector('#lychee-progress').innerText)")
+    page.locator("#lychee-ranked .caption-label").first.wait_for(timeout=TIMEOUT_MS)
+    page.locator("#lychee-run").wait_for()
+    page.wait_for_timeout(300)
+    shown = page.inner_text("#lychee-results") + page.inner_text("#lychee-query-row")
+    latin = set(re.findall(r"[A-Za-z][A-Za-z0-9_]*", shown)) - ALLOWED_LATIN
+    assert "张图片" in shown and "名次" in shown and "被过滤的图片" in shown
+    assert not {w for w in latin if not re.fullmatch(r"tiny-qwen2\.5-vl\w*|[a-z]\w*\d\w*", w)}, latin
+    screenshot(page, "8-zh-after-switch")
+
+
+def test_nothing_is_clipped_on_a_phone(browser, demo_url, image_dir):
+    context, page = open_page(browser, demo_url, "phone")
+    page.viewport_name = "phone"
+    upload(page, sorted(image_dir.glob("good*.png"))[:4])
+    keep_every_score(page)
+    run_and_wait(page, "a red square")
+    clipped = page.evaluate("""() => [...document.querySelectorAll(
+        '#lychee-table th span, #lychee-run, #lychee-query textarea')]
+        .filter((el) => el.scrollWidth > el.clientWidth + 1).map((el) => el.outerHTML.slice(0, 80))""")
+    screenshot(page, "9-phone-table")
+    context.close()
+    assert clipped == []

@@ -21,7 +21,8 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]             # (done, total)
+StageProgress = Callable[[str, int, int], None]   # (stage, done, total): "decoding", then "scoring"
 
 
 @runtime_checkable

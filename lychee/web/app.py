@@ -7,13 +7,13 @@ What a request means lives in :mod:`lychee.web.service`, what a result looks lik
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -29,14 +29,29 @@ from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from .api import RerankApi
 from .i18n import Language, text
-from .service import Form, Job, ModelSlot, RerankOutcome, accept, on_zero_gpu, rerank
+from .service import (
+    Form,
+    Job,
+    ModelSlot,
+    RerankOutcome,
+    Shown,
+    accept,
+    form_settings,
+    on_zero_gpu,
+    rerank,
+    scored_with,
+)
 from .view import (
+    Alert,
+    alerts_html,
     download_stem,
     filtered_gallery,
     hints_markdown,
+    preset_description,
     ranked_gallery,
     raw_output_headers,
     raw_output_rows,
+    status_html,
     status_line,
     table_css,
     table_headers,
@@ -53,7 +68,8 @@ GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
 PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
-PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}  # UI-only events: no API, no queue
+# UI-only events: no API, no queue, and quick, so no progress animation either.
+PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 # A run brings the results' top edge into view when it starts and when it ends (on a phone they sit
 # below the controls), unless the query is empty: then the error toast is all there is to see.
 SHOW_RESULTS_JS = """(query, reference) => {
@@ -97,19 +113,8 @@ def preset_choices(lang: Language) -> list[tuple[str, str]]:
     return [(preset.label[lang], name) for name, preset in PRESETS.items()]
 
 
-def preset_description(name: str | None, lang: Language) -> str:
-    preset = PRESETS.get(name or "")
-    if preset is None:
-        return ""
-    return f"{preset.description[lang]}  \n`score_threshold={preset.score_threshold:g} · top_k={preset.top_k}`"
-
-
 def header_markdown(lang: Language) -> str:
     return f"# {text('title', lang)}\n{text('subtitle', lang)}"
-
-
-def status_html(message: str) -> str:
-    return f'<div class="lychee-status">{html.escape(message)}</div>'
 
 
 def write_downloads(outcome: RerankOutcome, folder: Path) -> tuple[str, str]:
@@ -133,17 +138,28 @@ class RerankDemo:
         self.downloads = tempfile.TemporaryDirectory(prefix="lychee-downloads-")  # removed at exit
         self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
         self.score_on_gpu = spaces.GPU(duration=self._gpu_seconds)(self._score)
+        # Per browser session (Gradio's session hash): the language it shows now, read while a run is
+        # under way so its progress and results come in the language of the moment; and runs cancelled.
+        self.languages: dict[str, Language] = {}
+        self.cancelled: set[str] = set()
+
+    def language(self, session: str, fallback: Language = DEFAULT_LANGUAGE) -> Language:
+        return self.languages.get(session, fallback)
 
     # -- GPU work ---------------------------------------------------------------------------
-    def _gpu_seconds(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> int:
+    def _gpu_seconds(self, job: Job, session: str = "") -> int:
         seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_IMAGE * len(job.images)
         return int(min(self.limits.request_timeout_s, seconds))
 
-    def _score(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> list[ScoredImage]:
+    def _score(self, job: Job, session: str = "") -> list[ScoredImage]:
         """Only this runs on the GPU (``spaces.GPU``; a no-op off Hugging Face Spaces)."""
         progress = gr.Progress()
-        return self.slot.score(job, progress=lambda done, total: progress(
-            (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
+
+        def report(stage: str, done: int, total: int) -> None:
+            lang = self.language(session)
+            progress((done, total), desc=text(f"progress_{stage}", lang), unit=text("progress_unit", lang))
+
+        return self.slot.score(job, progress=report, stop=lambda: session in self.cancelled)
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
@@ -154,10 +170,12 @@ class RerankDemo:
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="Lychee Rerank MM", delete_cache=(3600, 3600)) as demo:
-            self.outcome = gr.State(None)
+            self.shown = gr.State(None)   # the Shown result, once a run has succeeded
+            self.alerted = gr.State(())   # the last run's alerts, re-rendered when the language changes
             with gr.Row(elem_id="lychee-top"):
                 self.header = gr.Markdown(header_markdown(DEFAULT_LANGUAGE), elem_classes="lychee-header")
-                self.lang = gr.Radio([("中文", "zh"), ("English", "en")], value=DEFAULT_LANGUAGE, show_label=False,
+                self.lang = gr.Radio([("中文", "zh"), ("English", "en")], value=DEFAULT_LANGUAGE,
+                                     label=f"{text('language', 'zh')} / {text('language', 'en')}", show_label=False,
                                      container=False, scale=0, min_width=200, elem_id="lychee-language")
             self.model_status = gr.Markdown(self.slot.status_line(DEFAULT_LANGUAGE),
                                             elem_classes="lychee-model-status")
@@ -181,6 +199,11 @@ class RerankDemo:
                             elem_id="lychee-query")
             self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", scale=0, min_width=110,
                                  elem_id="lychee-run")
+            # Takes the Rerank button's place while a run is under way.
+            self.cancel_button = tr(gr.Button, {"value": "cancel_button"}, variant="stop", scale=0, min_width=110,
+                                    visible=False, elem_id="lychee-cancel")
+        # A refused run or what cleaning changed: beside the box it is about, replaced by the next run.
+        self.alerts = gr.HTML(elem_id="lychee-alerts")
         # Optional, right under the query: "images like this one"; the image's own toolbar clears it.
         self.reference = tr(gr.Image, {"label": "reference_label"}, type="filepath", sources=["upload", "clipboard"],
                             height=150, elem_id="lychee-reference")
@@ -195,7 +218,8 @@ class RerankDemo:
         preset = PRESETS[DEFAULT_PRESET]
         self.preset = gr.Dropdown(preset_choices(DEFAULT_LANGUAGE), value=DEFAULT_PRESET,
                                   label=text("preset_label", DEFAULT_LANGUAGE))
-        self.preset_info = gr.Markdown(preset_description(DEFAULT_PRESET, DEFAULT_LANGUAGE))
+        self.preset_info = gr.Markdown(preset_description(DEFAULT_PRESET, preset.score_threshold, preset.top_k,
+                                                          DEFAULT_LANGUAGE))
         self.threshold = tr(gr.Slider, {"label": "threshold_label", "info": "threshold_info"}, minimum=0,
                             maximum=10, step=0.1, value=preset.score_threshold, elem_id="lychee-threshold")
         top_k_max = max(self.limits.max_images, *(p.top_k for p in PRESETS.values()))
@@ -217,8 +241,9 @@ class RerankDemo:
                             "query_image": self.reference}
 
     def _build_results(self) -> None:
-        # The status line is also the one progress indicator, at the results' top edge.
+        # At the results' top edge: the status line, and under it the one progress indicator of a run.
         self.status = gr.HTML(status_html(text("status_idle", DEFAULT_LANGUAGE)), elem_id="lychee-status")
+        self.progress = gr.HTML(elem_id="lychee-progress")
         self.winner = gr.HTML(elem_id="lychee-winner")
         self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, height="auto", fit_columns=False,
                               object_fit="cover", interactive=False, elem_id="lychee-ranked",
@@ -238,46 +263,62 @@ class RerankDemo:
                         self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
     def _wire(self, demo: gr.Blocks) -> None:
+        form = {self.lang, self.images, *self.form_fields.values()}
         run_triggers = [self.run_button.click, self.query.submit]
         gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
+        buttons = [self.run_button, self.cancel_button]
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
-        gr.on(run_triggers, self.run, inputs={self.lang, self.images, *self.form_fields.values()},
-              outputs=[self.outcome, *self.results], show_progress_on=[self.status], api_visibility="private",
-              concurrency_id="gpu").success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS,
-                                            **PRIVATE)
+        running = gr.on(run_triggers, self.run, inputs=form,
+                        outputs=[*buttons, self.shown, self.alerts, self.alerted, *self.results],
+                        show_progress_on=[self.progress], api_visibility="private", concurrency_id="gpu")
+        running.then(self.end, outputs=buttons, **PRIVATE)
+        ranked = running.success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
+        self.cancel_button.click(self.cancel, inputs=[self.lang], outputs=[*buttons, self.alerts, self.alerted],
+                                 cancels=[running], **PRIVATE)
+        # The ranking rules over the stored scores: no model call. What the scores depend on marks them stale.
+        ranking_inputs = [self.preset, self.threshold, self.top_k, self.tie_epsilon, self.normalize]
+        restyle = {"fn": self.restyle, "inputs": {self.shown, *form},
+                   "outputs": [self.shown, self.preset_info, *self.results], **PRIVATE}
+        gr.on([c.change for c in ranking_inputs], **restyle)
+        ranked.then(**restyle)  # a slider moved while the run was under way applies to its results
+        scoring_inputs = [self.query, self.instruction, self.max_side, self.reference, self.images]
+        gr.on([c.change for c in scoring_inputs], self.mark_stale, inputs={self.shown, *form}, outputs=[self.status],
+              **PRIVATE)
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
-                                                        self.preset_info]
+                                                        self.preset_info, self.alerts]
         if self.examples is not None:
             relabelled.append(self.examples.dataset)
             # gr.Examples restores the query box's build-time label; put the current language back.
             self.examples.load_input_event.then(lambda lang: {self.query: localize(self.query_keys, lang)},
                                                 inputs=[self.lang], outputs=[self.query], **PRIVATE)
-        self.lang.change(self.relabel, inputs=[self.lang, self.outcome, self.query, self.preset],
+        self.lang.change(self.relabel, inputs={self.shown, self.alerted, *form},
                          outputs=list(dict.fromkeys(relabelled + self.results)), **PRIVATE)
         self.lang.change(None, inputs=[self.lang], js=GRADIO_LOCALE_JS, **PRIVATE)
         self.query.change(lambda query, lang: {self.hints: show_hints(query, lang)}, inputs=[self.query, self.lang],
-                          outputs=[self.hints], show_progress="hidden", **PRIVATE)
-        self.preset.input(self.apply_preset, inputs=[self.preset, self.lang],
-                          outputs=[self.threshold, self.top_k, self.preset_info, self.raw_box], **PRIVATE)
-        self.sample_button.click(lambda: {self.images: self.samples}, outputs=[self.images], **PRIVATE)
+                          outputs=[self.hints], **PRIVATE)
+        self.preset.input(self.apply_preset, inputs=[self.preset], outputs=[self.threshold, self.top_k, self.raw_box],
+                          **PRIVATE)
+        self.sample_button.click(self.add_samples, inputs=[self.images], outputs=[self.images], **PRIVATE)
         gr.on([demo.load, self.model_timer.tick], self.poll_model, inputs=[self.lang],
-              outputs=[self.model_status, self.model_timer], show_progress="hidden", **PRIVATE)
+              outputs=[self.model_status, self.model_timer], **PRIVATE)
         demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
+        demo.unload(self.forget)
 
     # -- handlers ---------------------------------------------------------------------------
-    def render(self, outcome: RerankOutcome | None, lang: Language, *, raw_open: bool | None = None
-               ) -> dict[Any, Any]:
+    def render(self, outcome: RerankOutcome | None, lang: Language, *, raw_open: bool | None = None,
+               note: str = "") -> dict[Any, Any]:
         """Updates for ``self.results`` in ``lang``: an outcome, or the idle page without one."""
         raw_box = {"label": text("raw_label", lang)} | ({} if raw_open is None else {"open": raw_open})
         updates = {self.raw_box: gr.update(**raw_box)}
         if outcome is None:
             return updates | {self.status: gr.update(value=status_html(text("status_idle", lang))),
+                              self.filtered_box: gr.update(label=text("filtered_label", lang, count=0)),
                               self.table: gr.update(value={"headers": table_headers(lang), "data": []}),
                               self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": []})}
         report = outcome.report
         level = ["lychee-ranked", f"lychee-ranked--{winner_level(outcome)}"] if report.results else ["lychee-ranked"]
         return updates | {
-            self.status: gr.update(value=status_html(status_line(outcome, lang))),
+            self.status: gr.update(value=status_html(status_line(outcome, lang), note=note)),
             self.winner: gr.update(value=winner_card(outcome, lang)),
             self.ranked: gr.update(value=ranked_gallery(outcome), elem_classes=level),
             self.table: gr.update(value={"headers": table_headers(lang), "data": table_rows(outcome, lang)}),
@@ -286,65 +327,136 @@ class RerankDemo:
             self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": raw_output_rows(outcome)}),
         }
 
+    def render_downloads(self, outcome: RerankOutcome) -> dict[Any, Any]:
+        json_path, csv_path = write_downloads(outcome, Path(self.downloads.name))
+        return {self.json_file: gr.update(value=json_path, visible=True),
+                self.csv_file: gr.update(value=csv_path, visible=True)}
+
     def form(self, values: dict[Any, Any]) -> Form:
         """The page's form from the values of its components."""
         return Form(**{name: values[component] for name, component in self.form_fields.items()})
 
-    def run(self, values: dict[Any, Any],
+    def candidates(self, values: dict[Any, Any]) -> list[str]:
+        return [path for path, _ in values[self.images] or []]
+
+    def begin(self) -> dict[Any, Any]:
+        """A run starts: Cancel takes Rerank's place and the last run's alerts go."""
+        return {self.run_button: gr.update(visible=False), self.cancel_button: gr.update(visible=True),
+                self.alerts: "", self.alerted: ()}
+
+    def end(self) -> dict[Any, Any]:
+        return {self.run_button: gr.update(visible=True), self.cancel_button: gr.update(visible=False)}
+
+    def run(self, values: dict[Any, Any], request: gr.Request,
             progress: gr.Progress = gr.Progress()  # noqa: B008 - how gradio asks for a progress bar
-            ) -> dict[Any, Any]:
-        """The Run button and Enter: rerank the gallery's images and render everything.
+            ) -> Iterator[dict[Any, Any]]:
+        """The Run button and Enter: Cancel takes Rerank's place, the last run's alerts go; then the
+        gallery's images are reranked and everything is rendered.
 
-        A request the user must fix gets a toast and no updates: the last good results stay on the page."""
-        lang = values[self.lang]
-        images = [path for path, _ in values[self.images] or []]
+        A request the user must fix gets an alert and no other updates: the last good results stay.
+        Everything is rendered in the language the page shows when the run ends."""
+        yield self.begin()
+        session = request.session_hash or ""
+        self.languages.setdefault(session, values[self.lang])
+        self.cancelled.discard(session)
+        form, images = self.form(values), self.candidates(values)
         # "0 / N images" from the first moment, not Gradio's bare timer.
-        waiting = "progress_scoring" if self.slot.settled else "progress_loading"
+        waiting = "progress_decoding" if self.slot.settled else "progress_loading"
+        lang = self.language(session)
         progress((0, len(images)), desc=text(waiting, lang), unit=text("progress_unit", lang))
+        alerts: tuple[Alert, ...]
         try:
-            job = accept(self.form(values), images, self.limits)
-            outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, lang))
+            job = accept(form, images, self.limits)
+            outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, session))
         except UserError as exc:
-            gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
-            return {self.outcome: gr.skip()}
-        for notice in outcome.request.notices:
-            gr.Warning(notice.text(lang), title=text("toast_notice_title", lang))
-        json_path, csv_path = write_downloads(outcome, Path(self.downloads.name))
+            alerts = (("cancelled" if exc.key == "cancelled" else "error", exc),)
+            yield {self.alerts: alerts_html(alerts, self.language(session)), self.alerted: alerts}
+            return
+        lang = self.language(session)
+        alerts = tuple(("notice", notice) for notice in outcome.request.notices)
         chosen = outcome.request.settings.preset
-        return self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded)) | {
-            self.outcome: outcome,
-            self.json_file: gr.update(value=json_path, visible=True),
-            self.csv_file: gr.update(value=csv_path, visible=True),
-        }
+        yield (self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded))
+               | self.render_downloads(outcome)
+               | {self.shown: Shown(outcome, scored_with(form, images)), self.alerts: alerts_html(alerts, lang),
+                  self.alerted: alerts})
 
-    def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None
-                ) -> dict[Any, Any]:
-        """The language switch: every label, hint and message, and the last result, in ``lang``."""
+    def cancel(self, lang: Language, request: gr.Request) -> dict[Any, Any]:
+        """Cancel: the job stops at its next progress report; the last good results stay."""
+        self.cancelled.add(request.session_hash or "")
+        alerts: tuple[Alert, ...] = (("cancelled", UserError("cancelled")),)
+        return self.end() | {self.alerts: alerts_html(alerts, lang), self.alerted: alerts}
+
+    def restyle(self, values: dict[Any, Any]) -> dict[Any, Any]:
+        """A new threshold, top_k, tie epsilon, normalisation or preset: the stored scores ranked again."""
+        lang, form, shown = values[self.lang], self.form(values), values[self.shown]
+        info = {self.preset_info: preset_description(form.preset, form.score_threshold, form.top_k, lang)}
+        if shown is None:
+            return info
+        try:
+            settings = form_settings(form)
+        except UserError:  # a half-typed number: the page keeps what it shows
+            return info
+        if replace(settings, max_side=shown.outcome.request.settings.max_side) == shown.outcome.request.settings:
+            return info  # e.g. a preset that sets the values already in force
+        outcome = shown.outcome.reranked(settings)
+        return (info | self.render(outcome, lang, note=self.note(shown, values, text("reranked_note", lang)))
+                | self.render_downloads(outcome) | {self.shown: Shown(outcome, shown.inputs)})
+
+    def note(self, shown: Shown, values: dict[Any, Any], otherwise: str = "") -> str:
+        """The stale-results warning when the scores no longer match the inputs, else ``otherwise``."""
+        fresh = scored_with(self.form(values), self.candidates(values)) == shown.inputs
+        return otherwise if fresh else text("stale_note", values[self.lang])
+
+    def mark_stale(self, values: dict[Any, Any]) -> dict[Any, Any]:
+        shown = values[self.shown]
+        if shown is None:
+            return {self.status: gr.skip()}
+        note = self.note(shown, values)
+        return {self.status: status_html(status_line(shown.outcome, values[self.lang]), note=note)}
+
+    def relabel(self, values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
+        """The language switch: every label, hint and message, and the last result, in the new language."""
+        lang, shown, form = values[self.lang], values[self.shown], self.form(values)
+        self.languages[request.session_hash or ""] = lang
         updates = {component: localize(keys, lang) for component, keys in self.localized}
         updates |= {self.header: header_markdown(lang), self.model_status: self.slot.status_line(lang),
-                    self.hints: show_hints(query, lang), self.preset_info: preset_description(preset, lang),
+                    self.hints: show_hints(form.query or "", lang),
+                    self.alerts: alerts_html(values[self.alerted], lang),
+                    self.preset_info: preset_description(form.preset, form.score_threshold, form.top_k, lang),
                     self.preset: gr.update(label=text("preset_label", lang), choices=preset_choices(lang),
-                                           value=preset)}
+                                           value=form.preset)}
         if self.examples is not None:
             updates[self.examples.dataset] = gr.update(label=text("examples_label", lang))
-        for component, change in self.render(outcome, lang).items():  # e.g. the table: new label and new rows
+        outcome = shown.outcome if shown else None
+        rendered = self.render(outcome, lang, note=self.note(shown, values) if shown else "")
+        for component, change in rendered.items():  # e.g. the table: new label and new rows
             updates[component] = updates.get(component, {}) | change
         return updates
 
-    def apply_preset(self, name: str | None, lang: Language) -> dict[Any, Any]:
+    def apply_preset(self, name: str | None) -> dict[Any, Any]:
         """Choosing a preset fills the threshold and top_k and opens or closes the raw output."""
         chosen = PRESETS.get(name or "")
         if chosen is None:
-            return {self.preset_info: ""}
+            return {}
         return {self.threshold: chosen.score_threshold, self.top_k: chosen.top_k,
-                self.preset_info: preset_description(name, lang),
                 self.raw_box: gr.update(open=chosen.raw_output_expanded)}
+
+    def add_samples(self, gallery: list[tuple[str, str | None]] | None) -> dict[Any, Any]:
+        """The sample photos join the images already there (none twice)."""
+        have = [path for path, _ in gallery or []]
+        names = {Path(path).name for path in have}
+        return {self.images: have + [p for p in self.samples if Path(p).name not in names]}
 
     def poll_model(self, lang: Language) -> dict[Any, Any]:
         """The model line, refreshed until loading has finished."""
         self.slot.start_loading()
         return {self.model_status: self.slot.status_line(lang),
                 self.model_timer: gr.Timer(active=not self.slot.settled)}
+
+    def forget(self, request: gr.Request) -> None:
+        """A closed page: its session's language and cancel flag go."""
+        self.languages.pop(request.session_hash or "", None)
+        self.cancelled.discard(request.session_hash or "")
 
 
 def localize(keys: dict[str, str], lang: Language) -> dict[str, Any]:

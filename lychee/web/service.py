@@ -21,13 +21,14 @@ from typing import Any
 
 from .. import protocol
 from ..backends import default_backend
+from ..backends.base import StageProgress
 from ..images import ImageSource
 from ..limits import Limits
 from ..messages import Language, UserError
 from ..ranking import ScoredImage
 from ..report import Report
 from ..request import Request, build_request
-from ..reranker import LycheeReranker, Progress, default_model, display_name
+from ..reranker import LycheeReranker, default_model, display_name
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
 from .i18n import text
 
@@ -201,20 +202,24 @@ class ModelSlot:
             return "❌ " + self._error.text(lang)
         return text("model_ready", lang, **self._reranker.describe())
 
-    def score(self, job: Job, *, progress: Progress | None = None) -> list[ScoredImage]:
+    def score(self, job: Job, *, progress: StageProgress | None = None,
+              stop: Callable[[], bool] | None = None) -> list[ScoredImage]:
         """Score every image of an accepted job, in input order: the GPU work.
 
-        Past ``limits.request_timeout_s`` the next progress report raises ``UserError``.
+        ``progress(stage, done, total)`` follows decoding and scoring. The next report past
+        ``limits.request_timeout_s``, or after ``stop()`` turned true, raises ``UserError``.
         """
         deadline = time.monotonic() + self.limits.request_timeout_s
 
-        def report(done: int, total: int) -> None:
+        def report(stage: str, done: int, total: int) -> None:
+            if stop is not None and stop():
+                raise UserError("cancelled")
             if time.monotonic() > deadline:
                 raise UserError("timeout", seconds=self.limits.request_timeout_s)
             if progress:
-                progress(done, total)
+                progress(stage, done, total)
 
-        return self.get().score_request(job.request, job.images, labels=job.labels, progress=report)
+        return self.get().score_request(job.request, job.images, labels=job.labels, stages=report)
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,21 @@ class RerankOutcome:
         job = replace(self.job, request=replace(self.request, settings=settings))
         report = Report.build(job.request, self.records, model=self.report.model, elapsed_s=self.report.elapsed_s)
         return RerankOutcome(job, self.records, report)
+
+
+def scored_with(form: Form, images: Sequence[Any]) -> tuple[Any, ...]:
+    """What the scores of a run depend on: when any of it changes, the results shown are stale.
+    (The threshold, top_k, tie epsilon, normalisation and preset only rank the scores.)"""
+    return ((form.query or "").strip(), (form.instruction or "").strip(), form.max_side, form.query_image,
+            tuple(images))
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The outcome on a page and the inputs its scores came from (:func:`scored_with`)."""
+
+    outcome: RerankOutcome
+    inputs: tuple[Any, ...]
 
 
 def rerank(job: Job, slot: ModelSlot, *, score: Callable[[Job], list[ScoredImage]] | None = None) -> RerankOutcome:

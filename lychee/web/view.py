@@ -8,11 +8,13 @@ import base64
 import html
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..images import ImageLoadError, ImageSource, load_image
+from ..messages import Notice, UserError
+from ..presets import PRESETS
 from ..query_hints import CATEGORIES, query_hints
 from ..ranking import WEAK_MATCH_SCORE, RerankResult, matches_well
 from .i18n import Language, count_text, text
@@ -213,3 +215,38 @@ def hints_markdown(query: str, lang: Language) -> str:
         if words:
             lines.append(text(f"hints_{category}", lang, words=WORD_SEPARATOR[lang].join(words)))
     return "\n\n".join([*lines, text("hints_cues", lang)])
+
+
+def status_html(message: str, *, note: str = "") -> str:
+    """The status line above the results, with an optional second line (stale results, a re-rank)."""
+    extra = f'<div class="lychee-status__note">{html.escape(note)}</div>' if note else ""
+    return f'<div class="lychee-status">{html.escape(message)}{extra}</div>'
+
+
+Alert = tuple[str, "UserError | Notice"]  # (kind: error, notice or cancelled; what to say)
+
+
+def alerts_html(alerts: Sequence[Alert], lang: Language) -> str:
+    """The last run's refusal or notices, titled and styled by kind, in ``lang`` ("" for none)."""
+    blocks = []
+    for kind in ("error", "cancelled", "notice"):
+        said = [html.escape(message.text(lang)) for k, message in alerts if k == kind]
+        if said:
+            items = "".join(f"<li>{line}</li>" for line in said)
+            role = "alert" if kind == "error" else "status"
+            blocks.append(f'<div class="lychee-alert lychee-alert--{kind}" role="{role}">'
+                          f'<strong>{html.escape(text(f"alert_{kind}_title", lang))}</strong><ul>{items}</ul></div>')
+    return "".join(blocks)
+
+
+def preset_description(name: str | None, score_threshold: float, top_k: float, lang: Language) -> str:
+    """What the preset is for, and the threshold and top_k in force (and the preset's own, once moved)."""
+    def shown(threshold: float, k: float) -> dict[str, str]:
+        return {"threshold": f"{threshold:g}", "top_k": f"{int(k)}" if k else text("top_k_all", lang)}
+
+    preset = PRESETS.get(name or "")
+    lines = [preset.description[lang]] if preset else []
+    in_force = text("preset_in_force", lang, **shown(score_threshold, top_k))
+    if preset and (float(score_threshold), int(top_k)) != (preset.score_threshold, preset.top_k):
+        in_force += " " + text("preset_changed", lang, **shown(preset.score_threshold, preset.top_k))
+    return "  \n".join([*lines, f"`{in_force}`"])

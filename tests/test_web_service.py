@@ -243,3 +243,18 @@ def test_the_app_bounds_visual_tokens_per_image(tiny_checkpoint):
     engine = slot.get().backend.engine
     assert engine.max_pixels == 16 * 28 * 28
     assert engine.visual_tokens(Image.new("RGB", (1920, 1080))) <= 16
+
+
+def test_scoring_reports_decoding_then_scoring_up_to_every_image(slot, image_dir):
+    seen = []
+    images = [str(image_dir / f"good{i}.png") for i in range(3)] + [str(image_dir / "corrupt.jpg")]
+    slot.score(accept(Form("a cat"), images, slot.limits), progress=lambda *report: seen.append(report))
+    stages = [stage for stage, _, _ in seen]
+    assert stages == sorted(stages, key=["decoding", "scoring"].index)  # every decoding report comes first
+    assert ("decoding", 4, 4) in seen and seen[-1] == ("scoring", 4, 4)
+
+
+def test_a_stopped_job_ends_at_its_next_report(slot, image_dir):
+    with pytest.raises(UserError) as caught:
+        slot.score(accept(Form("a cat"), [str(image_dir / "good0.png")], slot.limits), stop=lambda: True)
+    assert caught.value.key == "cancelled"

@@ -8,17 +8,20 @@ from datetime import datetime
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from lychee.messages import Notice, UserError
 from lychee.ranking import RerankResult, ScoredImage
 from lychee.report import Report
 from lychee.request import Query, Request
 from lychee.settings import Settings, get_preset
 from lychee.web.service import Job, RerankOutcome
 from lychee.web.view import (
+    alerts_html,
     caption,
     download_stem,
     filtered_gallery,
     hints_markdown,
     lead_text,
+    preset_description,
     ranked_gallery,
     raw_output_rows,
     short_name,
@@ -182,3 +185,18 @@ def test_hints_name_the_vague_words_and_suggest_visual_cues():
     advice = hints_markdown("非常好看、很有科技感的照片", "zh")
     assert "「好看、科技感」" in advice and "「非常、很」" in advice and "颜色" in advice
     assert "colour" in hints_markdown("a very nice cat", "en")
+
+
+def test_the_preset_description_shows_the_values_in_force_and_the_presets_own_once_moved():
+    assert preset_description("precise", 8.0, 1, "en").endswith("`In force: score_threshold=8 · top_k=1`")
+    moved = preset_description("precise", 6.5, 0, "en")
+    assert moved.endswith("`In force: score_threshold=6.5 · top_k=all (the preset's: 8 · 1)`")
+    assert "当前:score_threshold=6.5 · top_k=全部" in preset_description("precise", 6.5, 0, "zh")
+
+
+def test_alerts_are_titled_by_kind_in_the_page_language():
+    alerts = (("error", UserError("empty_query")),)
+    assert "Cannot rerank" in alerts_html(alerts, "en") and 'role="alert"' in alerts_html(alerts, "en")
+    notice = alerts_html((("notice", Notice("query_truncated", {"length": 1200, "limit": 1000})),), "zh")
+    assert "输入已调整" in notice and "1200" in notice and "lychee-alert--notice" in notice
+    assert alerts_html((), "en") == ""

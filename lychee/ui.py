@@ -24,7 +24,7 @@ import spaces
 
 from . import ui_service
 from .limits import Limits
-from .messages import UserError
+from .messages import UserError, bilingual
 from .presets import PRESETS
 from .ranking import ScoredImage
 from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
@@ -44,11 +44,11 @@ from .ui_view import (
     winner_level,
 )
 from .url_images import fetch_images, url_label
+from .zero_gpu import on_zero_gpu
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
 DEFAULT_PRESET = "screening"
-GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one request
 TABLE_COLUMN_WIDTHS = ["15%", "26%", "15%", "19%", "25%"]  # rank, image, score, raw score, status
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
@@ -77,6 +77,23 @@ def refuse(exc: UserError) -> gr.Error:
     """An API refusal: both languages for the caller, one log line and no traceback here."""
     log.info("refused request: %s", exc)
     return gr.Error(exc.bilingual(), print_exception=False)
+
+
+class GpuUserError(gr.Error):
+    """A :class:`UserError` on its way out of the GPU call. ``spaces`` hands only a ``gr.Error`` back
+    from its ZeroGPU worker process (any other exception arrives as "ZeroGPU worker error" with its
+    class name), so the error crosses as one, both languages as its message, and is raised again
+    as the ``UserError`` it carries on this side (:meth:`RerankDemo.score`)."""
+
+    def __init__(self, key: str, params: dict[str, Any]) -> None:
+        super().__init__(bilingual(key, **params), print_exception=False)
+        self.key, self.params = key, params
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across the worker's queue
+        return type(self), (self.key, self.params)
+
+    def user_error(self) -> UserError:
+        return UserError(self.key, **self.params)
 
 
 def uploaded_files(files: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:
@@ -143,14 +160,28 @@ class RerankDemo:
 
     # -- GPU work ---------------------------------------------------------------------------
     def _gpu_seconds(self, request: RerankRequest, lang: Language = DEFAULT_LANGUAGE) -> int:
-        seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_IMAGE * len(request.images)
-        return int(min(self.limits.request_timeout_s, seconds))
+        return self.slot.gpu_seconds(len(request.images))
 
     def _score(self, request: RerankRequest, lang: Language = DEFAULT_LANGUAGE) -> list[ScoredImage]:
-        """Only this runs on the GPU (``spaces.GPU``; a no-op off Hugging Face Spaces)."""
+        """Only this runs on the GPU (``spaces.GPU``: on ZeroGPU in a forked worker process; a no-op
+        off Hugging Face Spaces)."""
         progress = gr.Progress()
-        return self.slot.score(request, progress=lambda done, total: progress(
-            (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
+        try:
+            return self.slot.score(request, progress=lambda done, total: progress(
+                (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
+        except UserError as exc:
+            raise GpuUserError(exc.key, exc.params) from None
+
+    def score(self, request: RerankRequest, lang: Language = DEFAULT_LANGUAGE) -> list[ScoredImage]:
+        """Score a validated request on the GPU. On ZeroGPU, a request whose reservation would pass
+        ``LYCHEE_GPU_MAX_SECONDS`` is refused before it is scheduled; a ``UserError`` raised on the GPU
+        comes back as itself."""
+        if on_zero_gpu():
+            self.slot.gpu_seconds(len(request.images))
+        try:
+            return self.score_on_gpu(request, lang)
+        except GpuUserError as exc:
+            raise exc.user_error() from None
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
@@ -324,7 +355,7 @@ class RerankDemo:
         waiting = "progress_scoring" if self.slot.settled else "progress_loading"
         progress((0, len(request.images)), desc=text(waiting, lang), unit=text("progress_unit", lang))
         try:
-            outcome = ui_service.rerank(request, self.slot, score=lambda checked: self.score_on_gpu(checked, lang))
+            outcome = ui_service.rerank(request, self.slot, score=lambda checked: self.score(checked, lang))
         except UserError as exc:
             gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
             return {self.outcome: gr.skip()}
@@ -406,7 +437,7 @@ class RerankDemo:
             raise refuse(exc) from None
 
     def _rerank(self, request: RerankRequest) -> dict[str, Any]:
-        outcome = ui_service.rerank(request, self.slot, score=self.score_on_gpu)
+        outcome = ui_service.rerank(request, self.slot, score=self.score)
         return outcome.to_dict()
 
     def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None
@@ -469,7 +500,7 @@ def main() -> None:
     ZeroGPU requires; elsewhere it loads in the background and the page is up at once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     slot = ModelSlot.for_space()
-    if ui_service.on_zero_gpu():
+    if on_zero_gpu():
         slot.load_now()
     else:
         slot.start_loading()

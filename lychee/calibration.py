@@ -16,7 +16,7 @@ Labels from several queries may be pooled; a threshold is one number for all of 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 from typing import Any
@@ -199,6 +199,14 @@ def check_target_precision(value: Any) -> float:
     return float(value)
 
 
+def _check_label_values(labels: Sequence[Any], *, unlabelled_ok: bool = False) -> None:
+    for i, label in enumerate(labels):
+        if label is None and unlabelled_ok:
+            continue
+        if label not in (True, False) or not isinstance(label, bool | int):  # 1 and 0 count as True and False
+            raise UserError("calibration_bad_label", position=i + 1, value=repr(label)[:40])
+
+
 def _check_labels(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[list[float], list[bool]]:
     if len(scores) != len(labels):
         raise UserError("calibration_lengths", scores=len(scores), labels=len(labels))
@@ -207,9 +215,7 @@ def _check_labels(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[list[fl
     for i, score in enumerate(scores):
         if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
             raise UserError("calibration_bad_score", position=i + 1, value=repr(score)[:40])
-    for i, label in enumerate(labels):
-        if label not in (True, False) or not isinstance(label, bool | int):  # 1 and 0 count as True and False
-            raise UserError("calibration_bad_label", position=i + 1, value=repr(label)[:40])
+    _check_label_values(labels)
     return [float(s) for s in scores], [bool(label) for label in labels]
 
 
@@ -255,3 +261,26 @@ def calibrate(scores: Sequence[float], labels: Sequence[bool], *,
                        recommended=reaching[0] if reaching else None, best_f1=best_f1,
                        average_precision=average_precision, labels=len(labels), relevant=relevant,
                        queries=len(set(queries)) if queries is not None else 1)
+
+
+REPORT_SCHEMA_VERSION = 4  # the /rerank and ``rank --format json`` report this reads
+
+
+def report_scores(report: Mapping[str, Any], labels: Sequence[bool | None]) -> tuple[list[float], list[bool]]:
+    """The labelled scores of one rerank report (its JSON form, schema version 4).
+
+    ``labels`` has one entry per input image, in input order (the records' ``index``):
+    True, False, or None for an image not labelled. Images that failed are left out."""
+    try:
+        if report.get("schema_version") != REPORT_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {report.get('schema_version')!r}")
+        records = [r for group in ("results", "filtered_out") for r in report[group]]
+        images = report["counts"]["images"]
+        score_of = {int(r["index"]): r["score"] for r in records}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError("calibration_bad_report", reason=str(exc)[:80]) from None
+    if not isinstance(labels, Sequence) or isinstance(labels, str) or len(labels) != images:
+        raise UserError("calibration_bad_report", reason=f"{images} images but labels is {repr(labels)[:40]}")
+    _check_label_values(labels, unlabelled_ok=True)
+    chosen = [i for i, label in enumerate(labels) if label is not None and i in score_of]
+    return [score_of[i] for i in chosen], [bool(labels[i]) for i in chosen]

@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 import spaces
 
-from . import ui_service
+from . import calibration, ui_service
 from .limits import Limits
 from .messages import UserError
 from .presets import PRESETS
@@ -109,7 +109,8 @@ def preset_description(name: str | None, lang: Language) -> str:
     preset = PRESETS.get(name or "")
     if preset is None:
         return ""
-    return f"{preset.description[lang]}  \n`score_threshold={preset.score_threshold:g} · top_k={preset.top_k}`"
+    return (f"{preset.description[lang]}  \n`score_threshold={preset.score_threshold:g} · top_k={preset.top_k}`  \n"
+            f"<small>{preset.basis[lang]}</small>")
 
 
 def header_markdown(lang: Language) -> str:
@@ -270,6 +271,7 @@ class RerankDemo:
         gr.on([], self.rerank, inputs=self.api_inputs, outputs=[self.api_output], api_name="rerank",
               concurrency_id="gpu", preprocess=False, api_visibility="undocumented")
         gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="gpu")
+        gr.api(self.calibrate, api_name="calibrate")
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
                                                         self.preset_info]
         if self.examples is not None:
@@ -408,6 +410,37 @@ class RerankDemo:
     def _rerank(self, request: RerankRequest) -> dict[str, Any]:
         outcome = ui_service.rerank(request, self.slot, score=self.score_on_gpu)
         return outcome.to_dict()
+
+    def calibrate(self, scores: list[float] | None = None, labels: list[bool | None] | None = None,
+                  report: dict[str, Any] | None = None,
+                  target_precision: float = calibration.DEFAULT_TARGET_PRECISION,
+                  queries: list[str] | None = None) -> dict[str, Any]:
+        """Find the lowest score threshold that reaches a target precision on images labelled relevant or not.
+
+        Give either scores and labels (several queries may be pooled), or a report and labels. Returns
+        JSON with schema_version 1: "threshold" (the recommended score_threshold, or null when no
+        threshold reaches target_precision), "recommended" (its precision, 95% Wilson
+        "precision_interval", recall and f1), "separable" (false: no clean separation), "best_f1",
+        "average_precision", "counts" (labels, relevant, irrelevant, queries), "warnings" (e.g. too few
+        labels to trust) and "points" (precision, recall and F1 of score >= t for every distinct score t).
+
+        Args:
+            scores: The 0-10 score of each labelled image (e.g. from /rerank results); null when a report is given.
+            labels: With scores: true (relevant) or false per score. With a report: one entry per input image,
+                in input order, true, false or null (not labelled).
+            report: The JSON result of /rerank or /rerank_urls (schema_version 4); null when scores are given.
+            target_precision: The precision the threshold must reach, above 0 and at most 1 (default 0.9).
+            queries: Optional, with scores: the query of each label, to count how many queries are pooled.
+        """
+        try:
+            if (scores is None) == (report is None):
+                raise UserError("calibration_input")
+            if report is not None:
+                scores, labels = calibration.report_scores(report, labels)
+            return calibration.calibrate(scores, labels if labels is not None else [],
+                                         target_precision=target_precision, queries=queries).to_dict()
+        except UserError as exc:
+            raise refuse(exc) from None
 
     def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None
                 ) -> dict[Any, Any]:

@@ -171,3 +171,11 @@ def test_usage_errors_exit_2_with_the_reason(capsys, tmp_path, header, rows, ext
 def test_a_missing_labels_file_is_a_usage_error(capsys, tmp_path):
     code, _, err = run(capsys, str(tmp_path / "nope.csv"))
     assert code == EXIT_USAGE and "cannot read" in err
+
+
+def test_the_sample_labels_file_is_usable_as_it_ships():
+    from lychee.labels import read_labels
+
+    labels = read_labels(Path(__file__).resolve().parent.parent / "examples" / "labels.csv")
+    assert labels.bad_rows == [] and labels.unlabelled == 0 and len(labels.rows) == 42
+    assert len({r.query_group for r in labels.rows}) == 7 and sum(r.relevant for r in labels.rows) == 10

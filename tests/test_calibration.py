@@ -176,3 +176,13 @@ def test_property_counts_and_curve_are_consistent(items):
     recalls = [p.recall for p in result.points]
     assert all(r is None for r in recalls) or recalls == sorted(recalls, reverse=True)
     assert result.average_precision is None or 0.0 <= result.average_precision <= 1.0 + 1e-12
+
+
+def test_the_readme_example_gives_what_the_readme_says():
+    result = calibrate(scores=[9.1, 3.0, 7.5, 8.2, 7.9, 1.0], labels=[T, F, T, T, F, F], target_precision=0.7,
+                       queries=["cat"] * 3 + ["rocket"] * 3)
+    point = result.recommended
+    assert result.threshold == 7.5 and (point.kept, point.relevant_kept, point.precision) == (4, 3, 0.75)
+    assert point.precision_interval == pytest.approx((0.30, 0.95), abs=0.005)
+    assert (point.recall, round(point.f1, 3)) == (1.0, 0.857)
+    assert result.separable and codes(result) == ["calibration_too_few"]

@@ -44,15 +44,15 @@ from tqdm import tqdm
 from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
 from .calibration import DEFAULT_TARGET_PRECISION, Calibration, calibrate, check_target_precision, to_markdown
-from .images import IMAGE_EXTENSIONS, is_image_path, load_query_image
+from .images import IMAGE_EXTENSIONS, is_image_path
 from .labels import BadRow, LabelRow, LabelsFile, read_all
 from .limits import Limits
 from .messages import UserError
 from .presets import PRESETS
-from .query import prepare_text
 from .ranking import ScoredImage
 from .report import EMPTY_SLOT, Report
-from .settings import UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
+from .request import Request, build_request
+from .settings import DEFAULT_TIE_EPSILON, UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
 
 CALIBRATE_HELP = """\
 Precision, recall and F1 of "score >= t" on images labelled relevant or not, and the lowest
@@ -126,20 +126,19 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[
 
 # --- scoring ------------------------------------------------------------------------------
 
-def score_in_chunks(reranker: LycheeReranker, query: str, paths: Sequence[str], *,
-                    chunk_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-                    **score_options: Any) -> list[ScoredImage]:
-    """Score ``paths`` ``chunk_size`` at a time (at most that many decoded images in memory;
-    default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come back
-    in input order with their position in ``paths`` as ``index``."""
+def score_in_chunks(reranker: LycheeReranker, request: Request, paths: Sequence[str], *,
+                    chunk_size: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> list[ScoredImage]:
+    """Score ``paths`` for ``request`` ``chunk_size`` at a time (at most that many decoded images
+    in memory; default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come
+    back in input order with their position in ``paths`` as ``index``."""
     chunk_size = chunk_size or min(DEFAULT_CHUNK_SIZE, reranker.limits.max_images)
     records: list[ScoredImage] = []
     for start in range(0, len(paths), chunk_size):
         chunk = paths[start:start + chunk_size]
         chunk_progress = None if progress is None else (
             lambda done, _, start=start: progress(start + done, len(paths)))
-        records += reranker.score(query, chunk, labels=chunk, start=start, progress=chunk_progress,
-                                  **score_options)
+        records += reranker.score_request(request, chunk, labels=chunk, start=start, progress=chunk_progress)
     return records
 
 
@@ -299,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--query-image", metavar="PATH",
                       help="a reference image: rank the images by how well they match it (and the query text)")
     rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
-    rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=0.05, metavar="E",
-                      help="scores closer than E to the best of their group are ties (default 0.05)")
+    rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=DEFAULT_TIE_EPSILON, metavar="E",
+                      help="scores closer than E to the best of their group are ties "
+                           f"(default {DEFAULT_TIE_EPSILON:g})")
     _add_scoring_options(rank)
     calibrate = commands.add_parser(
         "calibrate", help="find the threshold that reaches a target precision on labelled images",
@@ -397,15 +397,14 @@ def _emit(args: argparse.Namespace, text: str) -> None:
 def _rank(args: argparse.Namespace) -> int:
     try:
         limits = Limits.from_env()
-        prompt = prepare_text(args.query, args.instruction, limits, image_query=args.query_image is not None)
-        reference = None if args.query_image is None else load_query_image(args.query_image, limits=limits)
         settings = resolve_settings(args.preset, score_threshold=args.threshold, top_k=args.top_k,
                                     normalize=args.normalize, tie_epsilon=args.tie_epsilon)
+        request = build_request(args.query, settings, limits, instruction=args.instruction, image=args.query_image)
         _check_scoring_options(args, limits)
         paths, skipped = collect_images(args.paths)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for notice in prompt.notices:
+    for notice in request.notices:
         log.warning("%s", notice.text("en"))
     for path in skipped:
         log.warning("skipped %s: not an image file", path)
@@ -417,15 +416,11 @@ def _rank(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
         try:
-            records = score_in_chunks(reranker, prompt.query, paths, chunk_size=args.chunk_size,
-                                      query_image=reference, instruction=prompt.instruction,
-                                      lenient_parsing=settings.lenient_parsing,
+            records = score_in_chunks(reranker, request, paths, chunk_size=args.chunk_size,
                                       progress=lambda done, _: bar.update(done - bar.n))
         except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
             raise ModelLoadError(str(exc)) from exc
-    report = Report.build(prompt.query, records, settings, instruction=prompt.instruction,
-                          query_image=Path(args.query_image).name if args.query_image else None,
-                          model=reranker.describe(), warnings=prompt.notices, skipped=skipped,
+    report = Report.build(request, records, model=reranker.describe(), skipped=skipped,
                           elapsed_s=time.perf_counter() - started)
     _emit(args, RENDERERS[_output_format(args)](report))
     if not args.quiet:
@@ -433,6 +428,9 @@ def _rank(args: argparse.Namespace) -> int:
               f"{len(report.results)} ranked, {len(report.filtered_out)} filtered out, {len(report.errors)} failed, "
               f"{len(skipped)} skipped", file=sys.stderr)
     return EXIT_IMAGES_FAILED if args.strict and report.errors else EXIT_OK
+
+
+CALIBRATION_SETTINGS = resolve_settings(None)  # every image kept, the default pixel budget, as for rank
 
 
 def score_label_rows(reranker: LycheeReranker, rows: Sequence[LabelRow], *, instruction: str | None = None,
@@ -449,13 +447,12 @@ def score_label_rows(reranker: LycheeReranker, rows: Sequence[LabelRow], *, inst
     for (query, query_image), members in by_query.items():
         finished = len(scored) + len(bad)
         try:
-            prompt = prepare_text(query, instruction, reranker.limits, image_query=query_image is not None)
-            reference = load_query_image(query_image, limits=reranker.limits) if query_image else None
+            request = build_request(query, CALIBRATION_SETTINGS, reranker.limits, instruction=instruction,
+                                    image=query_image)
         except UserError as exc:
             bad += [BadRow(r.file, r.line, str(exc)) for r in members]
             continue
-        records = score_in_chunks(reranker, prompt.query, [r.image for r in members], chunk_size=chunk_size,
-                                  query_image=reference, instruction=prompt.instruction,
+        records = score_in_chunks(reranker, request, [r.image for r in members], chunk_size=chunk_size,
                                   progress=None if progress is None else (
                                       lambda done, _, finished=finished: progress(finished + done)))
         for row, record in zip(members, records):

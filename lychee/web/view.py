@@ -249,4 +249,5 @@ def preset_description(name: str | None, score_threshold: float, top_k: float, l
     in_force = text("preset_in_force", lang, **shown(score_threshold, top_k))
     if preset and (float(score_threshold), int(top_k)) != (preset.score_threshold, preset.top_k):
         in_force += " " + text("preset_changed", lang, **shown(preset.score_threshold, preset.top_k))
-    return "  \n".join([*lines, f"`{in_force}`"])
+    basis = [f"<small>{preset.basis[lang]}</small>"] if preset else []
+    return "  \n".join([*lines, f"`{in_force}`", *basis])

@@ -263,7 +263,7 @@ class RerankDemo:
                       self.instruction, self.normalize, self.tie_epsilon, self.max_side]
         run_triggers = [self.run_button.click, self.query.submit]
         gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
-        # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
+        # LYCHEE_CONCURRENCY scoring jobs at a time across the page and the API (ModelSlot.scoring too).
         gr.on(run_triggers, self.run, inputs=run_inputs, outputs=[self.outcome, *self.results],
               show_progress_on=[self.status], api_visibility="private", concurrency_id="gpu",
               ).success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
@@ -272,7 +272,9 @@ class RerankDemo:
         # fail in Gradio 6.31; gradio_client still calls it. rerank_urls is the documented route.
         gr.on([], self.rerank, inputs=self.api_inputs, outputs=[self.api_output], api_name="rerank",
               concurrency_id="gpu", preprocess=False, api_visibility="undocumented")
-        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="gpu")
+        # Fetching URLs takes no scoring slot: rerank_urls waits for one (ModelSlot.scoring) only to score.
+        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="fetch",
+               concurrency_limit=self.limits.fetch_concurrency)
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
                                                         self.preset_info]
         if self.examples is not None:
@@ -396,6 +398,8 @@ class RerankDemo:
         try:
             if not isinstance(image_urls, list) or not all(isinstance(u, str) for u in image_urls):
                 raise UserError("bad_urls", value=repr(image_urls)[:80])
+            if not isinstance(query_image_url, str | None):
+                raise UserError("not_text", field="query_image_url", value=repr(query_image_url)[:80])
             reference = None
             if query_image_url:
                 (reference,) = fetch_images([query_image_url], self.limits)

@@ -151,6 +151,9 @@ class ModelSlot:
         self.device = device or os.environ.get("LYCHEE_DEVICE", "auto")
         self.dtype = dtype or os.environ.get("LYCHEE_DTYPE", "auto")
         self.limits = limits or Limits.from_env()
+        # Held while scoring, by every surface: LYCHEE_CONCURRENCY requests score at once, whatever
+        # else (fetching their image URLs) other requests are doing meanwhile.
+        self.scoring = threading.BoundedSemaphore(self.limits.concurrency)
         self._lock = threading.Lock()
         self._started = False
         self._loaded = threading.Event()
@@ -293,8 +296,9 @@ def rerank(request: RerankRequest, slot: ModelSlot, *,
     """
     request = validate(request, slot.limits)
     model = slot.get().describe()  # waits for the model outside any GPU allocation
-    started = time.perf_counter()
-    records = (score or slot.score)(request)
+    with slot.scoring:
+        started = time.perf_counter()
+        records = (score or slot.score)(request)
     report = Report.build(request.query, records, request.settings, instruction=request.instruction, model=model,
                           query_image=request.query_image_label,
                           warnings=request.notices, elapsed_s=time.perf_counter() - started)

@@ -223,22 +223,24 @@ async def _read_body(response: httpx.Response, limits: Limits, budget: ImageBudg
     return bytes(body)
 
 
-def _checked_url(url: str) -> httpx.URL:
+def _checked_url(url: str) -> tuple[httpx.URL, str]:
+    """The parsed URL and its host name; ``ImageLoadError`` for a URL no request can be made to."""
     try:
         parsed = httpx.URL(url)
+        host = parsed.host  # decoded lazily: IDNA errors surface here
     except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors
         raise ImageLoadError(f"refused URL: {str(exc)[:120]}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not host:
         raise ImageLoadError(f"refused URL: only http, https and data: URLs are accepted, got {url[:80]!r}")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise ImageLoadError(f"refused URL: port {parsed.port} is not a valid port (1-65535)")
-    return parsed
+    return parsed, host
 
 
 async def _download(url: str, limits: Limits, budget: ImageBudget) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
-        parsed = _checked_url(url)
-        transport = safehttpx.AsyncSecureTransport(await _public_address(parsed.host))
+        parsed, host = _checked_url(url)
+        transport = safehttpx.AsyncSecureTransport(await _public_address(host))
         async with httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
                                      headers={"Accept-Encoding": ACCEPT_ENCODING}) as client, \
                 client.stream("GET", parsed) as response:

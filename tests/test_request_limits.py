@@ -75,6 +75,7 @@ def test_a_streamed_body_over_the_cap_is_cut_off_with_memory_flat(server, route)
     reset_peak(server.pid)
     status, body, sent = post(f"{server.url}{route}", data_uri_body(SENT_MB * 2 ** 20), timeout_s=60)
     growth = peak_rss_mb(server.pid) - before
+    print(f"{route}: status {status}, sent {sent / 2 ** 20:.0f} MiB, peak resident memory +{growth:.0f} MB")
     assert status == 413 and b"LYCHEE_MAX_REQUEST_BYTES" in body
     assert sent < SENT_MB * 2 ** 20 / 2, "the server read on far past its cap"
     assert growth < MEMORY_BOUND_MB, f"peak resident memory grew by {growth:.0f} MB"

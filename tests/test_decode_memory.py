@@ -38,7 +38,7 @@ def encoded(mode: str) -> str:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     env = {"LYCHEE_MAX_DECODED_BYTES": str(LIMIT), "LYCHEE_MAX_DECODING_BYTES": str(LIMIT), "MALLOC_ARENA_MAX": "2"}
-    with serve_app(tiny_checkpoint, queue_size=4, env=env) as running:
+    with serve_app(tiny_checkpoint, queue_size=4, environ=env) as running:
         yield running
 
 

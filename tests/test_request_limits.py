@@ -37,7 +37,7 @@ def data_uri_body(size: int) -> list[bytes]:
 def server(tiny_checkpoint):
     env = {"LYCHEE_MAX_REQUEST_BYTES": str(CAP), "LYCHEE_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
            "LYCHEE_MAX_IMAGES": "2", "MALLOC_ARENA_MAX": "2"}
-    with serve_app(tiny_checkpoint, queue_size=4, env=env) as running:
+    with serve_app(tiny_checkpoint, queue_size=4, environ=env) as running:
         warm_up(running.url)
         yield running
 

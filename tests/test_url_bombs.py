@@ -73,7 +73,7 @@ def bomb_port() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     env = {"LYCHEE_MAX_FILE_BYTES": str(MAX_FILE_BYTES), "MALLOC_ARENA_MAX": "2"}
-    with serve_app(tiny_checkpoint, queue_size=4, env=env, module="tests.served") as running:
+    with serve_app(tiny_checkpoint, queue_size=4, environ=env, module="tests.served") as running:
         yield running
 
 

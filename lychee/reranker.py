@@ -15,7 +15,7 @@ from PIL import Image
 from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
-from .images import ImageLoadError, ImageSource, load_image, load_query_image, source_label
+from .images import ImageLoadError, ImageSource, PixelBudget, load_image, load_query_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice
 from .parsing import parse_score
@@ -108,6 +108,11 @@ class LycheeReranker:
     def model_id(self) -> str:
         return self.backend.model_id
 
+    @property
+    def _budget(self) -> PixelBudget:
+        """The backend's pixel budget: images are resized to it once, as they are decoded."""
+        return self.backend.min_pixels, self.backend.max_pixels
+
     def describe(self) -> dict[str, str]:
         """What scores: backend, model (a local checkpoint by its folder name), device, dtype,
         attention, mode and the pixel budget (``visual_tokens``: per image, min-max)."""
@@ -138,7 +143,7 @@ class LycheeReranker:
         if query_image is not None and self.mode != "logit":
             raise ValueError("image queries need mode='logit' (the lychee protocol)")
         reference = None if query_image is None else load_query_image(query_image, max_side=max_side,
-                                                                       limits=self.limits)
+                                                                       limits=self.limits, budget=self._budget)
         names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
 
         def problem(i: int, cause: object) -> str:
@@ -168,7 +173,7 @@ class LycheeReranker:
         """Decode ``images`` on a few threads (Pillow's decoders release the GIL)."""
         def load(source: ImageSource) -> Image.Image | ImageLoadError:
             try:
-                return load_image(source, max_side=max_side, limits=self.limits)
+                return load_image(source, max_side=max_side, limits=self.limits, budget=self._budget)
             except ImageLoadError as exc:
                 return exc
 

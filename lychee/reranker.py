@@ -72,10 +72,11 @@ class LycheeReranker:
     ``min_pixels``/``max_pixels`` bound each image's pixels after resizing (N visual tokens
     = N x 28 x 28 pixels); the defaults are the model card's, at most 1280 visual tokens.
     ``max_side``: images are first scaled so their longest side is at most this (64-4096).
-    ``batch_size``: pairs per forward pass (transformers; None picks it from free GPU memory
-    on CUDA, 8 elsewhere). ``vision_cache_bytes``: bound of the transformers backend's cache
-    of image features that lets a new query over the same images skip the vision tower
-    (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
+    Images are resized once, as they are decoded, to the size the pixel budget gives them.
+    ``batch_size``: pairs per forward pass at most (transformers; pairs are packed by tokens,
+    see :mod:`lychee.backends.packing`; None: at most 32). ``vision_cache_bytes``: bound of
+    the transformers backend's cache of image features that lets a new query over the same
+    images skip the vision tower (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,

@@ -35,7 +35,15 @@ from PIL import Image
 from lychee import LycheeReranker, protocol
 from lychee.backends.transformers import Engine, TransformersBackend, resolve_device, resolve_dtype
 
-from .throughput import CLOCKS, PIXELS_PER_VISUAL_TOKEN, build_engine, machine_name, measure, synthetic_images
+from .throughput import (
+    CLOCKS,
+    PIXELS_PER_VISUAL_TOKEN,
+    build_engine,
+    machine_name,
+    measure,
+    reference_scores,
+    synthetic_images,
+)
 
 QUERY = "a red car parked on a wet city street at night"
 MIXED_SIZES = "640x480,300x900,1024x768,1920x1080"
@@ -62,20 +70,8 @@ def spread_yes_no(engine: Engine, factor: float) -> Engine:
 
 
 def card_loop(engine: Engine, images: Sequence[Image.Image], max_pixels: int) -> list[float]:
-    """The model card's usage, one pair per forward pass: chat template, processor, logits at every
-    position, softmax over (yes, no) at the last one, x 10."""
-    model, processor = engine.model, engine.processor
-    size = {"shortest_edge": protocol.MIN_PIXELS, "longest_edge": max_pixels}
-    scores = []
-    for image in images:
-        prompt = processor.apply_chat_template(protocol.rerank_messages(QUERY), tokenize=False,
-                                               add_generation_prompt=True)
-        inputs = processor(text=[prompt], images=[image], size=size, return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            logits = model(**inputs).logits  # [1, seq, vocab]
-        p_yes_no = torch.softmax(logits[0, -1, [engine.yes_id, engine.no_id]].float(), dim=0)
-        scores.append(10.0 * float(p_yes_no[0]))
-    return scores
+    """The model card's usage, one pair per forward pass (``throughput.reference_scores``), under the pixel budget."""
+    return reference_scores(engine, QUERY, images, {"shortest_edge": protocol.MIN_PIXELS, "longest_edge": max_pixels})
 
 
 @dataclasses.dataclass

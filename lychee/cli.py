@@ -14,6 +14,11 @@ argument, path not found, no images, empty query without --query-image, unreadab
 image, bad LYCHEE_* variable);
 3 the model could not be loaded, or no vLLM server answers (--backend vllm-server).
 
+    python -m lychee calibrate LABELS.csv... [--target-precision P] [--format md|json] [--output FILE]
+                                            [model and backend options as for rank]
+
+finds the threshold that reaches a target precision on labelled images (see CALIBRATE_HELP).
+
     python -m lychee vllm-serve MODEL [vLLM server options...]
 
 starts a vLLM server configured for lychee-rerank-mm (see :mod:`lychee.backends.vllm_server`).
@@ -30,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,14 +43,30 @@ from tqdm import tqdm
 
 from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
-from .images import IMAGE_EXTENSIONS, is_image_path, load_query_image
+from .calibration import DEFAULT_TARGET_PRECISION, Calibration, calibrate, check_target_precision, to_markdown
+from .images import IMAGE_EXTENSIONS, is_image_path
+from .labels import BadRow, LabelRow, LabelsFile, read_all
 from .limits import Limits
 from .messages import UserError
 from .presets import PRESETS
-from .query import prepare_text
 from .ranking import ScoredImage
 from .report import EMPTY_SLOT, Report
-from .settings import UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
+from .request import Request, build_request
+from .settings import DEFAULT_TIE_EPSILON, UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
+
+CALIBRATE_HELP = """\
+Precision, recall and F1 of "score >= t" on images labelled relevant or not, and the lowest
+threshold that reaches --target-precision (the most relevant images kept at that precision).
+
+LABELS.csv has a "relevant" column (1/0, yes/no, true/false or 是/否; empty = not labelled) and
+either a "score" column (no model is loaded: e.g. a report CSV from `rank --format csv` or the
+web page, with a "relevant" column added by hand) or "query" and "image" columns, and
+optionally "query_image", to score (paths relative to the CSV's folder; same protocol and
+pixel budget as rank). Several files are pooled; a file without a "query" column is one query.
+Rows that cannot be used are listed with their line numbers and the rest are used.
+
+Exit codes: 0 ok; 2 usage error (no such file, missing columns, no usable row); 3 the model
+could not be loaded."""
 
 if TYPE_CHECKING:
     from .reranker import LycheeReranker
@@ -104,20 +126,19 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[
 
 # --- scoring ------------------------------------------------------------------------------
 
-def score_in_chunks(reranker: LycheeReranker, query: str, paths: Sequence[str], *,
-                    chunk_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-                    **score_options: Any) -> list[ScoredImage]:
-    """Score ``paths`` ``chunk_size`` at a time (at most that many decoded images in memory;
-    default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come back
-    in input order with their position in ``paths`` as ``index``."""
+def score_in_chunks(reranker: LycheeReranker, request: Request, paths: Sequence[str], *,
+                    chunk_size: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> list[ScoredImage]:
+    """Score ``paths`` for ``request`` ``chunk_size`` at a time (at most that many decoded images
+    in memory; default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come
+    back in input order with their position in ``paths`` as ``index``."""
     chunk_size = chunk_size or min(DEFAULT_CHUNK_SIZE, reranker.limits.max_images)
     records: list[ScoredImage] = []
     for start in range(0, len(paths), chunk_size):
         chunk = paths[start:start + chunk_size]
         chunk_progress = None if progress is None else (
             lambda done, _, start=start: progress(start + done, len(paths)))
-        records += reranker.score(query, chunk, labels=chunk, start=start, progress=chunk_progress,
-                                  **score_options)
+        records += reranker.score_request(request, chunk, labels=chunk, start=start, progress=chunk_progress)
     return records
 
 
@@ -220,6 +241,7 @@ def _whole(text: str) -> float:
 _threshold = _checked(_number_or("none", float), check_threshold)
 _top_k = _checked(_number_or("all", _whole), check_top_k)
 _tie_epsilon = _checked(float, check_tie_epsilon)
+_target_precision = _checked(float, check_target_precision)
 
 
 def _positive_int(text: str) -> int:
@@ -230,6 +252,28 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
+
+
+def _add_scoring_options(command: argparse.ArgumentParser) -> None:
+    """The model, backend and pixel-budget options: the same for every command that scores images."""
+    add = command.add_argument
+    add("--instruction", help="task instruction for the model (default: the protocol's for the kind of query)")
+    add("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    add("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    add("--min-pixels", type=_positive_int, default=protocol.MIN_PIXELS, metavar="N",
+        help=f"pixel budget of each image, lower bound (default {protocol.MIN_PIXELS} = 4 x 28 x 28)")
+    add("--max-pixels", type=_positive_int, default=protocol.MAX_PIXELS, metavar="N",
+        help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual tokens x 28 x "
+             "28, the model card's); fewer is faster")
+    add("--batch-size", type=_positive_int, metavar="N",
+        help="pairs per forward pass at most (default: packed by tokens, at most 32)")
+    add("--chunk-size", type=_positive_int, metavar="N",
+        help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; bounds memory)")
+    add("--backend", choices=list(BACKENDS), default=default_backend(),
+        help="scoring engine (default: $LYCHEE_BACKEND or transformers)")
+    add("--server-url", metavar="URL",
+        help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or http://127.0.0.1:8000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,29 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
     rank.add_argument("--query-image", metavar="PATH",
                       help="a reference image: rank the images by how well they match it (and the query text)")
-    rank.add_argument("--instruction", help="task instruction for the model (default: the protocol's for the "
-                                            "kind of query)")
     rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
-    rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=0.05, metavar="E",
-                      help="scores closer than E are ties (default 0.05)")
-    rank.add_argument("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
-    rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    rank.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    rank.add_argument("--min-pixels", type=_positive_int, default=protocol.MIN_PIXELS, metavar="N",
-                      help=f"pixel budget of each image, lower bound (default {protocol.MIN_PIXELS} = 4 x 28 x 28)")
-    rank.add_argument("--max-pixels", type=_positive_int, default=protocol.MAX_PIXELS, metavar="N",
-                      help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual "
-                           "tokens x 28 x 28, the model card's); fewer is faster")
-    rank.add_argument("--batch-size", type=_positive_int, metavar="N",
-                      help="pairs per forward pass at most (default: packed by tokens, at most 32)")
-    rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
-                      help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; "
-                           "bounds memory)")
-    rank.add_argument("--backend", choices=list(BACKENDS), default=default_backend(),
-                      help="scoring engine (default: $LYCHEE_BACKEND or transformers)")
-    rank.add_argument("--server-url", metavar="URL",
-                      help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or "
-                           "http://127.0.0.1:8000)")
+    rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=DEFAULT_TIE_EPSILON, metavar="E",
+                      help="scores closer than E to the best of their group are ties "
+                           f"(default {DEFAULT_TIE_EPSILON:g})")
+    _add_scoring_options(rank)
+    calibrate = commands.add_parser(
+        "calibrate", help="find the threshold that reaches a target precision on labelled images",
+        description=CALIBRATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    calibrate.add_argument("labels", nargs="+", metavar="LABELS.csv",
+                           help="labelled images (several files are pooled)")
+    calibrate.add_argument("--target-precision", type=_target_precision, default=DEFAULT_TARGET_PRECISION,
+                           metavar="P", help=f"precision the threshold must reach, above 0 and at most 1 "
+                                             f"(default {DEFAULT_TARGET_PRECISION})")
+    calibrate.add_argument("--format", choices=("md", "json"),
+                           help="report format (default: from the --output suffix, else md)")
+    calibrate.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
+    calibrate.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
+    _add_scoring_options(calibrate)
     serve = commands.add_parser(
         "vllm-serve", help="start a vLLM server configured for lychee-rerank-mm",
         description="Run vLLM's OpenAI-compatible server with every flag lychee-rerank-mm needs (pooling runner, "
@@ -332,24 +371,40 @@ def _output_format(args: argparse.Namespace) -> str:
     return suffix if suffix in FORMATS else "md"
 
 
+def _check_scoring_options(args: argparse.Namespace, limits: Limits) -> None:
+    if args.min_pixels > args.max_pixels:
+        raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
+    if args.chunk_size and args.chunk_size > limits.max_images:
+        raise UsageError(f"--chunk-size {args.chunk_size} is above the limit of {limits.max_images} "
+                         "images per request (LYCHEE_MAX_IMAGES)")
+    if args.output and not Path(args.output).parent.is_dir():
+        raise UsageError(f"cannot write {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
+
+
+def _load_reranker(args: argparse.Namespace, limits: Limits) -> LycheeReranker:
+    return load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                         limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                         backend=args.backend, server_url=args.server_url)
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    if args.output:
+        write_atomically(args.output, text)
+    else:
+        sys.stdout.write(text)
+
+
 def _rank(args: argparse.Namespace) -> int:
     try:
         limits = Limits.from_env()
-        prompt = prepare_text(args.query, args.instruction, limits, image_query=args.query_image is not None)
-        reference = None if args.query_image is None else load_query_image(args.query_image, limits=limits)
         settings = resolve_settings(args.preset, score_threshold=args.threshold, top_k=args.top_k,
                                     normalize=args.normalize, tie_epsilon=args.tie_epsilon)
-        if args.min_pixels > args.max_pixels:
-            raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
-        if args.chunk_size and args.chunk_size > limits.max_images:
-            raise UsageError(f"--chunk-size {args.chunk_size} is above the limit of {limits.max_images} "
-                             "images per request (LYCHEE_MAX_IMAGES)")
-        if args.output and not Path(args.output).parent.is_dir():
-            raise UsageError(f"cannot write {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
+        request = build_request(args.query, settings, limits, instruction=args.instruction, image=args.query_image)
+        _check_scoring_options(args, limits)
         paths, skipped = collect_images(args.paths)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for notice in prompt.notices:
+    for notice in request.notices:
         log.warning("%s", notice.text("en"))
     for path in skipped:
         log.warning("skipped %s: not an image file", path)
@@ -357,32 +412,104 @@ def _rank(args: argparse.Namespace) -> int:
         raise UsageError(f"no image files found in {', '.join(args.paths)} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
-    reranker = load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                             limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                             backend=args.backend, server_url=args.server_url)
+    reranker = _load_reranker(args, limits)
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
         try:
-            records = score_in_chunks(reranker, prompt.query, paths, chunk_size=args.chunk_size,
-                                      query_image=reference, instruction=prompt.instruction,
-                                      lenient_parsing=settings.lenient_parsing,
+            records = score_in_chunks(reranker, request, paths, chunk_size=args.chunk_size,
                                       progress=lambda done, _: bar.update(done - bar.n))
         except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
             raise ModelLoadError(str(exc)) from exc
-    report = Report.build(prompt.query, records, settings, instruction=prompt.instruction,
-                          query_image=Path(args.query_image).name if args.query_image else None,
-                          model=reranker.describe(), warnings=prompt.notices, skipped=skipped,
+    report = Report.build(request, records, model=reranker.describe(), skipped=skipped,
                           elapsed_s=time.perf_counter() - started)
-    text = RENDERERS[_output_format(args)](report)
-    if args.output:
-        write_atomically(args.output, text)
-    else:
-        sys.stdout.write(text)
+    _emit(args, RENDERERS[_output_format(args)](report))
     if not args.quiet:
         print(f"{report.images} images in {report.elapsed_s:.1f} s ({report.images_per_s:.2f}/s): "
               f"{len(report.results)} ranked, {len(report.filtered_out)} filtered out, {len(report.errors)} failed, "
               f"{len(skipped)} skipped", file=sys.stderr)
     return EXIT_IMAGES_FAILED if args.strict and report.errors else EXIT_OK
+
+
+CALIBRATION_SETTINGS = resolve_settings(None)  # every image kept, the default pixel budget, as for rank
+
+
+def score_label_rows(reranker: LycheeReranker, rows: Sequence[LabelRow], *, instruction: str | None = None,
+                     chunk_size: int | None = None, progress: Callable[[int], None] | None = None
+                     ) -> tuple[list[LabelRow], list[BadRow]]:
+    """``(scored, bad)``: ``rows`` scored by the protocol and pixel budget of ``rank``, one
+    request per query (and query image); an image that fails is a bad row. ``progress(n)``
+    is told how many rows are done."""
+    by_query: dict[tuple[str, str | None], list[LabelRow]] = {}
+    for row in rows:
+        by_query.setdefault((row.query, row.query_image), []).append(row)
+    scored: list[LabelRow] = []
+    bad: list[BadRow] = []
+    for (query, query_image), members in by_query.items():
+        finished = len(scored) + len(bad)
+        try:
+            request = build_request(query, CALIBRATION_SETTINGS, reranker.limits, instruction=instruction,
+                                    image=query_image)
+        except UserError as exc:
+            bad += [BadRow(r.file, r.line, str(exc)) for r in members]
+            continue
+        records = score_in_chunks(reranker, request, [r.image for r in members], chunk_size=chunk_size,
+                                  progress=None if progress is None else (
+                                      lambda done, _, finished=finished: progress(finished + done)))
+        for row, record in zip(members, records):
+            if record.error is None:
+                scored.append(replace(row, score=record.raw_score))
+            else:  # the row's line names the image: drop the message's "image N 'path': "
+                bad.append(BadRow(row.file, row.line,
+                                  record.error.removeprefix(f"image {record.index + 1} '{record.source}': ")))
+    return scored, bad
+
+
+def render_calibration(result: Calibration, labels: LabelsFile, fmt: str) -> str:
+    """The calibration report with the rows left out: ``json`` (the calibration's JSON plus
+    ``bad_rows`` and ``unlabelled``) or ``md``."""
+    if fmt == "json":
+        data = {**result.to_dict(), "bad_rows": [b.to_dict() for b in labels.bad_rows],
+                "unlabelled": labels.unlabelled}
+        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    lines = [to_markdown(result)]
+    if labels.unlabelled:
+        lines.append(f"{labels.unlabelled} rows without a label were left out.\n")
+    if labels.bad_rows:
+        lines += [f"## Rows not used ({len(labels.bad_rows)})", "", "| file | line | reason |", "|---|---:|---|"]
+        lines += [f"| {_cell(b.file)} | {b.line} | {_cell(b.reason)} |" for b in labels.bad_rows]
+        lines[-1] += "\n"
+    return "\n".join(lines)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    try:
+        limits = Limits.from_env()
+        _check_scoring_options(args, limits)
+        labels = read_all(args.labels)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    rows, bad = [r for r in labels.rows if r.score is not None], list(labels.bad_rows)
+    unscored = [r for r in labels.rows if r.score is None]
+    if unscored:
+        reranker = _load_reranker(args, limits)
+        with tqdm(total=len(unscored), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
+            try:
+                scored, failed = score_label_rows(reranker, unscored, instruction=args.instruction,
+                                                  chunk_size=args.chunk_size,
+                                                  progress=lambda done: bar.update(done - bar.n))
+            except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
+                raise ModelLoadError(str(exc)) from exc
+        rows, bad = rows + scored, bad + failed
+    labels = replace(labels, rows=rows, bad_rows=sorted(bad, key=lambda b: (b.file, b.line)))
+    for row in labels.bad_rows:
+        log.warning("%s line %d: %s", row.file, row.line, row.reason)
+    if not rows:
+        raise UsageError(f"no usable labelled rows in {', '.join(args.labels)}")
+    result = calibrate([r.score for r in rows], [r.relevant for r in rows], target_precision=args.target_precision,
+                       queries=[r.query_group for r in rows])
+    fmt = args.format or ("json" if args.output and Path(args.output).suffix.lower() == ".json" else "md")
+    _emit(args, render_calibration(result, labels, fmt))
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -405,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     with _console(args.quiet):
         try:
-            return _rank(args)
+            return _calibrate(args) if args.command == "calibrate" else _rank(args)
         except (UsageError, ModelLoadError) as exc:
             print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
             return exc.exit_code

@@ -15,12 +15,12 @@ from PIL import Image
 from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
-from .images import ImageLoadError, ImageSource, PixelBudget, load_image, load_query_image, source_label
+from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice
 from .parsing import parse_score
-from .query import prepare_text
 from .ranking import RerankResult, ScoredImage
+from .request import Query, Request, build_request, prepare_query
 from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Unset, check_max_side, resolve_settings
 
 log = logging.getLogger(__name__)
@@ -135,16 +135,31 @@ class LycheeReranker:
         chunks: records and messages then carry the position in that list. More than
         ``LYCHEE_MAX_IMAGES`` images raise :class:`~lychee.limits.LimitExceeded`.
         """
-        text = prepare_text(query, instruction, self.limits, image_query=query_image is not None)
-        warn(text.notices)
         max_side = check_max_side(max_side) if max_side is not None else self.max_side
+        if query_image is not None and self.mode != "logit":
+            raise ValueError("image queries need mode='logit' (the lychee protocol)")
+        prepared = prepare_query(query, instruction=instruction, image=query_image, max_side=max_side,
+                                 limits=self.limits)
+        warn(prepared.notices)
+        return self._score(prepared, images, max_side=max_side, lenient_parsing=lenient_parsing, labels=labels,
+                           progress=progress, start=start)
+
+    def score_request(self, request: Request, images: Sequence[ImageSource], *,
+                      labels: Sequence[str] | None = None, progress: Progress | None = None,
+                      start: int = 0) -> list[ScoredImage]:
+        """:meth:`score` for a request a surface has already validated (:func:`lychee.request.build_request`):
+        its query is used as it is, its settings give ``max_side`` and the preset's parsing rule."""
+        if request.query.image is not None and self.mode != "logit":
+            raise ValueError("image queries need mode='logit' (the lychee protocol)")
+        settings = request.settings
+        return self._score(request.query, images, max_side=settings.max_side,
+                           lenient_parsing=settings.lenient_parsing, labels=labels, progress=progress, start=start)
+
+    def _score(self, query: Query, images: Sequence[ImageSource], *, max_side: int, lenient_parsing: bool,
+               labels: Sequence[str] | None, progress: Progress | None, start: int) -> list[ScoredImage]:
         self.limits.check_image_count(len(images))
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
-        if query_image is not None and self.mode != "logit":
-            raise ValueError("image queries need mode='logit' (the lychee protocol)")
-        reference = None if query_image is None else load_query_image(query_image, max_side=max_side,
-                                                                       limits=self.limits, budget=self._budget)
         names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
 
         def problem(i: int, cause: object) -> str:
@@ -159,7 +174,7 @@ class LycheeReranker:
                 errors[i] = problem(i, outcome)
             else:
                 loaded[i] = outcome
-        outputs = self._score_loaded(text.query, text.instruction, reference, loaded, lenient_parsing, progress,
+        outputs = self._score_loaded(query.text, query.instruction, query.image, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors))
         records = []
         for i in range(len(images)):
@@ -227,7 +242,8 @@ class LycheeReranker:
                 ``protocol.DEFAULT_INSTRUCTIONS``); cleaned like the query, capped at
                 ``LYCHEE_MAX_INSTRUCTION_CHARS``.
             normalize: Min-max normalise the scores of this batch onto 0-10 before the threshold.
-            tie_epsilon: Neighbours closer than this (0-10) are tied; ties keep input order.
+            tie_epsilon: Scores less than this (0-10) below the best of their tie group are tied;
+                ties keep input order.
             raise_on_error: Raise :class:`RerankError` when any image failed (default: the
                 preset's, else False).
             labels: A name per image for ``source`` (default: the file name or ``image N``).
@@ -249,13 +265,13 @@ class LycheeReranker:
                                     tie_epsilon=tie_epsilon, max_side=self.max_side if max_side is None else max_side)
         if raise_on_error is UNSET:
             raise_on_error = settings.preset.raise_on_error if settings.preset else False
-        records = self.score(query, images, query_image=query_image, instruction=instruction, labels=labels,
-                             max_side=settings.max_side, lenient_parsing=settings.lenient_parsing, progress=progress)
+        request = build_request(query, settings, self.limits, instruction=instruction, image=query_image)
+        warn(request.notices)
+        records = self.score_request(request, images, labels=labels, progress=progress)
         failures = [r.error for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
-        return ranking.rank(records, score_threshold=settings.score_threshold, top_k=settings.top_k,
-                            normalize=settings.normalize, tie_epsilon=settings.tie_epsilon)
+        return ranking.split_with(records, settings)[0]
 
 
 def _relevance(p_yes: float | Exception) -> tuple[float, str, str | None]:

@@ -130,7 +130,7 @@ def test_on_cpu_the_budget_keeps_a_batch_in_the_cache_unless_rows_are_given(engi
 
 def test_on_cuda_the_budget_follows_free_memory(engine, monkeypatch):
     free = 3 * 2**30
-    monkeypatch.setattr(backend_module, "free_memory_bytes", lambda device: free)
+    monkeypatch.setattr(backend_module, "free_cuda_bytes", lambda device: free)
     on_gpu = dataclasses.replace(engine, device=torch.device("cuda"))
     token_bytes = token_activation_bytes(engine.model.config, dtype_bytes=4)
     assert on_gpu.budget() == Budget(rows=MAX_ROWS, tokens=tokens_for_memory(free, token_bytes))

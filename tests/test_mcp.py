@@ -39,7 +39,7 @@ def call_rerank_urls(demo_url: str, arguments: dict) -> dict:
 def test_the_url_tool_is_listed_with_every_argument_described_and_rerank_is_not(demo_url):
     tools = with_session(demo_url, lambda session: session.list_tools())
     by_name = {tool.name: tool for tool in tools.tools}
-    assert set(by_name) == {"rerank_urls"}
+    assert set(by_name) == {"rerank_urls", "calibrate"}
     schema = by_name["rerank_urls"].inputSchema
     assert schema["required"] == ["query", "image_urls"]
     assert set(schema["properties"]) == {"query", "image_urls", "preset", "score_threshold", "top_k", "instruction",
@@ -66,3 +66,11 @@ def test_the_tool_refuses_bad_settings_with_a_bilingual_error(demo_url, image_di
     result = with_session(demo_url, work)
     assert result.isError
     assert "top_k must be a whole number >= 1 (or empty for all), got -1 / top_k 必须是" in result.content[0].text
+
+
+def test_the_tool_makes_a_malformed_url_that_images_error(demo_url, image_dir):
+    images = [data_uri((image_dir / "good0.png").read_bytes())]
+    data = call_rerank_urls(demo_url, {"query": "a red square",
+                                       "image_urls": [*images, "http://xn--localhost-/a.png", "http://a.example:99999/"]})
+    assert data["counts"]["results"] == 1 and data["counts"]["errors"] == 2
+    assert all("refused URL" in e["error"] for e in data["errors"])

@@ -1,5 +1,6 @@
 """The package itself: light import, presets data, public names."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,13 @@ def test_presets_match_the_specification(name, threshold, top_k):
     assert (preset.score_threshold, preset.top_k) == (threshold, top_k)
     assert preset.label["zh"] and preset.label["en"]
     assert preset.description["zh"] and preset.description["en"]
+
+
+@pytest.mark.parametrize("name", ["screening", "precise", "mixed_language", "pipeline"])
+def test_each_preset_says_its_threshold_is_not_a_measurement_on_your_images(name):
+    basis = get_preset(name).basis
+    assert "Calibrate" in basis["en"] and "校准" in basis["zh"]
+    assert "measure" in basis["en"]
 
 
 def test_preset_flags():
@@ -81,3 +89,16 @@ def test_the_suite_runs_on_exactly_the_pinned_versions():
     wanted = pins(ROOT / "requirements.txt") | pins(ROOT / "requirements-dev.txt")
     installed = {name: version(name) for name in wanted}
     assert installed == wanted
+
+
+def test_only_the_web_package_imports_gradio():
+    importers = [path.relative_to(ROOT).as_posix() for path in (ROOT / "lychee").rglob("*.py")
+                 if re.search(r"^\s*(import|from) (gradio|spaces)\b", path.read_text(encoding="utf-8"), re.M)]
+    assert importers and all(path.startswith("lychee/web/") for path in importers), importers
+
+
+def test_the_documented_web_entry_points_still_import():
+    from lychee.ui import build_demo, main
+    from lychee.web.app import build_demo as built_here
+
+    assert build_demo is built_here and callable(main)

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from lychee.ranking import RerankResult
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from lychee.ranking import RerankResult, ScoredImage
 from lychee.report import Report
-from lychee.ui_service import RerankOutcome, RerankRequest
-from lychee.ui_view import (
+from lychee.request import Query, Request
+from lychee.settings import Settings, get_preset
+from lychee.web.service import Job, RerankOutcome
+from lychee.web.view import (
     caption,
     download_stem,
     filtered_gallery,
     hints_markdown,
+    lead_text,
     ranked_gallery,
     raw_output_rows,
     short_name,
@@ -31,12 +37,13 @@ def result(rank: int, index: int, score: float, *, tied: bool = False, error: st
     return RerankResult(rank, index, f"img{index}.png", score, raw, tied, "" if error else "p(yes)=0.5", error)
 
 
-def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, **settings) -> RerankOutcome:
+def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, preset: str | None = None,
+            **settings) -> RerankOutcome:
     paths = image_paths or [f"/uploads/img{i}.png" for i in range(6)]
-    req = RerankRequest("cat", paths, **settings)
-    report = Report(req.query, req.settings, None, MODEL, list(results), list(filtered_out), list(errors),
+    request = Request(Query("cat", None), Settings(get_preset(preset), **settings))
+    report = Report("cat", request.settings, None, MODEL, list(results), list(filtered_out), list(errors),
                     elapsed_s=0.5)
-    return RerankOutcome(req, report)
+    return RerankOutcome(Job(request, tuple(paths)), (), report)
 
 
 def test_a_caption_shows_rank_and_score_above_the_name():
@@ -111,6 +118,26 @@ def test_a_tied_number_one_that_scores_below_number_two_is_tied_not_behind():
     # Inside a tie group input order decides, so #1 may score a little lower than #2.
     card = winner_card(outcome([result(1, 0, 8.96, tied=True), result(2, 1, 9.0, tied=True)]), "en")
     assert "tied with #2 (≈)" in card and "-0.04" not in card
+
+
+def ranked_outcome(scores, tie_epsilon, top_k=None) -> RerankOutcome:
+    request = Request(Query("cat", None), Settings(top_k=top_k, tie_epsilon=tie_epsilon))
+    records = tuple(ScoredImage(i, f"img{i}.png", s, "") for i, s in enumerate(scores))
+    job = Job(request, tuple(f"/uploads/img{i}.png" for i in range(len(scores))))
+    return RerankOutcome(job, records, Report.build(request, records, model=MODEL))
+
+
+@given(st.lists(st.integers(0, 1000).map(lambda n: n / 100), min_size=2, max_size=12),
+       st.floats(0.0, 1.0), st.none() | st.integers(1, 3))
+@example([9.0, 9.5, 10.0], 0.6, None)   # a chain: 9.0 is within 0.6 of 9.5, not of 10.0
+def test_property_the_card_says_tied_with_2_only_within_epsilon_of_the_best_other(scores, eps, top_k):
+    done = ranked_outcome(scores, eps, top_k)
+    report = done.report
+    first, best_other = report.results[0].score, max(r.score for r in report.results[1:] + report.filtered_out)
+    if lead_text(done, "en") == "tied with #2 (≈)":
+        assert abs(first - best_other) < eps
+    else:                                   # an untied #1 is the best score, epsilon or more ahead
+        assert first - best_other >= eps
 
 
 def test_a_weak_winner_says_no_image_matches_well_whatever_its_lead():

@@ -1,0 +1,267 @@
+"""The web demo's logic without gradio: a form in, plain records out.
+
+:mod:`lychee.web.app` and :mod:`lychee.web.api` (the modules that import gradio) and the tests
+call into this module. It holds the process's one model (:class:`ModelSlot`), the web's
+request conventions (:class:`Form` -> :func:`accept` -> :class:`Job`), and :func:`rerank`,
+whose :class:`RerankOutcome` keeps every image's score so a new threshold, top_k, tie epsilon
+or normalisation is applied without the model (:meth:`RerankOutcome.reranked`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .. import protocol
+from ..backends import default_backend
+from ..images import ImageSource
+from ..limits import Limits
+from ..messages import Language, UserError
+from ..ranking import ScoredImage
+from ..report import Report
+from ..request import Request, build_request
+from ..reranker import LycheeReranker, Progress, default_model, display_name
+from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
+from ..zero_gpu import gpu_seconds, images_within, on_zero_gpu
+from .i18n import text
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class Form:
+    """What the page or an API client asked for, unchecked, in the web's conventions: ``None``
+    for ``score_threshold``/``top_k`` means the preset's value (or keep all without a preset),
+    ``top_k`` 0 also means all, ``""`` means no preset and the default instruction."""
+
+    query: str | None
+    preset: str | None = None
+    score_threshold: float | None = None
+    top_k: int | None = None
+    instruction: str | None = None
+    normalize: bool = False
+    tie_epsilon: float = DEFAULT_TIE_EPSILON
+    max_side: int = DEFAULT_MAX_SIDE
+    query_image: ImageSource | None = None  # a reference image: with or without ``query`` text
+    query_image_label: str | None = None    # its name (default: from the file name)
+
+
+def _unset_if_none(value: Any) -> Any:
+    return UNSET if value is None else value
+
+
+def form_settings(form: Form) -> Settings:
+    """The form's settings, checked by the library's one validator after the web's conventions
+    are translated, the preset's defaults filled in."""
+    top_k = None if form.top_k == 0 and not isinstance(form.top_k, bool) else form.top_k
+    return resolve_settings(form.preset, score_threshold=_unset_if_none(form.score_threshold),
+                            top_k=_unset_if_none(top_k), normalize=form.normalize, tie_epsilon=form.tie_epsilon,
+                            max_side=form.max_side)
+
+
+@dataclass(frozen=True)
+class Job:
+    """An accepted request and its candidate images (paths, bytes, or a refused download's error)."""
+
+    request: Request
+    images: tuple[ImageSource, ...]
+    labels: tuple[str, ...] | None = None  # a ``source`` name per image (default: from the file name)
+
+
+def accept(form: Form, images: Sequence[Any], limits: Limits, *, labels: Sequence[str] | None = None) -> Job:
+    """The form as a :class:`Job`: the settings, the query (cleaned, its reference image decoded)
+    and the number of images checked once; ``UserError`` names the first problem."""
+    settings = form_settings(form)
+    request = build_request(form.query, settings, limits, instruction=form.instruction or None,
+                            image=form.query_image, image_label=form.query_image_label)
+    if not images:
+        raise UserError("no_images")
+    limits.check_image_count(len(images))
+    return Job(request, tuple(images), tuple(labels) if labels is not None else None)
+
+
+_PATH = re.compile(r"(?<![\w:/])(?:~|\.{1,2})?(?:/[^\s/'\"]+)+/?")
+
+
+def hide_paths(message: str) -> str:
+    """``message`` with every file-system path shortened to its last part (no server paths shown)."""
+    return _PATH.sub(lambda m: Path(m.group().rstrip("/")).name or m.group(), message)
+
+
+def failure_reason(model: str, exc: BaseException) -> str:
+    """One line on why ``model`` did not load: a missing directory, or the error's first line
+    (without server paths)."""
+    if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+        return "no such directory"
+    lines = str(exc).strip().splitlines()
+    return hide_paths((lines[0] if lines else type(exc).__name__).rstrip(".")[:300])
+
+
+class ModelSlot:
+    """The process's one reranker: loaded once, in a background thread, on first need.
+
+    Loading never raises here: a failure is kept and reported to every request as a
+    :class:`UserError` that says how to fix it (``LYCHEE_MODEL``, or for ``vllm-server``
+    the server's address). ``backend`` (default ``$LYCHEE_BACKEND``) and ``server_url``
+    (default ``$LYCHEE_VLLM_URL``) choose the engine; a vLLM server's model is the one it
+    serves unless ``model`` or ``$LYCHEE_MODEL`` names it.
+    """
+
+    def __init__(self, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
+                 limits: Limits | None = None, backend: str | None = None, server_url: str | None = None) -> None:
+        self.backend = backend or default_backend()
+        self.server_url = server_url
+        on_server = self.backend == "vllm-server"
+        self.model = model or (os.environ.get(protocol.MODEL_ENV_VAR) if on_server else default_model())
+        self.name = display_name(self.model) if self.model else "vLLM server"
+        self.device = device or os.environ.get("LYCHEE_DEVICE") or "auto"  # set but empty: the default
+        self.dtype = dtype or os.environ.get("LYCHEE_DTYPE") or "auto"
+        self.limits = limits or Limits.from_env()
+        # Held while scoring, by every surface: LYCHEE_CONCURRENCY requests score at once, whatever
+        # else (fetching their image URLs) other requests are doing meanwhile.
+        self.scoring = threading.BoundedSemaphore(self.limits.concurrency)
+        self._lock = threading.Lock()
+        self._started = False
+        self._loaded = threading.Event()
+        self._reranker: LycheeReranker | None = None
+        self._error: UserError | None = None
+
+    @classmethod
+    def for_space(cls, environ: Mapping[str, str] | None = None) -> ModelSlot:
+        """The slot of the served app. On a ZeroGPU Space (``SPACES_ZERO_GPU`` set) the model
+        is placed on ``cuda`` in bf16 unless ``LYCHEE_DEVICE``/``LYCHEE_DTYPE`` say otherwise,
+        and must then be loaded at import time with :meth:`load_now`."""
+        environ = os.environ if environ is None else environ
+        if on_zero_gpu(environ):
+            return cls(device=environ.get("LYCHEE_DEVICE") or "cuda", dtype=environ.get("LYCHEE_DTYPE") or "bf16")
+        return cls()
+
+    def start_loading(self) -> None:
+        """Start loading in a background thread, once; returns at once."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._load, name="lychee-model-loader", daemon=True).start()
+
+    def load_now(self) -> None:
+        """Load in the calling thread, once (ZeroGPU wants the model placed at import time)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits,
+                                            max_pixels=self.limits.max_visual_tokens * protocol.PATCH_PIXELS ** 2,
+                                            backend=self.backend, server_url=self.server_url)
+        except UserError as exc:  # no vLLM server answers: the error names its address and the fix
+            self._error = exc
+            log.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong is shown to the user, with the fix
+            # A checkpoint that cannot be found, fetched or read raises OSError or ValueError; a RuntimeError
+            # (CUDA, out of memory, a kernel) is not fixed by pointing LYCHEE_MODEL elsewhere.
+            key = "model_load_failed" if isinstance(exc, RuntimeError) else "model_unavailable"
+            self._error = UserError(key, model=self.name, reason=failure_reason(self.model or "", exc),
+                                    device=self.device, dtype=self.dtype)
+            log.exception("could not load the model %s", self.name)
+        finally:
+            self._loaded.set()
+
+    @property
+    def settled(self) -> bool:
+        """True once loading has finished, successfully or not."""
+        return self._loaded.is_set()
+
+    def get(self) -> LycheeReranker:
+        """The loaded reranker, waiting for the load if needed; ``UserError`` if it failed.
+
+        A vLLM server that was down is asked again on each request: it may have started since.
+        """
+        self.start_loading()
+        self._loaded.wait()
+        if self._reranker is None and self.backend == "vllm-server":
+            self._load()
+        if self._reranker is None:
+            raise self._error
+        return self._reranker
+
+    def status_line(self, lang: Language) -> str:
+        """What is loaded (model, device, dtype, pixel budget), that it is loading, or why it failed."""
+        if not self.settled:
+            return text("model_loading", lang, model=self.name)
+        if self._reranker is None:
+            return "❌ " + self._error.text(lang)
+        return text("model_ready", lang, **self._reranker.describe())
+
+    def gpu_seconds(self, images: int) -> int:
+        """The ZeroGPU duration to reserve for scoring ``images`` (:func:`lychee.zero_gpu.gpu_seconds`),
+        at most ``limits.request_timeout_s``; ``UserError`` when it would pass ``limits.gpu_max_seconds``."""
+        # A vLLM server's weights are not moved by this process.
+        weight_bytes = getattr(self.get().backend, "weight_bytes", 0)
+        seconds = gpu_seconds(images, weight_bytes)
+        if seconds > self.limits.gpu_max_seconds:
+            raise UserError("gpu_time", seconds=seconds, limit=self.limits.gpu_max_seconds, count=images,
+                            fit=images_within(self.limits.gpu_max_seconds, weight_bytes))
+        return min(seconds, self.limits.request_timeout_s)
+
+    def score(self, job: Job, *, progress: Progress | None = None) -> list[ScoredImage]:
+        """Score every image of an accepted job, in input order: the GPU work.
+
+        Past ``limits.request_timeout_s`` the next progress report raises ``UserError``.
+        """
+        deadline = time.monotonic() + self.limits.request_timeout_s
+
+        def report(done: int, total: int) -> None:
+            if time.monotonic() > deadline:
+                raise UserError("timeout", seconds=self.limits.request_timeout_s)
+            if progress:
+                progress(done, total)
+
+        return self.get().score_request(job.request, job.images, labels=job.labels, progress=report)
+
+
+@dataclass(frozen=True)
+class RerankOutcome:
+    """A job, every image's score and the :class:`~lychee.report.Report` ranked from them (the JSON
+    and CSV downloads, the API answer)."""
+
+    job: Job
+    records: tuple[ScoredImage, ...]  # in input order: the ranking can be applied again without the model
+    report: Report
+
+    @property
+    def request(self) -> Request:
+        return self.job.request
+
+    def reranked(self, settings: Settings) -> RerankOutcome:
+        """The same scores ranked by other ``settings``: no model call. ``max_side`` stays the
+        one the images were scored at."""
+        settings = replace(settings, max_side=self.request.settings.max_side)
+        job = replace(self.job, request=replace(self.request, settings=settings))
+        report = Report.build(job.request, self.records, model=self.report.model, elapsed_s=self.report.elapsed_s)
+        return RerankOutcome(job, self.records, report)
+
+
+def rerank(job: Job, slot: ModelSlot, *, score: Callable[[Job], list[ScoredImage]] | None = None) -> RerankOutcome:
+    """Score the job's images with ``score`` (default ``slot.score``) and rank them.
+
+    The JSON form (``outcome.report.to_dict()``) is :meth:`lychee.report.Report.to_dict`
+    (schema version 4), shared with the CLI's ``--format json``. A bad image only becomes an
+    error record.
+    """
+    model = slot.get().describe()  # waits for the model outside any GPU allocation
+    with slot.scoring:
+        started = time.perf_counter()
+        records = tuple((score or slot.score)(job))
+    report = Report.build(job.request, records, model=model, elapsed_s=time.perf_counter() - started)
+    return RerankOutcome(job, records, report)

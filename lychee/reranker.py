@@ -17,7 +17,7 @@ from .backends import Backend, load_backend
 from .backends.base import Progress
 from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source_label
 from .limits import Limits
-from .messages import InputWarning, Notice
+from .messages import InputWarning, Notice, printable
 from .parsing import parse_score
 from .ranking import RerankResult, ScoredImage
 from .request import Query, Request, build_request, prepare_query
@@ -164,7 +164,7 @@ class LycheeReranker:
 
         def problem(i: int, cause: object) -> str:
             message = f"image {start + i + 1} '{names[i]}': {cause}"
-            log.warning("%s", message)
+            log.warning("%s", printable(message))
             return message
 
         loaded: dict[int, Image.Image] = {}

@@ -30,6 +30,7 @@ from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
 from .api import RerankApi
+from .components import Blocks, ReferenceImage
 from .gpu import GpuScoring
 from .i18n import Language, text
 from .service import (
@@ -39,6 +40,7 @@ from .service import (
     Shown,
     accept,
     form_settings,
+    remove_older_than,
     rerank,
     scored_with,
 )
@@ -64,6 +66,7 @@ from .view import (
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
+DOWNLOADS_KEPT_S = 3600  # the page's JSON/CSV downloads, like Gradio's own cache (delete_cache below)
 DEFAULT_PRESET = "screening"
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
@@ -118,7 +121,9 @@ def header_markdown(lang: Language) -> str:
 
 
 def write_downloads(outcome: RerankOutcome, folder: Path) -> tuple[str, str]:
-    """The outcome as JSON and CSV, named after the query and the time, in a fresh folder under ``folder``."""
+    """The outcome as JSON and CSV, named after the query and the time, in a fresh folder under
+    ``folder``; earlier downloads older than an hour are removed first, as Gradio prunes its cache."""
+    remove_older_than(folder, DOWNLOADS_KEPT_S)
     target = folder / uuid.uuid4().hex
     target.mkdir(parents=True)
     report = outcome.report
@@ -154,7 +159,7 @@ class RerankDemo:
         return component
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="Lychee Rerank MM", delete_cache=(3600, 3600)) as demo:
+        with Blocks(title="Lychee Rerank MM", delete_cache=(DOWNLOADS_KEPT_S, DOWNLOADS_KEPT_S)) as demo:
             self.shown = gr.State(None)   # the Shown result, once a run has succeeded
             self.alerted = gr.State(())   # the last run's alerts, re-rendered when the language changes
             with gr.Row(elem_id="lychee-top"):
@@ -190,8 +195,8 @@ class RerankDemo:
         # A refused run or what cleaning changed: beside the box it is about, replaced by the next run.
         self.alerts = gr.HTML(elem_id="lychee-alerts")
         # Optional, right under the query: "images like this one"; the image's own toolbar clears it.
-        self.reference = tr(gr.Image, {"label": "reference_label"}, type="filepath", sources=["upload", "clipboard"],
-                            height=150, elem_id="lychee-reference")
+        self.reference = tr(ReferenceImage, {"label": "reference_label"}, type="filepath",
+                            sources=["upload", "clipboard"], height=150, elem_id="lychee-reference")
         self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
         self.images = tr(gr.Gallery, {"label": "images_label"}, type="filepath", file_types=["image"],
                          interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
@@ -279,8 +284,8 @@ class RerankDemo:
         self.lang.change(self.relabel, inputs={self.shown, self.alerted, *form},
                          outputs=list(dict.fromkeys(relabelled + self.results)), **PRIVATE)
         self.lang.change(None, inputs=[self.lang], js=GRADIO_LOCALE_JS, **PRIVATE)
-        self.query.change(lambda query, lang: {self.hints: show_hints(query, lang)}, inputs=[self.query, self.lang],
-                          outputs=[self.hints], **PRIVATE)
+        self.query.change(lambda query, lang: {self.hints: show_hints(query, lang, self.limits)},
+                          inputs=[self.query, self.lang], outputs=[self.hints], **PRIVATE)
         self.preset.input(self.apply_preset, inputs=[self.preset], outputs=[self.threshold, self.top_k, self.raw_box],
                           **PRIVATE)
         self.sample_button.click(self.add_samples, inputs=[self.images], outputs=[self.images], **PRIVATE)
@@ -405,7 +410,7 @@ class RerankDemo:
         self.languages[request.session_hash or ""] = lang
         updates = {component: localize(keys, lang) for component, keys in self.localized}
         updates |= {self.header: header_markdown(lang), self.model_status: self.slot.status_line(lang),
-                    self.hints: show_hints(form.query or "", lang),
+                    self.hints: show_hints(form.query or "", lang, self.limits),
                     self.alerts: alerts_html(values[self.alerted], lang),
                     self.preset_info: preset_description(form.preset, form.score_threshold, form.top_k, lang),
                     self.preset: gr.update(label=text("preset_label", lang), choices=preset_choices(lang),
@@ -448,8 +453,8 @@ def localize(keys: dict[str, str], lang: Language) -> dict[str, Any]:
     return gr.update(**{arg: text(key, lang) for arg, key in keys.items()})
 
 
-def show_hints(query: str, lang: Language) -> dict[str, Any]:
-    advice = hints_markdown(query, lang)
+def show_hints(query: str, lang: Language, limits: Limits) -> dict[str, Any]:
+    advice = hints_markdown(query, lang, limits.max_query_chars)
     return gr.update(value=advice, visible=bool(advice))
 
 

@@ -20,17 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import spaces
+from gradio.route_utils import API_PREFIX
+from starlette.middleware import Middleware
 
-from ..limits import Limits
+from ..body_limit import BodyLimit
+from ..limits import UPLOAD_LIMIT_VARIABLES, Limits, env_name
 from ..messages import UserError
 from ..presets import PRESETS
-from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
+from ..zero_gpu import on_zero_gpu
 from .api import RerankApi
 from .calibrate_panel import CalibratePanel
+from .gpu import GpuScoring
 from .i18n import Language, text
-from .service import Form, Job, ModelSlot, RerankOutcome, accept, on_zero_gpu, rerank
+from .service import Form, ModelSlot, RerankOutcome, accept, rerank
 from .view import (
     download_stem,
     filtered_gallery,
@@ -50,7 +53,6 @@ from .view import (
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
 DEFAULT_PRESET = "screening"
-GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one request
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
 PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
@@ -134,19 +136,8 @@ class RerankDemo:
         self.limits = slot.limits
         self.downloads = tempfile.TemporaryDirectory(prefix="lychee-downloads-")  # removed at exit
         self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
-        self.score_on_gpu = spaces.GPU(duration=self._gpu_seconds)(self._score)
+        self.score_on_gpu = GpuScoring(slot)
         self.calibrate = CalibratePanel(self.tr, DEFAULT_LANGUAGE)
-
-    # -- GPU work ---------------------------------------------------------------------------
-    def _gpu_seconds(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> int:
-        seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_IMAGE * len(job.images)
-        return int(min(self.limits.request_timeout_s, seconds))
-
-    def _score(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> list[ScoredImage]:
-        """Only this runs on the GPU (``spaces.GPU``; a no-op off Hugging Face Spaces)."""
-        progress = gr.Progress()
-        return self.slot.score(job, progress=lambda done, total: progress(
-            (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
@@ -369,12 +360,18 @@ def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
 
 
 def launch_options(limits: Limits) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch``: theme, CSS, upload limit, sample photos, MCP.
+    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP.
 
     ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``).
-    ``show_error`` sends the reason for a refused request to API clients too.
+    ``show_error`` sends the reason for a refused request to API clients too. Every request
+    body is capped (``LYCHEE_MAX_REQUEST_BYTES``; uploads, which go to disk, at
+    ``Limits.max_upload_bytes``) before it is read.
     """
+    body_limit = Middleware(BodyLimit, max_bytes=limits.max_request_bytes, variable=env_name("max_request_bytes"),
+                            upload_max_bytes=limits.max_upload_bytes, upload_variable=UPLOAD_LIMIT_VARIABLES,
+                            upload_paths=[f"{API_PREFIX}/upload"])
     return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
+            "app_kwargs": {"middleware": [body_limit]},
             "allowed_paths": [str(EXAMPLES_DIR / "images")],
             "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
 

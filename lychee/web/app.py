@@ -30,6 +30,7 @@ from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
 from .api import RerankApi
+from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
 from .gpu import GpuScoring
 from .i18n import Language, text
@@ -147,6 +148,7 @@ class RerankDemo:
         self.languages: dict[str, Language] = {}
         self.cancelled: set[str] = set()
         self.score_on_gpu = GpuScoring(slot, language=self.language, stopped=self.cancelled.__contains__)
+        self.calibrate = CalibratePanel(self.tr, DEFAULT_LANGUAGE)
 
     def language(self, session: str, fallback: Language = DEFAULT_LANGUAGE) -> Language:
         return self.languages.get(session, fallback)
@@ -161,6 +163,7 @@ class RerankDemo:
     def build(self) -> gr.Blocks:
         with Blocks(title="Lychee Rerank MM", delete_cache=(DOWNLOADS_KEPT_S, DOWNLOADS_KEPT_S)) as demo:
             self.shown = gr.State(None)   # the Shown result, once a run has succeeded
+            self.outcome = gr.State(None)  # its outcome alone, for the Calibrate panel
             self.alerted = gr.State(())   # the last run's alerts, re-rendered when the language changes
             with gr.Row(elem_id="lychee-top"):
                 self.header = gr.Markdown(header_markdown(DEFAULT_LANGUAGE), elem_classes="lychee-header")
@@ -210,8 +213,9 @@ class RerankDemo:
                                   label=text("preset_label", DEFAULT_LANGUAGE))
         self.preset_info = gr.Markdown(preset_description(DEFAULT_PRESET, preset.score_threshold, preset.top_k,
                                                           DEFAULT_LANGUAGE))
+        self.calibrate.build_my_threshold()
         self.threshold = tr(gr.Slider, {"label": "threshold_label", "info": "threshold_info"}, minimum=0,
-                            maximum=10, step=0.1, value=preset.score_threshold, elem_id="lychee-threshold")
+                            maximum=10, step=0.01, value=preset.score_threshold, elem_id="lychee-threshold")
         top_k_max = max(self.limits.max_images, *(p.top_k for p in PRESETS.values()))
         self.top_k = tr(gr.Slider, {"label": "top_k_label", "info": "top_k_info"}, minimum=0, maximum=top_k_max,
                         step=1, value=preset.top_k)
@@ -249,6 +253,7 @@ class RerankDemo:
         with gr.Row():
             self.json_file = self.tr(gr.DownloadButton, {"label": "json_button"}, visible=False, size="sm")
             self.csv_file = self.tr(gr.DownloadButton, {"label": "csv_button"}, visible=False, size="sm")
+        self.calibrate.build()
         self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
                         self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
@@ -259,7 +264,7 @@ class RerankDemo:
         buttons = [self.run_button, self.cancel_button]
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
         running = gr.on(run_triggers, self.run, inputs=form,
-                        outputs=[*buttons, self.shown, self.alerts, self.alerted, *self.results],
+                        outputs=[*buttons, self.shown, self.outcome, self.alerts, self.alerted, *self.results],
                         show_progress_on=[self.progress], api_visibility="private", concurrency_id="gpu")
         running.then(self.end, outputs=buttons, **PRIVATE)
         ranked = running.success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
@@ -268,7 +273,7 @@ class RerankDemo:
         # The ranking rules over the stored scores: no model call. What the scores depend on marks them stale.
         ranking_inputs = [self.preset, self.threshold, self.top_k, self.tie_epsilon, self.normalize]
         restyle = {"fn": self.restyle, "inputs": {self.shown, *form},
-                   "outputs": [self.shown, self.preset_info, *self.results], **PRIVATE}
+                   "outputs": [self.shown, self.outcome, self.preset_info, *self.results], **PRIVATE}
         gr.on([c.change for c in ranking_inputs], **restyle)
         ranked.then(**restyle)  # a slider moved while the run was under way applies to its results
         scoring_inputs = [self.query, self.instruction, self.max_side, self.reference, self.images]
@@ -293,6 +298,7 @@ class RerankDemo:
               outputs=[self.model_status, self.model_timer], **PRIVATE)
         demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
         demo.unload(self.forget)
+        self.calibrate.wire(demo, running, self.outcome, self.threshold, self.lang)
 
     # -- handlers ---------------------------------------------------------------------------
     def render(self, outcome: RerankOutcome | None, lang: Language, *, raw_open: bool | None = None,
@@ -367,8 +373,8 @@ class RerankDemo:
         chosen = outcome.request.settings.preset
         yield (self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded))
                | self.render_downloads(outcome)
-               | {self.shown: Shown(outcome, scored_with(form, images)), self.alerts: alerts_html(alerts, lang),
-                  self.alerted: alerts})
+               | {self.shown: Shown(outcome, scored_with(form, images)), self.outcome: outcome,
+                  self.alerts: alerts_html(alerts, lang), self.alerted: alerts})
 
     def cancel(self, lang: Language, request: gr.Request) -> dict[Any, Any]:
         """Cancel: the job stops at its next progress report; the last good results stay."""
@@ -390,7 +396,7 @@ class RerankDemo:
             return info  # e.g. a preset that sets the values already in force
         outcome = shown.outcome.reranked(settings)
         return (info | self.render(outcome, lang, note=self.note(shown, values, text("reranked_note", lang)))
-                | self.render_downloads(outcome) | {self.shown: Shown(outcome, shown.inputs)})
+                | self.render_downloads(outcome) | {self.shown: Shown(outcome, shown.inputs), self.outcome: outcome})
 
     def note(self, shown: Shown, values: dict[Any, Any], otherwise: str = "") -> str:
         """The stale-results warning when the scores no longer match the inputs, else ``otherwise``."""

@@ -10,7 +10,11 @@ caller can record it against that one image and go on with the rest. What is han
   ignored, not fatal), every Pillow mode: palette, alpha (composited on white), CMYK,
   16/32-bit and float greyscale (scaled into 8 bits);
 - shapes the model cannot take: an aspect ratio beyond 200:1 is padded with white
-  (tiny images such as 1x1 are left to the processor, which scales them up).
+  (tiny images such as 1x1 are scaled up by :func:`fit_to_budget`).
+
+:func:`fit_to_budget` then resizes a decoded image, once, to the size the model sees: the
+pixel budget's multiple of 28 px. Every backend receives those pixels, so the processor and
+vLLM never resize again, and an explanation's cells are boxes in exactly that image.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from PIL import Image, ImageOps
 
 from .limits import Limits, env_name
 from .messages import UserError
+from .protocol import PATCH_PIXELS
 from .settings import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
 
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses anything more elongated
+_MAX_RESIZE_STEPS = 16  # budget_size converges in <= 6 where max_pixels >= 2 x min_pixels
 
 # File name extensions worth decoding when a folder is walked (anything else is skipped).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif",
@@ -212,3 +218,48 @@ def load_query_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
         return load_image(source, max_side=max_side, limits=limits)
     except ImageLoadError as exc:
         raise UserError("bad_query_image", reason=str(exc)) from None
+
+
+def _smart_resize(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's ``smart_resize`` (transformers' ``image_processing_qwen2_vl``), without its
+    torch import, in (width, height) order."""
+    factor = PATCH_PIXELS
+    new_height, new_width = round(height / factor) * factor, round(width / factor) * factor
+    if new_height * new_width > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        new_height = max(factor, math.floor(height / beta / factor) * factor)
+        new_width = max(factor, math.floor(width / beta / factor) * factor)
+    elif new_height * new_width < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_height = math.ceil(height * beta / factor) * factor
+        new_width = math.ceil(width * beta / factor) * factor
+    return new_width, new_height
+
+
+def budget_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` the model sees an image of this size at: both sides a multiple of
+    28 px, the area within ``[min_pixels, max_pixels]``, the aspect ratio kept as closely as
+    possible - Qwen2-VL's ``smart_resize``, applied until the size stands still.
+
+    One application is what the processor does, but for a very elongated image whose short
+    side is held at 28 px it can land above ``max_pixels``, and the processor would shrink
+    such an image again; the size that stands still is the one it leaves alone. With
+    ``max_pixels >= 2 * min_pixels`` that takes at most a few steps; a narrower budget may
+    have no such size, and the last step's is used. Rounding can push an aspect ratio just
+    under 200:1 over it, which the processor refuses; the long side is then cut back to 200:1.
+    """
+    size = (width, height)
+    for _ in range(_MAX_RESIZE_STEPS):
+        fitted = _smart_resize(*size, min_pixels, max_pixels)
+        if fitted == size:
+            break
+        size = fitted
+    short = min(size)
+    return (min(size[0], MAX_ASPECT_RATIO * short), min(size[1], MAX_ASPECT_RATIO * short))
+
+
+def fit_to_budget(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """``image`` resized to :func:`budget_size` (bicubic, the processor's own filter): the
+    pixels the model scores. An image already that size is returned as it is."""
+    size = budget_size(image.width, image.height, min_pixels, max_pixels)
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)

@@ -15,7 +15,7 @@ from PIL import Image
 from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
-from .images import ImageLoadError, ImageSource, load_image, load_query_image, source_label
+from .images import ImageLoadError, ImageSource, fit_to_budget, load_image, load_query_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice
 from .parsing import parse_score
@@ -137,8 +137,7 @@ class LycheeReranker:
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
         if query_image is not None and self.mode != "logit":
             raise ValueError("image queries need mode='logit' (the lychee protocol)")
-        reference = None if query_image is None else load_query_image(query_image, max_side=max_side,
-                                                                       limits=self.limits)
+        reference = None if query_image is None else self._query_image(query_image, max_side)
         names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
 
         def problem(i: int, cause: object) -> str:
@@ -164,11 +163,22 @@ class LycheeReranker:
             records.append(ScoredImage(start + i, names[i], value, raw_output, cause and problem(i, cause)))
         return records
 
+    def scored_image(self, source: ImageSource, max_side: int | None = None) -> Image.Image:
+        """``source`` as the model scores it: decoded by the safe loader (longest side at most
+        ``max_side``, default ``self.max_side``), then resized once to the backend's pixel
+        budget (:func:`~lychee.images.fit_to_budget`). Raises :class:`~lychee.images.ImageLoadError`."""
+        image = load_image(source, max_side=self.max_side if max_side is None else max_side, limits=self.limits)
+        return fit_to_budget(image, self.backend.min_pixels, self.backend.max_pixels)
+
+    def _query_image(self, source: ImageSource, max_side: int) -> Image.Image:
+        image = load_query_image(source, max_side=max_side, limits=self.limits)
+        return fit_to_budget(image, self.backend.min_pixels, self.backend.max_pixels)
+
     def _load_all(self, images: Sequence[ImageSource], max_side: int) -> list[Image.Image | ImageLoadError]:
         """Decode ``images`` on a few threads (Pillow's decoders release the GIL)."""
         def load(source: ImageSource) -> Image.Image | ImageLoadError:
             try:
-                return load_image(source, max_side=max_side, limits=self.limits)
+                return self.scored_image(source, max_side)
             except ImageLoadError as exc:
                 return exc
 

@@ -15,9 +15,10 @@ from PIL import Image
 from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
+from .explain import Explanation, occlusion
 from .images import ImageLoadError, ImageSource, fit_to_budget, load_image, load_query_image, source_label
 from .limits import Limits
-from .messages import InputWarning, Notice
+from .messages import InputWarning, Notice, UserError
 from .parsing import parse_score
 from .query import prepare_text
 from .ranking import RerankResult, ScoredImage
@@ -204,6 +205,49 @@ class LycheeReranker:
         if progress and not keys:
             progress(total, total)
         return dict(zip(keys, judged))
+
+    def explain(self, query: str | None, image: ImageSource, *, query_image: ImageSource | None = None,
+                instruction: str | None = None, grid: int | tuple[int, int] | None = None, label: str | None = None,
+                max_side: int | None = None, progress: Progress | None = None) -> Explanation:
+        """Why this score? An occlusion map of ``image`` against the query (see :mod:`lychee.explain`).
+
+        The image, as scored (:meth:`scored_image`), is cut into a grid of cells along its 28-px
+        patches; a copy with each cell blurred over is scored, all copies in one batched call
+        of this reranker's backend with the same query, ``query_image`` and ``instruction``.
+
+        Args:
+            query, query_image, instruction: As for :meth:`rerank`; cleaned and checked the same way.
+            image: The image to explain (path, PIL image or bytes).
+            grid: None for 16-36 cells as square as the patches allow; N for N x N; or (rows, cols).
+            label: The image's name in the result (default: its file name).
+            max_side, progress: As for :meth:`rerank`; progress counts the image and its copies.
+
+        Returns:
+            An :class:`~lychee.explain.Explanation`: ``score`` (what :meth:`score` gives the image),
+            ``grid``, ``cells`` with their ``masked_score`` and ``delta``, ``forward_passes``,
+            ``to_dict()`` and ``overlay()``. Bad input raises :class:`~lychee.messages.UserError`
+            (``empty_query``, ``bad_image``, ``bad_query_image``, ``bad_grid``); a copy the backend
+            fails on raises ``explain_failed``.
+        """
+        if self.mode != "logit":
+            raise ValueError("explanations need mode='logit' (the lychee protocol)")
+        text = prepare_text(query, instruction, self.limits, image_query=query_image is not None)
+        warn(text.notices)
+        max_side = check_max_side(max_side) if max_side is not None else self.max_side
+        reference = None if query_image is None else self._query_image(query_image, max_side)
+        try:
+            scored = self.scored_image(image, max_side)
+        except ImageLoadError as exc:
+            raise UserError("bad_image", reason=str(exc)) from None
+        messages = protocol.rerank_messages(text.query, text.instruction, query_image=reference is not None)
+
+        def score_images(images: list[Image.Image], report: Progress | None) -> list[float | Exception]:
+            outputs = self.backend.relevance(messages, images, report, query_image=reference)
+            return [p if isinstance(p, Exception) else _relevance(p)[0] for p in outputs]
+
+        return occlusion(scored, score_images, grid=grid, progress=progress, query=text.query,
+                         source=label or source_label(image, 0), instruction=text.instruction, model=self.describe(),
+                         query_image=None if query_image is None else source_label(query_image, 0))
 
     def rerank(self, query: str | None, images: Sequence[ImageSource], *, query_image: ImageSource | None = None,
                score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,

@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "kind of query)")
     rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
     rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=0.05, metavar="E",
-                      help="scores closer than E are ties (default 0.05)")
+                      help="scores closer than E to the best of their group are ties (default 0.05)")
     rank.add_argument("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
     rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     rank.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))

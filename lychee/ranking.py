@@ -9,9 +9,12 @@ Rules, applied in this order by :func:`rank`:
 3. **score_threshold** keeps ``score >= score_threshold`` (the normalised score when
    normalising); it never changes a score. Failed images never pass a threshold.
 4. **Sorting** of what passed by score, descending; equal scores keep input order.
-5. **Ties**: after sorting, neighbours whose gap is below ``tie_epsilon`` are joined
-   into one tie group - single linkage, so a chain 9.27, 9.24, 9.21 is one group even
-   though its ends are 0.06 apart. Inside a group, input order decides, and every
+5. **Ties**: scores closer than ``tie_epsilon`` are too close to call. After sorting, a
+   tie group starts at its highest score and takes every following score within
+   epsilon *of that first score*; the next score starts a new group. A chain 9.27,
+   9.24, 9.21 is two groups, {9.27, 9.24} and {9.21}: no two members of a group are
+   epsilon or more apart, so reordering inside a group never puts an image epsilon or
+   more above one ranked before it. Inside a group, input order decides, and every
    member of a group of two or more is marked ``tied``.
 6. **top_k** truncates the ordered list: the result length is ``min(top_k, passing)``.
 
@@ -74,11 +77,12 @@ def normalized_scores(raw_scores: Sequence[float]) -> list[float]:
 
 
 def tie_groups(sorted_scores: Sequence[float], tie_epsilon: float) -> list[range]:
-    """Split descending ``sorted_scores`` into runs whose neighbour gaps are < epsilon."""
+    """Split descending ``sorted_scores`` into tie groups, each anchored at its first
+    (highest) score and holding the following scores less than epsilon below it."""
     groups: list[range] = []
     start = 0
     for i in range(1, len(sorted_scores) + 1):
-        if i == len(sorted_scores) or sorted_scores[i - 1] - sorted_scores[i] >= tie_epsilon:
+        if i == len(sorted_scores) or sorted_scores[start] - sorted_scores[i] >= tie_epsilon:
             groups.append(range(start, i))
             start = i
     return groups

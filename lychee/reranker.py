@@ -275,7 +275,8 @@ class LycheeReranker:
                 ``protocol.DEFAULT_INSTRUCTIONS``); cleaned like the query, capped at
                 ``LYCHEE_MAX_INSTRUCTION_CHARS``.
             normalize: Min-max normalise the scores of this batch onto 0-10 before the threshold.
-            tie_epsilon: Neighbours closer than this (0-10) are tied; ties keep input order.
+            tie_epsilon: Scores less than this (0-10) below the best of their tie group are tied;
+                ties keep input order.
             raise_on_error: Raise :class:`RerankError` when any image failed (default: the
                 preset's, else False).
             labels: A name per image for ``source`` (default: the file name or ``image N``).

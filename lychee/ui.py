@@ -385,7 +385,7 @@ class RerankDemo:
                 value; 0 = all.
             instruction: Optional task instruction for the model (at most 500 characters); "" = the model's default.
             normalize: true to min-max normalise the scores within this batch onto 0-10 before the threshold.
-            tie_epsilon: Scores closer than this (0-10) are tied (marked "tied": true).
+            tie_epsilon: Scores closer than this (0-10) to the best of their tie group are tied ("tied": true).
             max_side: Longest image side in pixels before scoring (a whole number, 64-4096); smaller is faster.
             query_image_url: Optional reference image, for "images like this one" (with query text: "like this
                 one, but ..."): a data: URI or a public http(s) URL; "" for none. One that fails refuses the request.

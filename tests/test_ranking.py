@@ -5,7 +5,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lychee.ranking import (
@@ -50,15 +50,22 @@ def test_close_scores_form_a_tie_group_in_input_order():
     assert [(r.index, r.tied) for r in out] == [(1, True), (2, True), (0, False), (3, False)]
 
 
-def test_tie_chains_join_by_single_linkage():
-    # 9.27-9.21 = 0.06 >= epsilon, but each neighbour gap is 0.03: one group.
+def test_a_tie_group_is_anchored_at_its_best_score_so_chains_do_not_join():
+    # Each neighbour gap is 0.03, but 9.27-9.21 = 0.06 >= epsilon: {9.27, 9.24} and {9.21}.
     out = rank(records(9.27, 9.21, 9.24))
-    assert all(r.tied for r in out)
-    assert [r.index for r in out] == [0, 1, 2]
+    assert [(r.index, r.tied) for r in out] == [(0, True), (2, True), (1, False)]
 
 
-def test_tie_groups_split_at_gaps_of_epsilon_or_more():
+def test_a_wide_epsilon_never_puts_a_clearly_lower_score_first():
+    # A single-linkage chain 10.0, 9.5, 8.9 was one group and put 8.9 (input first) on top.
+    out = rank(records(8.9, 9.5, 10.0), tie_epsilon=1.0)
+    assert [(r.index, r.tied) for r in out] == [(1, True), (2, True), (0, False)]
+
+
+def test_tie_groups_split_where_a_score_is_epsilon_or_more_below_the_first_of_its_group():
     assert tie_groups([9.0, 8.96, 8.91, 8.0], 0.05) == [range(0, 2), range(2, 3), range(3, 4)]
+    assert tie_groups([9.34, 9.31, 9.30, 9.28, 9.26, 9.02], 0.05) == [range(0, 3), range(3, 5), range(5, 6)]
+    assert tie_groups([5.0, 5.0, 5.0], 0.0) == [range(0, 1), range(1, 2), range(2, 3)]
     assert tie_groups([], 0.05) == []
 
 
@@ -122,8 +129,9 @@ def test_winner_strength(scores, expected):
 
 
 def test_winner_strength_is_close_when_the_winner_is_tied():
-    # gap 0.12 >= 0.1 but the chain 9.0, 8.96, 8.92, 8.88 ties #1 and #2.
-    assert winner_strength(rank(records(9.0, 8.88, 8.96, 8.92), tie_epsilon=0.05)) == "close"
+    # gap 0.2 >= 0.1, but within a tie epsilon of 0.5 #1 and #2 are too close to call.
+    assert winner_strength(rank(records(9.0, 8.8), tie_epsilon=0.5)) == "close"
+    assert winner_strength(rank(records(9.0, 8.8), tie_epsilon=0.05)) == "clear"
 
 
 @pytest.mark.parametrize(("best", "expected"), [(9.0, True), (5.0, True), (4.99, False), (0.0, False)])
@@ -142,7 +150,8 @@ def test_results_serialise_to_json():
     assert set(record) == {"rank", "index", "source", "score", "raw_score", "tied", "raw_output", "error"}
 
 
-score = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
+# Any float on the scale, or one on a 0.01 grid, so that batches hold near-ties and chains.
+score = st.floats(min_value=0.0, max_value=10.0, allow_nan=False) | st.integers(0, 1000).map(lambda n: n / 100)
 batch = st.lists(st.tuples(score, st.booleans()), max_size=30).map(
     lambda items: records(*(s for s, _ in items), errors={i for i, (_, e) in enumerate(items) if e}))
 threshold = st.none() | score
@@ -175,6 +184,26 @@ def test_property_order_is_by_score_except_inside_tie_groups(items, t, normalize
             for b in scored[position + 1:]:
                 if a.score < b.score:                                   # out of score order...
                     assert a.tied and b.tied and a.index < b.index      # ...only inside a tie group
+
+
+@given(batch, threshold, top_k, st.booleans(), epsilon)
+@example(records(8.9, 9.5, 10.0), None, None, False, 1.0)       # a chain wider than epsilon
+def test_property_a_lower_ranked_image_never_scores_epsilon_or_more_above_a_higher_ranked_one(
+        items, t, k, normalize, eps):
+    for ordered in split(items, score_threshold=t, top_k=k, normalize=normalize, tie_epsilon=eps):
+        scored = [r.score for r in ordered if r.error is None]
+        for position, higher in enumerate(scored):
+            assert all(lower - higher < eps or lower <= higher for lower in scored[position + 1:])
+
+
+@given(st.lists(score, max_size=30).map(lambda s: sorted(s, reverse=True)), epsilon)
+def test_property_no_two_members_of_a_tie_group_are_epsilon_apart(scores, eps):
+    groups = tie_groups(scores, eps)
+    assert [i for g in groups for i in g] == list(range(len(scores)))
+    for group, following in zip(groups, groups[1:] + [None]):
+        assert scores[group[0]] - scores[group[-1]] < eps or len(group) == 1
+        if following is not None:                        # the next group starts epsilon or more below
+            assert scores[group[0]] - scores[following[0]] >= eps
 
 
 @given(batch, threshold, top_k, epsilon)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from lychee.ranking import RerankResult
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from lychee.ranking import RerankResult, ScoredImage
 from lychee.report import Report
 from lychee.ui_service import RerankOutcome, RerankRequest
 from lychee.ui_view import (
@@ -13,6 +16,7 @@ from lychee.ui_view import (
     download_stem,
     filtered_gallery,
     hints_markdown,
+    lead_text,
     ranked_gallery,
     raw_output_rows,
     short_name,
@@ -111,6 +115,25 @@ def test_a_tied_number_one_that_scores_below_number_two_is_tied_not_behind():
     # Inside a tie group input order decides, so #1 may score a little lower than #2.
     card = winner_card(outcome([result(1, 0, 8.96, tied=True), result(2, 1, 9.0, tied=True)]), "en")
     assert "tied with #2 (≈)" in card and "-0.04" not in card
+
+
+def ranked_outcome(scores, tie_epsilon, top_k=None) -> RerankOutcome:
+    req = RerankRequest("cat", [f"/uploads/img{i}.png" for i in range(len(scores))], top_k=top_k,
+                        tie_epsilon=tie_epsilon)
+    records = [ScoredImage(i, f"img{i}.png", s, "") for i, s in enumerate(scores)]
+    return RerankOutcome(req, Report.build(req.query, records, req.settings, model=MODEL))
+
+
+@given(st.lists(st.integers(0, 1000).map(lambda n: n / 100), min_size=2, max_size=12),
+       st.floats(0.0, 1.0), st.none() | st.integers(1, 3))
+@example([9.0, 9.5, 10.0], 0.6, None)   # a chain: 9.0 is within 0.6 of 9.5, not of 10.0
+def test_property_the_card_says_tied_with_2_only_within_epsilon_of_the_best_other(scores, eps, top_k):
+    done = ranked_outcome(scores, eps, top_k)
+    first, best_other = done.results[0].score, max(r.score for r in done.results[1:] + done.filtered_out)
+    if lead_text(done, "en") == "tied with #2 (≈)":
+        assert abs(first - best_other) < eps
+    else:                                   # an untied #1 is the best score, epsilon or more ahead
+        assert first - best_other >= eps
 
 
 def test_a_weak_winner_says_no_image_matches_well_whatever_its_lead():

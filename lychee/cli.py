@@ -14,6 +14,12 @@ argument, path not found, no images, empty query without --query-image, unreadab
 image, bad LYCHEE_* variable);
 3 the model could not be loaded, or no vLLM server answers (--backend vllm-server).
 
+    python -m lychee explain "QUERY" IMAGE [--query-image PATH] [--instruction TEXT] [--grid N|RxC]
+                                           [--output MAP.png] [--format md|json]
+
+shows why IMAGE gets its score: an occlusion map (see :mod:`lychee.explain`), its report on
+stdout and the overlay as a PNG in --output. Exit codes as for rank; 1: the model failed on a copy.
+
     python -m lychee vllm-serve MODEL [vLLM server options...]
 
 starts a vLLM server configured for lychee-rerank-mm (see :mod:`lychee.backends.vllm_server`).
@@ -37,7 +43,8 @@ from tqdm import tqdm
 
 from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
-from .images import IMAGE_EXTENSIONS, is_image_path, load_query_image
+from .explain import check_grid
+from .images import IMAGE_EXTENSIONS, ImageLoadError, budget_size, is_image_path, load_image, load_query_image
 from .limits import Limits
 from .messages import UserError
 from .presets import PRESETS
@@ -47,6 +54,7 @@ from .report import EMPTY_SLOT, Report
 from .settings import UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
 
 if TYPE_CHECKING:
+    from .explain import Explanation
     from .reranker import LycheeReranker
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,7 @@ EXIT_MODEL = 3
 
 DEFAULT_CHUNK_SIZE = 32
 FORMATS = ("md", "json", "csv")
+EXPLAIN_FORMATS = ("md", "json")
 
 
 class UsageError(ValueError):
@@ -180,6 +189,32 @@ def render_markdown(report: Report, *, title: str = "Image ranking") -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_explanation(explanation: Explanation, fmt: str) -> str:
+    """An explanation as JSON (``Explanation.to_dict``) or as a short markdown report: the score,
+    the grid and its cost, and the three cells that carry the match most and that count most against it."""
+    data = explanation.to_dict()
+    if fmt == "json":
+        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    rows, cols = data["grid"]
+    width, height = data["image_size"]
+    lines = ["# Why this score?", "", f"**Query:** {_cell(data['query'] or '-')}  "]
+    if data["query_image"]:
+        lines.append(f"**Query image:** {_cell(data['query_image'])}  ")
+    lines += [f"**Image:** {_cell(data['source'])} · **score {data['score']:.2f}**", "",
+              f"Occlusion over {rows} x {cols} cells of the {width} x {height} px image as scored, each blurred "
+              f"over in turn (Gaussian, radius {data['blur_radius']} px): {data['forward_passes']} forward passes "
+              f"in {data['elapsed_s']:.1f} s. delta = score - score with the cell covered."]
+    for title, cells in (("Carry the match", explanation.supporting()), ("Count against it", explanation.opposing())):
+        lines += ["", f"## {title}", ""]
+        if not cells:
+            lines.append("No cell.")
+            continue
+        lines += ["| covering | box (px) | score covered | delta |", "|---|---|---:|---:|"]
+        lines += [f"| {explanation.describe(c, 'en')} | {', '.join(map(str, c.box))} | {c.masked_score:.3f} "
+                  f"| {c.delta:+.3f} |" for c in cells]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Report], str]] = {
     "md": render_markdown, "json": render_json, "csv": render_csv,
 }
@@ -232,6 +267,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _grid(text: str) -> int | tuple[int, int]:
+    """``N`` or ``RxC``: the shape is checked here, the bounds against the image later."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"must be N or RxC with whole numbers >= 1, got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lychee", description="Rerank images with lychee-rerank-mm.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -258,24 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
     rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=0.05, metavar="E",
                       help="scores closer than E to the best of their group are ties (default 0.05)")
-    rank.add_argument("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
-    rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    rank.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    rank.add_argument("--min-pixels", type=_positive_int, default=protocol.MIN_PIXELS, metavar="N",
-                      help=f"pixel budget of each image, lower bound (default {protocol.MIN_PIXELS} = 4 x 28 x 28)")
-    rank.add_argument("--max-pixels", type=_positive_int, default=protocol.MAX_PIXELS, metavar="N",
-                      help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual "
-                           "tokens x 28 x 28, the model card's); fewer is faster")
-    rank.add_argument("--batch-size", type=_positive_int, metavar="N",
-                      help="pairs per forward pass (default: from free GPU memory on CUDA, else 8)")
     rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
                       help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; "
                            "bounds memory)")
-    rank.add_argument("--backend", choices=list(BACKENDS), default=default_backend(),
-                      help="scoring engine (default: $LYCHEE_BACKEND or transformers)")
-    rank.add_argument("--server-url", metavar="URL",
-                      help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or "
-                           "http://127.0.0.1:8000)")
+    _add_model_options(rank)
+    explain = commands.add_parser(
+        "explain", help="show why an image gets its score: an occlusion map",
+        description="Score copies of IMAGE with each cell of a grid blurred over; a cell's delta is how much of "
+                    "the score it carries (negative: it argues against the match). Report on stdout, the "
+                    "overlay in --output.")
+    explain.add_argument("query", help='what the image should show; may be "" with --query-image')
+    explain.add_argument("image", metavar="IMAGE", help="the image to explain")
+    explain.add_argument("--query-image", metavar="PATH", help="a reference image, as for rank")
+    explain.add_argument("--instruction", help="task instruction for the model (default: the protocol's)")
+    explain.add_argument("--grid", type=_grid, metavar="N|RxC",
+                         help="N x N cells, or R rows x C columns (default: 16-36 cells, as square as the "
+                              "28-px patches allow); cost: cells + 1 forward passes")
+    explain.add_argument("--output", "-o", metavar="MAP.png", help="write the overlay (a PNG) here")
+    explain.add_argument("--format", choices=EXPLAIN_FORMATS, default="md", help="report on stdout (default md)")
+    explain.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
+    _add_model_options(explain)
     serve = commands.add_parser(
         "vllm-serve", help="start a vLLM server configured for lychee-rerank-mm",
         description="Run vLLM's OpenAI-compatible server with every flag lychee-rerank-mm needs (pooling runner, "
@@ -284,6 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", help="hub id or local checkpoint directory")
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, metavar="...", help="options for vLLM's server")
     return parser
+
+
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    """What scores, and how: the options ``rank`` and ``explain`` share."""
+    add = command.add_argument
+    add("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    add("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    add("--min-pixels", type=_positive_int, default=protocol.MIN_PIXELS, metavar="N",
+        help=f"pixel budget of each image, lower bound (default {protocol.MIN_PIXELS} = 4 x 28 x 28)")
+    add("--max-pixels", type=_positive_int, default=protocol.MAX_PIXELS, metavar="N",
+        help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual "
+             "tokens x 28 x 28, the model card's); fewer is faster")
+    add("--batch-size", type=_positive_int, metavar="N",
+        help="pairs per forward pass (default: from free GPU memory on CUDA, else 8)")
+    add("--backend", choices=list(BACKENDS), default=default_backend(),
+        help="scoring engine (default: $LYCHEE_BACKEND or transformers)")
+    add("--server-url", metavar="URL",
+        help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or http://127.0.0.1:8000)")
 
 
 def load_reranker(model: str | None, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
@@ -357,9 +424,7 @@ def _rank(args: argparse.Namespace) -> int:
         raise UsageError(f"no image files found in {', '.join(args.paths)} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
-    reranker = load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                             limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                             backend=args.backend, server_url=args.server_url)
+    reranker = _load(args, limits)
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
         try:
@@ -385,6 +450,53 @@ def _rank(args: argparse.Namespace) -> int:
     return EXIT_IMAGES_FAILED if args.strict and report.errors else EXIT_OK
 
 
+def _load(args: argparse.Namespace, limits: Limits) -> LycheeReranker:
+    """The reranker the model options of ``args`` describe."""
+    return load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size, limits=limits,
+                         min_pixels=args.min_pixels, max_pixels=args.max_pixels, backend=args.backend,
+                         server_url=args.server_url)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Everything that can be checked - text, images, grid, output folder - is, before the model loads."""
+    try:
+        limits = Limits.from_env()
+        prompt = prepare_text(args.query, args.instruction, limits, image_query=args.query_image is not None)
+        reference = None if args.query_image is None else load_query_image(args.query_image, limits=limits)
+        if args.min_pixels > args.max_pixels:
+            raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
+        try:
+            image = load_image(args.image, limits=limits)
+        except ImageLoadError as exc:
+            raise UserError("bad_image", reason=str(exc)) from None
+        check_grid(args.grid, budget_size(*image.size, args.min_pixels, args.max_pixels))
+        if args.output and (Path(args.output).suffix.lower() != ".png" or not Path(args.output).parent.is_dir()):
+            raise UsageError(f"--output {args.output!r}: give a .png file in an existing folder")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for notice in prompt.notices:
+        log.warning("%s", notice.text("en"))
+    reranker = _load(args, limits)
+    with tqdm(unit="copy", desc="explaining", file=sys.stderr, disable=args.quiet) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            explanation = reranker.explain(prompt.query, image, query_image=reference, instruction=prompt.instruction,
+                                           grid=args.grid, label=Path(args.image).name, progress=progress,
+                                           query_image_label=args.query_image and Path(args.query_image).name)
+        except UserError as exc:
+            if exc.key != "explain_failed":  # the whole run failed, e.g. the vLLM server went away
+                raise ModelLoadError(str(exc)) from exc
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_IMAGES_FAILED
+    if args.output:
+        explanation.overlay().save(args.output, format="PNG")
+    sys.stdout.write(render_explanation(explanation, args.format))
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Replace this process with vLLM's server (it never returns when the server starts)."""
     from .backends.vllm_server import serve_command
@@ -405,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     with _console(args.quiet):
         try:
-            return _rank(args)
+            return _explain(args) if args.command == "explain" else _rank(args)
         except (UsageError, ModelLoadError) as exc:
             print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
             return exc.exit_code

@@ -208,7 +208,8 @@ class LycheeReranker:
 
     def explain(self, query: str | None, image: ImageSource, *, query_image: ImageSource | None = None,
                 instruction: str | None = None, grid: int | tuple[int, int] | None = None, label: str | None = None,
-                max_side: int | None = None, progress: Progress | None = None) -> Explanation:
+                query_image_label: str | None = None, max_side: int | None = None,
+                progress: Progress | None = None) -> Explanation:
         """Why this score? An occlusion map of ``image`` against the query (see :mod:`lychee.explain`).
 
         The image, as scored (:meth:`scored_image`), is cut into a grid of cells along its 28-px
@@ -219,7 +220,8 @@ class LycheeReranker:
             query, query_image, instruction: As for :meth:`rerank`; cleaned and checked the same way.
             image: The image to explain (path, PIL image or bytes).
             grid: None for 16-36 cells as square as the patches allow; N for N x N; or (rows, cols).
-            label: The image's name in the result (default: its file name).
+            label, query_image_label: The names of the image and the query image in the result
+                (default: their file names).
             max_side, progress: As for :meth:`rerank`; progress counts the image and its copies.
 
         Returns:
@@ -247,7 +249,7 @@ class LycheeReranker:
 
         return occlusion(scored, score_images, grid=grid, progress=progress, query=text.query,
                          source=label or source_label(image, 0), instruction=text.instruction, model=self.describe(),
-                         query_image=None if query_image is None else source_label(query_image, 0))
+                         query_image=None if query_image is None else query_image_label or source_label(query_image, 0))
 
     def rerank(self, query: str | None, images: Sequence[ImageSource], *, query_image: ImageSource | None = None,
                score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
 
-    from lychee.query import clean_query
+    from lychee.request import build_request
 
     now = datetime.now()
     out_dir = Path(args.out_dir)
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = out_dir / STATE_FILE
     try:
         limits = Limits.from_env()
-        query = clean_query(args.query, limits.max_query_chars)
+        request = build_request(args.query, resolve_settings(PRESET.name), limits)
         since = _since(args, state, now)
         images, skipped = cli.collect_images([args.folder])
         images, skipped = _new(images, since), _new(skipped, since)
@@ -77,9 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return cli.EXIT_MODEL if isinstance(exc, cli.ModelLoadError) else cli.EXIT_USAGE
 
-    records = cli.score_in_chunks(reranker, query, images) if reranker else []
-    report = Report.build(query, records, resolve_settings(PRESET.name), skipped=skipped,
-                          model=reranker.describe() if reranker else None)
+    records = cli.score_in_chunks(reranker, request, images) if reranker else []
+    report = Report.build(request, records, skipped=skipped, model=reranker.describe() if reranker else None)
     stem = out_dir / f"report-{now:%Y-%m-%d}"
     title = f"Daily image report {now:%Y-%m-%d}: {args.folder}, new since {since:%Y-%m-%d %H:%M}"
     cli.write_atomically(stem.with_suffix(".md"), cli.render_markdown(report, title=title))

@@ -44,14 +44,22 @@ from tqdm import tqdm
 from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
 from .explain import check_grid
-from .images import IMAGE_EXTENSIONS, ImageLoadError, budget_size, is_image_path, load_image, load_query_image
+from .images import IMAGE_EXTENSIONS, ImageLoadError, budget_size, is_image_path, load_image
 from .limits import Limits
 from .messages import UserError
 from .presets import PRESETS
-from .query import prepare_text
 from .ranking import ScoredImage
 from .report import EMPTY_SLOT, Report
-from .settings import UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
+from .request import Request, build_request, prepare_query
+from .settings import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_TIE_EPSILON,
+    UNSET,
+    check_threshold,
+    check_tie_epsilon,
+    check_top_k,
+    resolve_settings,
+)
 
 if TYPE_CHECKING:
     from .explain import Explanation
@@ -113,20 +121,19 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[
 
 # --- scoring ------------------------------------------------------------------------------
 
-def score_in_chunks(reranker: LycheeReranker, query: str, paths: Sequence[str], *,
-                    chunk_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-                    **score_options: Any) -> list[ScoredImage]:
-    """Score ``paths`` ``chunk_size`` at a time (at most that many decoded images in memory;
-    default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come back
-    in input order with their position in ``paths`` as ``index``."""
+def score_in_chunks(reranker: LycheeReranker, request: Request, paths: Sequence[str], *,
+                    chunk_size: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> list[ScoredImage]:
+    """Score ``paths`` for ``request`` ``chunk_size`` at a time (at most that many decoded images
+    in memory; default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come
+    back in input order with their position in ``paths`` as ``index``."""
     chunk_size = chunk_size or min(DEFAULT_CHUNK_SIZE, reranker.limits.max_images)
     records: list[ScoredImage] = []
     for start in range(0, len(paths), chunk_size):
         chunk = paths[start:start + chunk_size]
         chunk_progress = None if progress is None else (
             lambda done, _, start=start: progress(start + done, len(paths)))
-        records += reranker.score(query, chunk, labels=chunk, start=start, progress=chunk_progress,
-                                  **score_options)
+        records += reranker.score_request(request, chunk, labels=chunk, start=start, progress=chunk_progress)
     return records
 
 
@@ -302,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--instruction", help="task instruction for the model (default: the protocol's for the "
                                             "kind of query)")
     rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
-    rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=0.05, metavar="E",
-                      help="scores closer than E to the best of their group are ties (default 0.05)")
+    rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=DEFAULT_TIE_EPSILON, metavar="E",
+                      help="scores closer than E to the best of their group are ties "
+                           f"(default {DEFAULT_TIE_EPSILON:g})")
     rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
                       help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; "
                            "bounds memory)")
@@ -402,10 +410,9 @@ def _output_format(args: argparse.Namespace) -> str:
 def _rank(args: argparse.Namespace) -> int:
     try:
         limits = Limits.from_env()
-        prompt = prepare_text(args.query, args.instruction, limits, image_query=args.query_image is not None)
-        reference = None if args.query_image is None else load_query_image(args.query_image, limits=limits)
         settings = resolve_settings(args.preset, score_threshold=args.threshold, top_k=args.top_k,
                                     normalize=args.normalize, tie_epsilon=args.tie_epsilon)
+        request = build_request(args.query, settings, limits, instruction=args.instruction, image=args.query_image)
         if args.min_pixels > args.max_pixels:
             raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
         if args.chunk_size and args.chunk_size > limits.max_images:
@@ -416,7 +423,7 @@ def _rank(args: argparse.Namespace) -> int:
         paths, skipped = collect_images(args.paths)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for notice in prompt.notices:
+    for notice in request.notices:
         log.warning("%s", notice.text("en"))
     for path in skipped:
         log.warning("skipped %s: not an image file", path)
@@ -428,15 +435,11 @@ def _rank(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
         try:
-            records = score_in_chunks(reranker, prompt.query, paths, chunk_size=args.chunk_size,
-                                      query_image=reference, instruction=prompt.instruction,
-                                      lenient_parsing=settings.lenient_parsing,
+            records = score_in_chunks(reranker, request, paths, chunk_size=args.chunk_size,
                                       progress=lambda done, _: bar.update(done - bar.n))
         except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
             raise ModelLoadError(str(exc)) from exc
-    report = Report.build(prompt.query, records, settings, instruction=prompt.instruction,
-                          query_image=Path(args.query_image).name if args.query_image else None,
-                          model=reranker.describe(), warnings=prompt.notices, skipped=skipped,
+    report = Report.build(request, records, model=reranker.describe(), skipped=skipped,
                           elapsed_s=time.perf_counter() - started)
     text = RENDERERS[_output_format(args)](report)
     if args.output:
@@ -461,8 +464,9 @@ def _explain(args: argparse.Namespace) -> int:
     """Everything that can be checked - text, images, grid, output folder - is, before the model loads."""
     try:
         limits = Limits.from_env()
-        prompt = prepare_text(args.query, args.instruction, limits, image_query=args.query_image is not None)
-        reference = None if args.query_image is None else load_query_image(args.query_image, limits=limits)
+        query = prepare_query(args.query, instruction=args.instruction, image=args.query_image,
+                              image_label=args.query_image and Path(args.query_image).name,
+                              max_side=DEFAULT_MAX_SIDE, limits=limits)
         if args.min_pixels > args.max_pixels:
             raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
         try:
@@ -474,7 +478,7 @@ def _explain(args: argparse.Namespace) -> int:
             raise UsageError(f"--output {args.output!r}: give a .png file in an existing folder")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for notice in prompt.notices:
+    for notice in query.notices:
         log.warning("%s", notice.text("en"))
     reranker = _load(args, limits)
     with tqdm(unit="copy", desc="explaining", file=sys.stderr, disable=args.quiet) as bar:
@@ -483,9 +487,8 @@ def _explain(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         try:
-            explanation = reranker.explain(prompt.query, image, query_image=reference, instruction=prompt.instruction,
-                                           grid=args.grid, label=Path(args.image).name, progress=progress,
-                                           query_image_label=args.query_image and Path(args.query_image).name)
+            explanation = reranker.explain_query(query, image, grid=args.grid, label=Path(args.image).name,
+                                                 progress=progress)
         except UserError as exc:
             if exc.key != "explain_failed":  # the whole run failed, e.g. the vLLM server went away
                 raise ModelLoadError(str(exc)) from exc

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from .settings import DEFAULT_TIE_EPSILON, check_threshold, check_tie_epsilon, check_top_k
+from .settings import DEFAULT_TIE_EPSILON, Settings
 
 WinnerStrength = Literal["close", "clear", "dominant"]
 
@@ -110,17 +110,24 @@ def split(records: Sequence[ScoredImage], *, score_threshold: float | None = Non
           tie_epsilon: float = DEFAULT_TIE_EPSILON) -> tuple[list[RerankResult], list[RerankResult]]:
     """``(results, left_out)``: the ranked results (rules 1-6, ranks 1..n) and every
     other image, ordered by the same rules, ranks continuing after the results."""
-    score_threshold, top_k = check_threshold(score_threshold), check_top_k(top_k)
-    tie_epsilon = check_tie_epsilon(tie_epsilon)
+    return split_with(records, Settings(score_threshold=score_threshold, top_k=top_k, normalize=normalize,
+                                        tie_epsilon=tie_epsilon))
+
+
+def split_with(records: Sequence[ScoredImage], settings: Settings) -> tuple[list[RerankResult], list[RerankResult]]:
+    """:func:`split` by settings that are already validated (a :class:`~lychee.settings.Settings`)."""
+    threshold, top_k = settings.score_threshold, settings.top_k
     scored = [r for r in records if r.error is None]
-    finals = normalized_scores([r.raw_score for r in scored]) if normalize else [r.raw_score for r in scored]
+    raw = [r.raw_score for r in scored]
+    finals = normalized_scores(raw) if settings.normalize else raw
     final_of = {r.index: f for r, f in zip(scored, finals)}
     items = [(final_of.get(r.index, 0.0), r) for r in records]
-    passing = [p for p in items if score_threshold is None or (p[1].error is None and p[0] >= score_threshold)]
-    ordered = _ordered(passing, tie_epsilon, first_rank=1)
+    passing = [p for p in items if threshold is None or (p[1].error is None and p[0] >= threshold)]
+    ordered = _ordered(passing, settings.tie_epsilon, first_rank=1)
     results = ordered if top_k is None else ordered[:top_k]
     kept = {r.index for r in results}
-    left_out = _ordered([p for p in items if p[1].index not in kept], tie_epsilon, first_rank=len(results) + 1)
+    left_out = _ordered([p for p in items if p[1].index not in kept], settings.tie_epsilon,
+                        first_rank=len(results) + 1)
     return results, left_out
 
 
@@ -145,8 +152,13 @@ def partition(records: Sequence[ScoredImage], *, score_threshold: float | None =
               top_k: int | None = None, normalize: bool = False, tie_epsilon: float = DEFAULT_TIE_EPSILON) -> Partition:
     """:func:`split`, with the failed images (which ``split`` keeps among the results when
     there is no threshold) taken out into their own group."""
-    results, left_out = split(records, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
-                              tie_epsilon=tie_epsilon)
+    return partition_with(records, Settings(score_threshold=score_threshold, top_k=top_k, normalize=normalize,
+                                            tie_epsilon=tie_epsilon))
+
+
+def partition_with(records: Sequence[ScoredImage], settings: Settings) -> Partition:
+    """:func:`partition` by validated settings."""
+    results, left_out = split_with(records, settings)
     return Partition(results=[r for r in results if r.error is None],
                      filtered_out=[r for r in left_out if r.error is None],
                      errors=[r for r in results + left_out if r.error is not None])
@@ -165,7 +177,6 @@ def winner_strength(ranked: Sequence[RerankResult]) -> WinnerStrength | None:
     if first.tied or first.score - second.score < CLOSE_GAP:
         return "close"
     return "dominant" if first.score >= DOMINANT_RATIO * second.score else "clear"
-
 
 
 def matches_well(best: RerankResult) -> bool:

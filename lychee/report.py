@@ -19,6 +19,7 @@ from . import ranking
 from .messages import Notice
 from .protocol import QueryKind, query_kind
 from .ranking import RerankResult, ScoredImage, WinnerStrength
+from .request import Request
 from .settings import Settings
 
 SCHEMA_VERSION = 4
@@ -43,15 +44,13 @@ class Report:
     query_image: str | None = None  # the name of the query image, if the query has one
 
     @classmethod
-    def build(cls, query: str, records: Sequence[ScoredImage], settings: Settings, *,
-              instruction: str | None = None, model: dict[str, str] | None = None,
-              warnings: Sequence[Notice] = (), skipped: Sequence[str] = (), elapsed_s: float = 0.0,
-              query_image: str | None = None) -> Report:
-        """Rank ``records`` (every image, in input order) by ``settings`` into a report."""
-        groups = ranking.partition(records, score_threshold=settings.score_threshold, top_k=settings.top_k,
-                                   normalize=settings.normalize, tie_epsilon=settings.tie_epsilon)
-        return cls(query, settings, instruction, dict(model or {}), groups.results, groups.filtered_out,
-                   groups.errors, tuple(warnings), tuple(skipped), elapsed_s, query_image)
+    def build(cls, request: Request, records: Sequence[ScoredImage], *, model: dict[str, str] | None = None,
+              skipped: Sequence[str] = (), elapsed_s: float = 0.0) -> Report:
+        """Rank ``records`` (every image, in input order) by the request's settings into a report."""
+        query = request.query
+        groups = ranking.partition_with(records, request.settings)
+        return cls(query.text, request.settings, query.instruction, dict(model or {}), groups.results,
+                   groups.filtered_out, groups.errors, query.notices, tuple(skipped), elapsed_s, query.image_label)
 
     @property
     def query_kind(self) -> QueryKind:

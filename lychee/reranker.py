@@ -16,12 +16,12 @@ from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
 from .explain import Explanation, occlusion
-from .images import ImageLoadError, ImageSource, fit_to_budget, load_image, load_query_image, source_label
+from .images import ImageLoadError, ImageSource, fit_to_budget, load_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice, UserError
 from .parsing import parse_score
-from .query import prepare_text
 from .ranking import RerankResult, ScoredImage
+from .request import Query, Request, build_request, prepare_query
 from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Unset, check_max_side, resolve_settings
 
 log = logging.getLogger(__name__)
@@ -130,15 +130,31 @@ class LycheeReranker:
         chunks: records and messages then carry the position in that list. More than
         ``LYCHEE_MAX_IMAGES`` images raise :class:`~lychee.limits.LimitExceeded`.
         """
-        text = prepare_text(query, instruction, self.limits, image_query=query_image is not None)
-        warn(text.notices)
         max_side = check_max_side(max_side) if max_side is not None else self.max_side
+        if query_image is not None and self.mode != "logit":
+            raise ValueError("image queries need mode='logit' (the lychee protocol)")
+        prepared = prepare_query(query, instruction=instruction, image=query_image, max_side=max_side,
+                                 limits=self.limits)
+        warn(prepared.notices)
+        return self._score(prepared, images, max_side=max_side, lenient_parsing=lenient_parsing, labels=labels,
+                           progress=progress, start=start)
+
+    def score_request(self, request: Request, images: Sequence[ImageSource], *,
+                      labels: Sequence[str] | None = None, progress: Progress | None = None,
+                      start: int = 0) -> list[ScoredImage]:
+        """:meth:`score` for a request a surface has already validated (:func:`lychee.request.build_request`):
+        its query is used as it is, its settings give ``max_side`` and the preset's parsing rule."""
+        if request.query.image is not None and self.mode != "logit":
+            raise ValueError("image queries need mode='logit' (the lychee protocol)")
+        settings = request.settings
+        return self._score(request.query, images, max_side=settings.max_side,
+                           lenient_parsing=settings.lenient_parsing, labels=labels, progress=progress, start=start)
+
+    def _score(self, query: Query, images: Sequence[ImageSource], *, max_side: int, lenient_parsing: bool,
+               labels: Sequence[str] | None, progress: Progress | None, start: int) -> list[ScoredImage]:
         self.limits.check_image_count(len(images))
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
-        if query_image is not None and self.mode != "logit":
-            raise ValueError("image queries need mode='logit' (the lychee protocol)")
-        reference = None if query_image is None else self._query_image(query_image, max_side)
         names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
 
         def problem(i: int, cause: object) -> str:
@@ -153,7 +169,8 @@ class LycheeReranker:
                 errors[i] = problem(i, outcome)
             else:
                 loaded[i] = outcome
-        outputs = self._score_loaded(text.query, text.instruction, reference, loaded, lenient_parsing, progress,
+        reference = None if query.image is None else self._fitted(query.image)
+        outputs = self._score_loaded(query.text, query.instruction, reference, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors))
         records = []
         for i in range(len(images)):
@@ -168,11 +185,10 @@ class LycheeReranker:
         """``source`` as the model scores it: decoded by the safe loader (longest side at most
         ``max_side``, default ``self.max_side``), then resized once to the backend's pixel
         budget (:func:`~lychee.images.fit_to_budget`). Raises :class:`~lychee.images.ImageLoadError`."""
-        image = load_image(source, max_side=self.max_side if max_side is None else max_side, limits=self.limits)
-        return fit_to_budget(image, self.backend.min_pixels, self.backend.max_pixels)
+        return self._fitted(load_image(source, max_side=self.max_side if max_side is None else max_side,
+                                       limits=self.limits))
 
-    def _query_image(self, source: ImageSource, max_side: int) -> Image.Image:
-        image = load_query_image(source, max_side=max_side, limits=self.limits)
+    def _fitted(self, image: Image.Image) -> Image.Image:
         return fit_to_budget(image, self.backend.min_pixels, self.backend.max_pixels)
 
     def _load_all(self, images: Sequence[ImageSource], max_side: int) -> list[Image.Image | ImageLoadError]:
@@ -231,25 +247,32 @@ class LycheeReranker:
             (``empty_query``, ``bad_image``, ``bad_query_image``, ``bad_grid``); a copy the backend
             fails on raises ``explain_failed``.
         """
+        max_side = check_max_side(max_side) if max_side is not None else self.max_side
+        prepared = prepare_query(query, instruction=instruction, image=query_image, image_label=query_image_label,
+                                 max_side=max_side, limits=self.limits)
+        warn(prepared.notices)
+        return self.explain_query(prepared, image, grid=grid, label=label, max_side=max_side, progress=progress)
+
+    def explain_query(self, query: Query, image: ImageSource, *, grid: int | tuple[int, int] | None = None,
+                      label: str | None = None, max_side: int | None = None,
+                      progress: Progress | None = None) -> Explanation:
+        """:meth:`explain` for a query a surface has already prepared (:func:`lychee.request.prepare_query`)."""
         if self.mode != "logit":
             raise ValueError("explanations need mode='logit' (the lychee protocol)")
-        text = prepare_text(query, instruction, self.limits, image_query=query_image is not None)
-        warn(text.notices)
-        max_side = check_max_side(max_side) if max_side is not None else self.max_side
-        reference = None if query_image is None else self._query_image(query_image, max_side)
         try:
             scored = self.scored_image(image, max_side)
         except ImageLoadError as exc:
             raise UserError("bad_image", reason=str(exc)) from None
-        messages = protocol.rerank_messages(text.query, text.instruction, query_image=reference is not None)
+        reference = None if query.image is None else self._fitted(query.image)
+        messages = protocol.rerank_messages(query.text, query.instruction, query_image=reference is not None)
 
         def score_images(images: list[Image.Image], report: Progress | None) -> list[float | Exception]:
             outputs = self.backend.relevance(messages, images, report, query_image=reference)
             return [p if isinstance(p, Exception) else _relevance(p)[0] for p in outputs]
 
-        return occlusion(scored, score_images, grid=grid, progress=progress, query=text.query,
-                         source=label or source_label(image, 0), instruction=text.instruction, model=self.describe(),
-                         query_image=None if query_image is None else query_image_label or source_label(query_image, 0))
+        return occlusion(scored, score_images, grid=grid, progress=progress, query=query.text,
+                         source=label or source_label(image, 0), instruction=query.instruction, model=self.describe(),
+                         query_image=query.image_label)
 
     def rerank(self, query: str | None, images: Sequence[ImageSource], *, query_image: ImageSource | None = None,
                score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,
@@ -300,13 +323,13 @@ class LycheeReranker:
                                     tie_epsilon=tie_epsilon, max_side=self.max_side if max_side is None else max_side)
         if raise_on_error is UNSET:
             raise_on_error = settings.preset.raise_on_error if settings.preset else False
-        records = self.score(query, images, query_image=query_image, instruction=instruction, labels=labels,
-                             max_side=settings.max_side, lenient_parsing=settings.lenient_parsing, progress=progress)
+        request = build_request(query, settings, self.limits, instruction=instruction, image=query_image)
+        warn(request.notices)
+        records = self.score_request(request, images, labels=labels, progress=progress)
         failures = [r.error for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
-        return ranking.rank(records, score_threshold=settings.score_threshold, top_k=settings.top_k,
-                            normalize=settings.normalize, tie_epsilon=settings.tie_epsilon)
+        return ranking.split_with(records, settings)[0]
 
 
 def _relevance(p_yes: float | Exception) -> tuple[float, str, str | None]:

@@ -106,7 +106,9 @@ def get_preset(name: Any) -> Preset | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated settings of one request, the preset's defaults filled in."""
+    """Validated settings of one request, the preset's defaults filled in. Valid by construction:
+    each field is checked (and a whole float such as ``top_k=2.0`` stored as an int) when it is
+    built, so code that receives a ``Settings`` never checks again."""
 
     preset: Preset | None = None
     score_threshold: float | None = None
@@ -114,6 +116,15 @@ class Settings:
     normalize: bool = False
     tie_epsilon: float = DEFAULT_TIE_EPSILON
     max_side: int = DEFAULT_MAX_SIDE
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and not isinstance(self.preset, Preset):
+            raise TypeError(f"preset must be a Preset or None (see resolve_settings), got {self.preset!r}")
+        checked = {"score_threshold": check_threshold(self.score_threshold), "top_k": check_top_k(self.top_k),
+                   "normalize": check_flag(self.normalize, "normalize"),
+                   "tie_epsilon": check_tie_epsilon(self.tie_epsilon), "max_side": check_max_side(self.max_side)}
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     @property
     def lenient_parsing(self) -> bool:
@@ -135,7 +146,5 @@ def resolve_settings(preset: Any = None, *, score_threshold: Any = UNSET, top_k:
         score_threshold = chosen.score_threshold if chosen else None
     if top_k is UNSET:
         top_k = chosen.top_k if chosen else None
-    return Settings(preset=chosen, score_threshold=check_threshold(score_threshold), top_k=check_top_k(top_k),
-                    normalize=check_flag(normalize, "normalize"), tie_epsilon=check_tie_epsilon(tie_epsilon),
-                    max_side=check_max_side(max_side))
-
+    return Settings(preset=chosen, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
+                    tie_epsilon=tie_epsilon, max_side=max_side)

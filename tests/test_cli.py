@@ -16,6 +16,8 @@ import pytest
 from lychee import cli
 from lychee.cli import EXIT_IMAGES_FAILED, EXIT_MODEL, EXIT_OK, EXIT_USAGE, main
 from lychee.report import CSV_COLUMNS
+from lychee.request import build_request
+from lychee.settings import Settings
 
 from .conftest import make_image
 
@@ -86,12 +88,13 @@ def test_chunks_bound_the_images_scored_at_once_and_keep_global_positions(tiny_r
     sizes = []
 
     class Spy:
-        def score(self, query, images, **kwargs):
+        def score_request(self, request, images, **kwargs):
             sizes.append(len(images))
-            return tiny_reranker.score(query, images, **kwargs)
+            return tiny_reranker.score_request(request, images, **kwargs)
 
     seen = []
-    chunked = cli.score_in_chunks(Spy(), QUERY, paths, chunk_size=4, progress=lambda d, t: seen.append((d, t)))
+    request = build_request(QUERY, Settings(), tiny_reranker.limits)
+    chunked = cli.score_in_chunks(Spy(), request, paths, chunk_size=4, progress=lambda d, t: seen.append((d, t)))
     whole = tiny_reranker.score(QUERY, paths, labels=paths)
     assert sizes == [4, 4, 1]
     assert [(r.index, r.source, r.error) for r in chunked] == [(r.index, r.source, r.error) for r in whole]

@@ -1,5 +1,6 @@
 """The package itself: light import, presets data, public names."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,16 @@ def test_the_suite_runs_on_exactly_the_pinned_versions():
     wanted = pins(ROOT / "requirements.txt") | pins(ROOT / "requirements-dev.txt")
     installed = {name: version(name) for name in wanted}
     assert installed == wanted
+
+
+def test_only_the_web_package_imports_gradio():
+    importers = [path.relative_to(ROOT).as_posix() for path in (ROOT / "lychee").rglob("*.py")
+                 if re.search(r"^\s*(import|from) (gradio|spaces)\b", path.read_text(encoding="utf-8"), re.M)]
+    assert importers and all(path.startswith("lychee/web/") for path in importers), importers
+
+
+def test_the_documented_web_entry_points_still_import():
+    from lychee.ui import build_demo, main
+    from lychee.web.app import build_demo as built_here
+
+    assert build_demo is built_here and callable(main)

@@ -20,7 +20,7 @@ from benchmarks.load_test import free_port
 from lychee import LycheeReranker, protocol
 from lychee.backends.vllm_server import ServerUnavailable, serve_command
 from lychee.messages import UserError
-from lychee.ui_service import ModelSlot
+from lychee.web.service import ModelSlot
 
 from .conftest import make_image
 

@@ -25,7 +25,7 @@ from benchmarks.load_test import free_port
 from lychee import LycheeReranker, cli
 from lychee.backends.vllm_server import ServerUnavailable
 from lychee.random_checkpoint import build_random_checkpoint
-from lychee.ui_service import ModelSlot, RerankRequest, rerank
+from lychee.web.service import Form, ModelSlot, accept, rerank
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -187,7 +187,7 @@ def test_the_web_app_reaches_the_server_through_lychee_backend(monkeypatch, serv
     monkeypatch.setenv("LYCHEE_BACKEND", "vllm-server")
     monkeypatch.setenv("LYCHEE_VLLM_URL", server_url)
     slot = ModelSlot()
-    outcome = rerank(RerankRequest(QUERY, image_paths, top_k=3), slot)
+    outcome = rerank(accept(Form(QUERY, top_k=3), image_paths, slot.limits), slot).report
     expected = sorted((r for r in reference[None] if r.error is None), key=lambda r: -r.raw_score)[:3]
     assert [r.index for r in outcome.results] == [r.index for r in expected]
     assert len(outcome.errors) == 1 and "backend vllm-server" in slot.status_line("en")

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from lychee.ranking import RerankResult, ScoredImage
 from lychee.report import Report
-from lychee.ui_service import RerankOutcome, RerankRequest
-from lychee.ui_view import (
+from lychee.request import Query, Request
+from lychee.settings import Settings, get_preset
+from lychee.web.service import Job, RerankOutcome
+from lychee.web.view import (
     caption,
     download_stem,
     filtered_gallery,
@@ -35,12 +37,13 @@ def result(rank: int, index: int, score: float, *, tied: bool = False, error: st
     return RerankResult(rank, index, f"img{index}.png", score, raw, tied, "" if error else "p(yes)=0.5", error)
 
 
-def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, **settings) -> RerankOutcome:
+def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, preset: str | None = None,
+            **settings) -> RerankOutcome:
     paths = image_paths or [f"/uploads/img{i}.png" for i in range(6)]
-    req = RerankRequest("cat", paths, **settings)
-    report = Report(req.query, req.settings, None, MODEL, list(results), list(filtered_out), list(errors),
+    request = Request(Query("cat", None), Settings(get_preset(preset), **settings))
+    report = Report("cat", request.settings, None, MODEL, list(results), list(filtered_out), list(errors),
                     elapsed_s=0.5)
-    return RerankOutcome(req, report)
+    return RerankOutcome(Job(request, tuple(paths)), (), report)
 
 
 def test_a_caption_shows_rank_and_score_above_the_name():
@@ -118,10 +121,10 @@ def test_a_tied_number_one_that_scores_below_number_two_is_tied_not_behind():
 
 
 def ranked_outcome(scores, tie_epsilon, top_k=None) -> RerankOutcome:
-    req = RerankRequest("cat", [f"/uploads/img{i}.png" for i in range(len(scores))], top_k=top_k,
-                        tie_epsilon=tie_epsilon)
-    records = [ScoredImage(i, f"img{i}.png", s, "") for i, s in enumerate(scores)]
-    return RerankOutcome(req, Report.build(req.query, records, req.settings, model=MODEL))
+    request = Request(Query("cat", None), Settings(top_k=top_k, tie_epsilon=tie_epsilon))
+    records = tuple(ScoredImage(i, f"img{i}.png", s, "") for i, s in enumerate(scores))
+    job = Job(request, tuple(f"/uploads/img{i}.png" for i in range(len(scores))))
+    return RerankOutcome(job, records, Report.build(request, records, model=MODEL))
 
 
 @given(st.lists(st.integers(0, 1000).map(lambda n: n / 100), min_size=2, max_size=12),
@@ -129,7 +132,8 @@ def ranked_outcome(scores, tie_epsilon, top_k=None) -> RerankOutcome:
 @example([9.0, 9.5, 10.0], 0.6, None)   # a chain: 9.0 is within 0.6 of 9.5, not of 10.0
 def test_property_the_card_says_tied_with_2_only_within_epsilon_of_the_best_other(scores, eps, top_k):
     done = ranked_outcome(scores, eps, top_k)
-    first, best_other = done.results[0].score, max(r.score for r in done.results[1:] + done.filtered_out)
+    report = done.report
+    first, best_other = report.results[0].score, max(r.score for r in report.results[1:] + report.filtered_out)
     if lead_text(done, "en") == "tied with #2 (≈)":
         assert abs(first - best_other) < eps
     else:                                   # an untied #1 is the best score, epsilon or more ahead

@@ -1,15 +1,14 @@
-"""The web demo's logic without gradio: a request in, plain records out.
+"""The web demo's logic without gradio: a form in, plain records out.
 
-``lychee.ui`` (the only module that imports gradio) and the tests call into this module.
-It holds the UI text in two languages, the process's one model (:class:`ModelSlot`),
-request validation (the library's one settings validator, after the page's conventions
-are translated), and :func:`rerank`, whose :class:`RerankOutcome` defines the JSON schema
-of the ``/rerank`` API.
+:mod:`lychee.web.app` and :mod:`lychee.web.api` (the modules that import gradio) and the tests
+call into this module. It holds the process's one model (:class:`ModelSlot`), the web's
+request conventions (:class:`Form` -> :func:`accept` -> :class:`Job`), and :func:`rerank`,
+whose :class:`RerankOutcome` keeps every image's score so a new threshold, top_k, tie epsilon
+or normalisation is applied without the model (:meth:`RerankOutcome.reranked`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,39 +16,24 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import protocol
-from .backends import default_backend
-from .images import ImageSource, load_query_image, source_label
-from .limits import Limits
-from .messages import LANGUAGES, Language, Notice, UserError
-from .presets import PRESETS
-from .query import prepare_text
-from .ranking import RerankResult, ScoredImage, WinnerStrength
-from .report import Report
-from .reranker import LycheeReranker, Progress, default_model, display_name
-from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
+from .. import protocol
+from ..backends import default_backend
+from ..images import ImageSource
+from ..limits import Limits
+from ..messages import Language, UserError
+from ..ranking import ScoredImage
+from ..report import Report
+from ..request import Request, build_request
+from ..reranker import LycheeReranker, Progress, default_model, display_name
+from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
+from .i18n import text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LANGUAGES", "Language", "UserError", "ModelSlot", "RerankRequest", "RerankOutcome", "rerank",
-           "validate", "text"]
-
 ZERO_GPU_ENV_VAR = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU Spaces
-
-
-@cache
-def _strings() -> dict[str, dict[str, str]]:
-    return json.loads(resources.files("lychee").joinpath("data/ui_strings.json").read_text(encoding="utf-8"))
-
-
-def text(key: str, lang: Language, **params: Any) -> str:
-    """The UI text ``key`` in ``lang``, with ``{placeholders}`` filled from ``params``."""
-    return _strings()[key][lang].format(**params)
 
 
 def on_zero_gpu(environ: Mapping[str, str] | None = None) -> bool:
@@ -58,13 +42,12 @@ def on_zero_gpu(environ: Mapping[str, str] | None = None) -> bool:
 
 
 @dataclass(frozen=True)
-class RerankRequest:
-    """One rerank request. ``None`` for ``score_threshold``/``top_k`` means "the preset's
-    value" (or keep all without a preset); ``top_k=0`` also means all. :func:`validate`
-    returns a cleaned copy, with ``notices`` of what cleaning changed."""
+class Form:
+    """What the page or an API client asked for, unchecked, in the web's conventions: ``None``
+    for ``score_threshold``/``top_k`` means the preset's value (or keep all without a preset),
+    ``top_k`` 0 also means all, ``""`` means no preset and the default instruction."""
 
-    query: str
-    images: Sequence[ImageSource]  # file paths (the file name is the ``source``), bytes, ...
+    query: str | None
     preset: str | None = None
     score_threshold: float | None = None
     top_k: int | None = None
@@ -72,46 +55,42 @@ class RerankRequest:
     normalize: bool = False
     tie_epsilon: float = DEFAULT_TIE_EPSILON
     max_side: int = DEFAULT_MAX_SIDE
-    labels: Sequence[str] | None = None  # a ``source`` name per image (default: from the file name)
     query_image: ImageSource | None = None  # a reference image: with or without ``query`` text
     query_image_label: str | None = None    # its name (default: from the file name)
-    notices: tuple[Notice, ...] = ()
-
-    @property
-    def lenient_parsing(self) -> bool:
-        return self.settings.lenient_parsing
-
-    @property
-    def settings(self) -> Settings:
-        """The settings of a validated request."""
-        return Settings(PRESETS[self.preset] if self.preset else None, self.score_threshold, self.top_k,
-                        self.normalize, self.tie_epsilon, self.max_side)
 
 
 def _unset_if_none(value: Any) -> Any:
     return UNSET if value is None else value
 
 
-def validate(request: RerankRequest, limits: Limits) -> RerankRequest:
-    """A cleaned copy of ``request``, checked by the library's one validator after the web's
-    conventions are translated (empty = the preset's value, ``top_k`` 0 = all), with the
-    preset's defaults filled in; ``UserError`` names the first problem."""
-    prompt = prepare_text(request.query, request.instruction or None, limits,
-                          image_query=request.query_image is not None)
-    if not request.images:
+def form_settings(form: Form) -> Settings:
+    """The form's settings, checked by the library's one validator after the web's conventions
+    are translated, the preset's defaults filled in."""
+    top_k = None if form.top_k == 0 and not isinstance(form.top_k, bool) else form.top_k
+    return resolve_settings(form.preset, score_threshold=_unset_if_none(form.score_threshold),
+                            top_k=_unset_if_none(top_k), normalize=form.normalize, tie_epsilon=form.tie_epsilon,
+                            max_side=form.max_side)
+
+
+@dataclass(frozen=True)
+class Job:
+    """An accepted request and its candidate images (paths, bytes, or a refused download's error)."""
+
+    request: Request
+    images: tuple[ImageSource, ...]
+    labels: tuple[str, ...] | None = None  # a ``source`` name per image (default: from the file name)
+
+
+def accept(form: Form, images: Sequence[Any], limits: Limits, *, labels: Sequence[str] | None = None) -> Job:
+    """The form as a :class:`Job`: the settings, the query (cleaned, its reference image decoded)
+    and the number of images checked once; ``UserError`` names the first problem."""
+    settings = form_settings(form)
+    request = build_request(form.query, settings, limits, instruction=form.instruction or None,
+                            image=form.query_image, image_label=form.query_image_label)
+    if not images:
         raise UserError("no_images")
-    limits.check_image_count(len(request.images))
-    top_k = None if request.top_k == 0 and not isinstance(request.top_k, bool) else request.top_k
-    settings = resolve_settings(request.preset, score_threshold=_unset_if_none(request.score_threshold),
-                                top_k=_unset_if_none(top_k), normalize=request.normalize,
-                                tie_epsilon=request.tie_epsilon, max_side=request.max_side)
-    reference, label = request.query_image, request.query_image_label
-    if reference is not None:  # decoded here, before any GPU time, so a bad one is refused at once
-        label = label or source_label(reference, 0)
-        reference = load_query_image(reference, max_side=settings.max_side, limits=limits)
-    return replace(request, query=prompt.query, images=tuple(request.images), instruction=prompt.instruction,
-                   query_image=reference, query_image_label=label, notices=request.notices + prompt.notices,
-                   **settings.as_dict())
+    limits.check_image_count(len(images))
+    return Job(request, tuple(images), tuple(labels) if labels is not None else None)
 
 
 _PATH = re.compile(r"(?<![\w:/])(?:~|\.{1,2})?(?:/[^\s/'\"]+)+/?")
@@ -222,8 +201,8 @@ class ModelSlot:
             return "❌ " + self._error.text(lang)
         return text("model_ready", lang, **self._reranker.describe())
 
-    def score(self, request: RerankRequest, *, progress: Progress | None = None) -> list[ScoredImage]:
-        """Score every image of a validated request, in input order: the GPU work.
+    def score(self, job: Job, *, progress: Progress | None = None) -> list[ScoredImage]:
+        """Score every image of an accepted job, in input order: the GPU work.
 
         Past ``limits.request_timeout_s`` the next progress report raises ``UserError``.
         """
@@ -235,67 +214,40 @@ class ModelSlot:
             if progress:
                 progress(done, total)
 
-        return self.get().score(request.query, request.images, query_image=request.query_image,
-                                instruction=request.instruction, labels=request.labels, max_side=request.max_side,
-                                lenient_parsing=request.lenient_parsing, progress=report)
+        return self.get().score_request(job.request, job.images, labels=job.labels, progress=report)
 
 
 @dataclass(frozen=True)
 class RerankOutcome:
-    """A request and its :class:`~lychee.report.Report` (the JSON and CSV downloads, the API answer)."""
+    """A job, every image's score and the :class:`~lychee.report.Report` ranked from them (the JSON
+    and CSV downloads, the API answer)."""
 
-    request: RerankRequest  # validated: preset defaults applied
+    job: Job
+    records: tuple[ScoredImage, ...]  # in input order: the ranking can be applied again without the model
     report: Report
 
     @property
-    def model(self) -> dict[str, str]:
-        return self.report.model
+    def request(self) -> Request:
+        return self.job.request
 
-    @property
-    def results(self) -> list[RerankResult]:
-        return self.report.results
-
-    @property
-    def filtered_out(self) -> list[RerankResult]:
-        return self.report.filtered_out
-
-    @property
-    def errors(self) -> list[RerankResult]:
-        return self.report.errors
-
-    @property
-    def elapsed_s(self) -> float:
-        return self.report.elapsed_s
-
-    @property
-    def images_per_s(self) -> float:
-        return self.report.images_per_s
-
-    @property
-    def winner_strength(self) -> WinnerStrength | None:
-        return self.report.winner_strength
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``/rerank`` API's JSON result: :meth:`lychee.report.Report.to_dict`."""
-        return self.report.to_dict()
-
-    def to_csv(self) -> str:
-        return self.report.to_csv()
+    def reranked(self, settings: Settings) -> RerankOutcome:
+        """The same scores ranked by other ``settings``: no model call. ``max_side`` stays the
+        one the images were scored at."""
+        settings = replace(settings, max_side=self.request.settings.max_side)
+        job = replace(self.job, request=replace(self.request, settings=settings))
+        report = Report.build(job.request, self.records, model=self.report.model, elapsed_s=self.report.elapsed_s)
+        return RerankOutcome(job, self.records, report)
 
 
-def rerank(request: RerankRequest, slot: ModelSlot, *,
-           score: Callable[[RerankRequest], list[ScoredImage]] | None = None) -> RerankOutcome:
-    """Validate ``request``, score its images with ``score`` (default ``slot.score``) and rank them.
+def rerank(job: Job, slot: ModelSlot, *, score: Callable[[Job], list[ScoredImage]] | None = None) -> RerankOutcome:
+    """Score the job's images with ``score`` (default ``slot.score``) and rank them.
 
-    The JSON form (``RerankOutcome.to_dict()``) is :meth:`lychee.report.Report.to_dict`
-    (schema version 4), shared with the CLI's ``--format json``. Bad input raises
-    :class:`UserError`; a bad image only becomes an error record.
+    The JSON form (``outcome.report.to_dict()``) is :meth:`lychee.report.Report.to_dict`
+    (schema version 4), shared with the CLI's ``--format json``. A bad image only becomes an
+    error record.
     """
-    request = validate(request, slot.limits)
     model = slot.get().describe()  # waits for the model outside any GPU allocation
     started = time.perf_counter()
-    records = (score or slot.score)(request)
-    report = Report.build(request.query, records, request.settings, instruction=request.instruction, model=model,
-                          query_image=request.query_image_label,
-                          warnings=request.notices, elapsed_s=time.perf_counter() - started)
-    return RerankOutcome(request=request, report=report)
+    records = tuple((score or slot.score)(job))
+    report = Report.build(job.request, records, model=model, elapsed_s=time.perf_counter() - started)
+    return RerankOutcome(job, records, report)

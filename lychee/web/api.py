@@ -1,0 +1,137 @@
+"""The web demo's API routes: ``/rerank`` (uploaded files, for ``gradio_client``) and
+``/rerank_urls`` (image URLs; the documented route, also an MCP tool). Both answer with
+:meth:`lychee.report.Report.to_dict` and refuse bad input with both languages' words."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..limits import Limits
+from ..messages import UserError
+from ..ranking import ScoredImage
+from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
+from ..url_images import fetch_images, url_label
+from .service import Form, Job, ModelSlot, accept, rerank
+
+log = logging.getLogger(__name__)
+
+# /rerank's parameters in the order clients send them (it is undocumented, so gradio_client
+# knows no names): each makes its hidden input component.
+RERANK_PARAMETERS: dict[str, Callable[[], gr.components.Component]] = {
+    "query": lambda: gr.Textbox(label="query"),
+    "images": lambda: gr.File(file_count="multiple", label="images"),
+    "preset": lambda: gr.Textbox("", label="preset"),
+    "score_threshold": lambda: gr.Number(None, label="score_threshold"),
+    "top_k": lambda: gr.Number(None, label="top_k"),
+    "instruction": lambda: gr.Textbox("", label="instruction"),
+    "normalize": lambda: gr.Checkbox(False, label="normalize"),
+    "tie_epsilon": lambda: gr.Number(DEFAULT_TIE_EPSILON, label="tie_epsilon"),
+    "max_side": lambda: gr.Number(DEFAULT_MAX_SIDE, label="max_side"),
+    "query_image": lambda: gr.File(label="query_image"),
+}
+
+
+def refuse(exc: UserError) -> gr.Error:
+    """An API refusal: both languages for the caller, one log line and no traceback here."""
+    log.info("refused request: %s", exc)
+    return gr.Error(exc.bilingual(), print_exception=False)
+
+
+def uploaded_files(files: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:
+    """Paths and original names of uploaded files of a raw API call (Gradio file records,
+    already checked by Gradio)."""
+    files = files or []
+    return [f["path"] for f in files], [f.get("orig_name") or Path(f["path"]).name for f in files]
+
+
+class RerankApi:
+    """The two routes over one model slot; ``score`` is the (GPU-wrapped) scoring of a job."""
+
+    def __init__(self, slot: ModelSlot, score: Callable[[Job], list[ScoredImage]]) -> None:
+        self.slot = slot
+        self.limits: Limits = slot.limits
+        self.score = score
+
+    def wire(self) -> None:
+        """Hidden components and the two routes; call inside the page's ``gr.Blocks``."""
+        with gr.Column(visible=False):
+            inputs = [make() for make in RERANK_PARAMETERS.values()]
+            output = gr.JSON(label="result")
+        # Raw values reach the handler (preprocess=False): lychee's validator, not Gradio's coercion
+        # (top_k 2.5 -> 2), judges them. Hidden from MCP and the API page, where list-of-file inputs
+        # fail in Gradio 6.31; gradio_client still calls it. rerank_urls is the documented route.
+        gr.on([], self.rerank, inputs=inputs, outputs=[output], api_name="rerank", concurrency_id="gpu",
+              preprocess=False, api_visibility="undocumented")
+        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="gpu")
+
+    def rerank(self, *values: Any) -> dict[str, Any]:
+        """Score uploaded candidate images against a query with lychee-rerank-mm and rank them.
+
+        The file-upload twin of :meth:`rerank_urls`, with the same arguments (``images``:
+        the uploaded files; ``query_image``: an uploaded reference image, or None) and the
+        same JSON result.
+        """
+        given = dict(zip(RERANK_PARAMETERS, values))
+        try:
+            paths, names = uploaded_files(given.pop("images"))
+            reference = given.pop("query_image")
+            references, reference_names = uploaded_files([reference] if reference else None)
+            form = Form(**given, query_image=next(iter(references), None),
+                        query_image_label=next(iter(reference_names), None))
+            return self._answer(accept(form, paths, self.limits, labels=names))
+        except UserError as exc:
+            raise refuse(exc) from None
+
+    def rerank_urls(self, query: str, image_urls: list[str], preset: str = "", score_threshold: float | None = None,
+                    top_k: int | None = None, instruction: str = "", normalize: bool = False,
+                    tie_epsilon: float = DEFAULT_TIE_EPSILON, max_side: int = DEFAULT_MAX_SIDE,
+                    query_image_url: str = "") -> dict[str, Any]:
+        """Score candidate images, given as URLs, against a query (text, an image, or both) with lychee-rerank-mm.
+
+        Returns JSON with schema_version 4: "query_kind" (text, image or image+text), "results"
+        (best first; each has rank, index, source, score 0-10, raw_score, tied, raw_output,
+        error), "filtered_out" (scored
+        images below score_threshold or beyond top_k, each with a "reason"), "errors"
+        (images that could not be fetched, read or scored), "warnings" (changes made to the
+        input, e.g. a query cut to its length limit), "winner_strength", "counts", "model",
+        "settings", "elapsed_s" and "images_per_s".
+
+        Args:
+            query: What the image should show, in Chinese, English or both (e.g. "一只black cat坐在red sofa上");
+                may be "" when query_image_url is given.
+            image_urls: The candidate images: data: URIs (data:image/png;base64,...) or public http(s) URLs;
+                a URL that is refused or fails becomes an entry in "errors" and the rest are still ranked.
+            preset: Optional scenario preset supplying defaults: screening, precise, mixed_language or
+                pipeline; "" for none.
+            score_threshold: Keep images scoring at least this (0-10); null = the preset's value, or keep all.
+            top_k: Keep at most this many images after the threshold (a whole number); null = the preset's
+                value; 0 = all.
+            instruction: Optional task instruction for the model (at most 500 characters); "" = the model's default.
+            normalize: true to min-max normalise the scores within this batch onto 0-10 before the threshold.
+            tie_epsilon: Scores closer than this (0-10) to the best of their tie group are tied ("tied": true).
+            max_side: Longest image side in pixels before scoring (a whole number, 64-4096); smaller is faster.
+            query_image_url: Optional reference image, for "images like this one" (with query text: "like this
+                one, but ..."): a data: URI or a public http(s) URL; "" for none. One that fails refuses the request.
+        """
+        try:
+            if not isinstance(image_urls, list) or not all(isinstance(u, str) for u in image_urls):
+                raise UserError("bad_urls", value=repr(image_urls)[:80])
+            reference = None
+            if query_image_url:
+                (reference,) = fetch_images([query_image_url], self.limits)
+            form = Form(query, preset, score_threshold, top_k, instruction, normalize, tie_epsilon, max_side,
+                        query_image=reference, query_image_label=url_label(query_image_url, 0) if reference else None)
+            # Refuse bad settings before fetching the candidates.
+            job = accept(form, image_urls, self.limits, labels=[url_label(url, i) for i, url in enumerate(image_urls)])
+            return self._answer(replace(job, images=tuple(fetch_images(image_urls, self.limits))))
+        except UserError as exc:
+            raise refuse(exc) from None
+
+    def _answer(self, job: Job) -> dict[str, Any]:
+        return rerank(job, self.slot, score=self.score).report.to_dict()

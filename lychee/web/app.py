@@ -1,0 +1,385 @@
+"""The Gradio 6 web demo in a Hugging Face Space layout: :func:`build_demo` lays out the page and
+wires each event beside its components, :func:`main` serves it.
+
+What a request means lives in :mod:`lychee.web.service`, what a result looks like in
+:mod:`lychee.web.view`, the API routes in :mod:`lychee.web.api`, the stylesheet in ``style.css``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import spaces
+
+from ..limits import Limits
+from ..messages import UserError
+from ..presets import PRESETS
+from ..ranking import ScoredImage
+from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
+from .api import RerankApi
+from .i18n import Language, text
+from .service import Form, Job, ModelSlot, RerankOutcome, accept, on_zero_gpu, rerank
+from .view import (
+    download_stem,
+    filtered_gallery,
+    hints_markdown,
+    ranked_gallery,
+    raw_output_headers,
+    raw_output_rows,
+    status_line,
+    table_css,
+    table_headers,
+    table_rows,
+    table_widths,
+    winner_card,
+    winner_level,
+)
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
+DEFAULT_LANGUAGE: Language = "en"
+DEFAULT_PRESET = "screening"
+GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one request
+THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
+# Chinese browsers get the Chinese UI on first load; the radio switches at any time.
+PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
+PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False}  # UI-only events: no API, no queue
+# A run brings the results' top edge into view when it starts and when it ends (on a phone they sit
+# below the controls), unless the query is empty: then the error toast is all there is to see.
+SHOW_RESULTS_JS = """(query, reference) => {
+  const results = document.getElementById('lychee-results');
+  const top = results.getBoundingClientRect().top;
+  const asked = query.trim() || reference;  // no query at all: stay at the box to fill in
+  if (asked && (top < 0 || top > window.innerHeight / 3)) results.scrollIntoView({behavior: 'smooth'});
+}"""
+# Gradio's own words (footer, upload prompts, toast buttons) follow its locale, which lives in its core
+# module; the language switch sets it too. Nothing happens if a Gradio release renames that module.
+GRADIO_LOCALE_JS = """async (lang) => {
+  const core = performance.getEntriesByType('resource').map((e) => e.name)
+    .find((name) => /\\/assets\\/core-[\\w-]+\\.js$/.test(name));
+  if (core) (await import(core)).changeLocale(lang === 'zh' ? 'zh-CN' : 'en');
+}"""
+
+log = logging.getLogger(__name__)
+
+
+def stylesheet() -> str:
+    """``style.css`` and the results table's per-column rules."""
+    return resources.files(__package__).joinpath("style.css").read_text(encoding="utf-8") + table_css()
+
+
+def sample_images() -> list[str]:
+    """The bundled sample photographs (``examples/images``), if this checkout has them."""
+    folder = EXAMPLES_DIR / "images"
+    return sorted(str(p) for p in folder.glob("*.jpg")) if folder.is_dir() else []
+
+
+def example_queries() -> list[str]:
+    """Chinese, English and mixed example queries from ``examples/queries.json``."""
+    path = EXAMPLES_DIR / "queries.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [query for group in ("zh", "en", "mixed") for query in data.get(group, [])]
+
+
+def preset_choices(lang: Language) -> list[tuple[str, str]]:
+    return [(preset.label[lang], name) for name, preset in PRESETS.items()]
+
+
+def preset_description(name: str | None, lang: Language) -> str:
+    preset = PRESETS.get(name or "")
+    if preset is None:
+        return ""
+    return f"{preset.description[lang]}  \n`score_threshold={preset.score_threshold:g} · top_k={preset.top_k}`"
+
+
+def header_markdown(lang: Language) -> str:
+    return f"# {text('title', lang)}\n{text('subtitle', lang)}"
+
+
+def status_html(message: str) -> str:
+    return f'<div class="lychee-status">{html.escape(message)}</div>'
+
+
+def write_downloads(outcome: RerankOutcome, folder: Path) -> tuple[str, str]:
+    """The outcome as JSON and CSV, named after the query and the time, in a fresh folder under ``folder``."""
+    target = folder / uuid.uuid4().hex
+    target.mkdir(parents=True)
+    report = outcome.report
+    stem = download_stem(report.query, datetime.now())
+    json_path, csv_path = target / f"{stem}.json", target / f"{stem}.csv"
+    json_path.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+    csv_path.write_text(report.to_csv(), encoding="utf-8-sig")  # BOM: Excel then reads Chinese names right
+    return str(json_path), str(csv_path)
+
+
+class RerankDemo:
+    """The page's components and the handlers wired to them (one instance per app)."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+        self.limits = slot.limits
+        self.downloads = tempfile.TemporaryDirectory(prefix="lychee-downloads-")  # removed at exit
+        self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
+        self.score_on_gpu = spaces.GPU(duration=self._gpu_seconds)(self._score)
+
+    # -- GPU work ---------------------------------------------------------------------------
+    def _gpu_seconds(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> int:
+        seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_IMAGE * len(job.images)
+        return int(min(self.limits.request_timeout_s, seconds))
+
+    def _score(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> list[ScoredImage]:
+        """Only this runs on the GPU (``spaces.GPU``; a no-op off Hugging Face Spaces)."""
+        progress = gr.Progress()
+        return self.slot.score(job, progress=lambda done, total: progress(
+            (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
+
+    # -- layout -----------------------------------------------------------------------------
+    def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
+        """A component whose ``keys`` (argument -> UI text key) follow the language switch."""
+        component = factory(**{arg: text(key, DEFAULT_LANGUAGE) for arg, key in keys.items()}, **kwargs)
+        self.localized.append((component, keys))
+        return component
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="Lychee Rerank MM", delete_cache=(3600, 3600)) as demo:
+            self.outcome = gr.State(None)
+            with gr.Row(elem_id="lychee-top"):
+                self.header = gr.Markdown(header_markdown(DEFAULT_LANGUAGE), elem_classes="lychee-header")
+                self.lang = gr.Radio([("中文", "zh"), ("English", "en")], value=DEFAULT_LANGUAGE, show_label=False,
+                                     container=False, scale=0, min_width=200, elem_id="lychee-language")
+            self.model_status = gr.Markdown(self.slot.status_line(DEFAULT_LANGUAGE),
+                                            elem_classes="lychee-model-status")
+            self.model_timer = gr.Timer(1.0)
+            # Side by side on a laptop (query, Run and results on the first screen); stacked on a phone.
+            with gr.Row(elem_id="lychee-main"):
+                with gr.Column(scale=5, min_width=340, elem_id="lychee-controls"):
+                    self._build_inputs()
+                with gr.Column(scale=7, min_width=340, elem_id="lychee-results"):
+                    self._build_results()
+            RerankApi(self.slot, self.score_on_gpu).wire()
+            self._wire(demo)
+        demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
+        return demo
+
+    def _build_inputs(self) -> None:
+        tr = self.tr
+        with gr.Row(equal_height=True, elem_id="lychee-query-row"):
+            self.query_keys = {"label": "query_label", "placeholder": "query_placeholder"}
+            self.query = tr(gr.Textbox, self.query_keys, lines=1, max_lines=4, scale=1, min_width=180,
+                            elem_id="lychee-query")
+            self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", scale=0, min_width=110,
+                                 elem_id="lychee-run")
+        # Optional, right under the query: "images like this one"; the image's own toolbar clears it.
+        self.reference = tr(gr.Image, {"label": "reference_label"}, type="filepath", sources=["upload", "clipboard"],
+                            height=150, elem_id="lychee-reference")
+        self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
+        self.images = tr(gr.Gallery, {"label": "images_label"}, type="filepath", file_types=["image"],
+                         interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
+        self.samples = sample_images()
+        self.sample_button = tr(gr.Button, {"value": "sample_button"}, size="sm", visible=bool(self.samples))
+        queries = example_queries()
+        self.examples = gr.Examples([[q] for q in queries], inputs=[self.query], examples_per_page=9,
+                                    label=text("examples_label", DEFAULT_LANGUAGE)) if queries else None
+        preset = PRESETS[DEFAULT_PRESET]
+        self.preset = gr.Dropdown(preset_choices(DEFAULT_LANGUAGE), value=DEFAULT_PRESET,
+                                  label=text("preset_label", DEFAULT_LANGUAGE))
+        self.preset_info = gr.Markdown(preset_description(DEFAULT_PRESET, DEFAULT_LANGUAGE))
+        self.threshold = tr(gr.Slider, {"label": "threshold_label", "info": "threshold_info"}, minimum=0,
+                            maximum=10, step=0.1, value=preset.score_threshold, elem_id="lychee-threshold")
+        top_k_max = max(self.limits.max_images, *(p.top_k for p in PRESETS.values()))
+        self.top_k = tr(gr.Slider, {"label": "top_k_label", "info": "top_k_info"}, minimum=0, maximum=top_k_max,
+                        step=1, value=preset.top_k)
+        with tr(gr.Accordion, {"label": "advanced_label"}, open=False):
+            self.instruction = tr(gr.Textbox, {"label": "instruction_label", "info": "instruction_info"})
+            self.normalize = tr(gr.Checkbox, {"label": "normalize_label"}, value=False)
+            with gr.Row():
+                self.tie_epsilon = tr(gr.Slider, {"label": "tie_epsilon_label", "info": "tie_epsilon_info"},
+                                      minimum=0, maximum=1, step=0.01, value=DEFAULT_TIE_EPSILON,
+                                      elem_id="lychee-tie-epsilon")
+                self.max_side = tr(gr.Slider, {"label": "max_side_label", "info": "max_side_info"},
+                                   minimum=256, maximum=DEFAULT_MAX_SIDE, step=64, value=DEFAULT_MAX_SIDE)
+        # The page's side of a Form: one component per field.
+        self.form_fields = {"query": self.query, "preset": self.preset, "score_threshold": self.threshold,
+                            "top_k": self.top_k, "instruction": self.instruction, "normalize": self.normalize,
+                            "tie_epsilon": self.tie_epsilon, "max_side": self.max_side,
+                            "query_image": self.reference}
+
+    def _build_results(self) -> None:
+        # The status line is also the one progress indicator, at the results' top edge.
+        self.status = gr.HTML(status_html(text("status_idle", DEFAULT_LANGUAGE)), elem_id="lychee-status")
+        self.winner = gr.HTML(elem_id="lychee-winner")
+        self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, height="auto", fit_columns=False,
+                              object_fit="cover", interactive=False, elem_id="lychee-ranked",
+                              elem_classes="lychee-ranked")
+        self.table = self.tr(gr.Dataframe, {"label": "table_label"}, headers=table_headers(DEFAULT_LANGUAGE),
+                             interactive=False, wrap=True, column_widths=table_widths(), elem_id="lychee-table")
+        with gr.Accordion(text("filtered_label", DEFAULT_LANGUAGE, count=0), open=False) as self.filtered_box:
+            self.filtered = gr.Gallery(columns=5, height="auto", fit_columns=False, object_fit="cover",
+                                       interactive=False, show_label=False, elem_id="lychee-filtered")
+        with gr.Accordion(text("raw_label", DEFAULT_LANGUAGE), open=False) as self.raw_box:
+            self.raw_table = gr.Dataframe(headers=raw_output_headers(DEFAULT_LANGUAGE), interactive=False,
+                                          wrap=True, show_label=False)
+        with gr.Row():
+            self.json_file = self.tr(gr.DownloadButton, {"label": "json_button"}, visible=False, size="sm")
+            self.csv_file = self.tr(gr.DownloadButton, {"label": "csv_button"}, visible=False, size="sm")
+        self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
+                        self.raw_box, self.raw_table, self.json_file, self.csv_file]
+
+    def _wire(self, demo: gr.Blocks) -> None:
+        run_triggers = [self.run_button.click, self.query.submit]
+        gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
+        # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
+        gr.on(run_triggers, self.run, inputs={self.lang, self.images, *self.form_fields.values()},
+              outputs=[self.outcome, *self.results], show_progress_on=[self.status], api_visibility="private",
+              concurrency_id="gpu").success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS,
+                                            **PRIVATE)
+        relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
+                                                        self.preset_info]
+        if self.examples is not None:
+            relabelled.append(self.examples.dataset)
+            # gr.Examples restores the query box's build-time label; put the current language back.
+            self.examples.load_input_event.then(lambda lang: {self.query: localize(self.query_keys, lang)},
+                                                inputs=[self.lang], outputs=[self.query], **PRIVATE)
+        self.lang.change(self.relabel, inputs=[self.lang, self.outcome, self.query, self.preset],
+                         outputs=list(dict.fromkeys(relabelled + self.results)), **PRIVATE)
+        self.lang.change(None, inputs=[self.lang], js=GRADIO_LOCALE_JS, **PRIVATE)
+        self.query.change(lambda query, lang: {self.hints: show_hints(query, lang)}, inputs=[self.query, self.lang],
+                          outputs=[self.hints], show_progress="hidden", **PRIVATE)
+        self.preset.input(self.apply_preset, inputs=[self.preset, self.lang],
+                          outputs=[self.threshold, self.top_k, self.preset_info, self.raw_box], **PRIVATE)
+        self.sample_button.click(lambda: {self.images: self.samples}, outputs=[self.images], **PRIVATE)
+        gr.on([demo.load, self.model_timer.tick], self.poll_model, inputs=[self.lang],
+              outputs=[self.model_status, self.model_timer], show_progress="hidden", **PRIVATE)
+        demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
+
+    # -- handlers ---------------------------------------------------------------------------
+    def render(self, outcome: RerankOutcome | None, lang: Language, *, raw_open: bool | None = None
+               ) -> dict[Any, Any]:
+        """Updates for ``self.results`` in ``lang``: an outcome, or the idle page without one."""
+        raw_box = {"label": text("raw_label", lang)} | ({} if raw_open is None else {"open": raw_open})
+        updates = {self.raw_box: gr.update(**raw_box)}
+        if outcome is None:
+            return updates | {self.status: gr.update(value=status_html(text("status_idle", lang))),
+                              self.table: gr.update(value={"headers": table_headers(lang), "data": []}),
+                              self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": []})}
+        report = outcome.report
+        level = ["lychee-ranked", f"lychee-ranked--{winner_level(outcome)}"] if report.results else ["lychee-ranked"]
+        return updates | {
+            self.status: gr.update(value=status_html(status_line(outcome, lang))),
+            self.winner: gr.update(value=winner_card(outcome, lang)),
+            self.ranked: gr.update(value=ranked_gallery(outcome), elem_classes=level),
+            self.table: gr.update(value={"headers": table_headers(lang), "data": table_rows(outcome, lang)}),
+            self.filtered_box: gr.update(label=text("filtered_label", lang, count=len(report.filtered_out))),
+            self.filtered: gr.update(value=filtered_gallery(outcome, lang)),
+            self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": raw_output_rows(outcome)}),
+        }
+
+    def form(self, values: dict[Any, Any]) -> Form:
+        """The page's form from the values of its components."""
+        return Form(**{name: values[component] for name, component in self.form_fields.items()})
+
+    def run(self, values: dict[Any, Any],
+            progress: gr.Progress = gr.Progress()  # noqa: B008 - how gradio asks for a progress bar
+            ) -> dict[Any, Any]:
+        """The Run button and Enter: rerank the gallery's images and render everything.
+
+        A request the user must fix gets a toast and no updates: the last good results stay on the page."""
+        lang = values[self.lang]
+        images = [path for path, _ in values[self.images] or []]
+        # "0 / N images" from the first moment, not Gradio's bare timer.
+        waiting = "progress_scoring" if self.slot.settled else "progress_loading"
+        progress((0, len(images)), desc=text(waiting, lang), unit=text("progress_unit", lang))
+        try:
+            job = accept(self.form(values), images, self.limits)
+            outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, lang))
+        except UserError as exc:
+            gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
+            return {self.outcome: gr.skip()}
+        for notice in outcome.request.notices:
+            gr.Warning(notice.text(lang), title=text("toast_notice_title", lang))
+        json_path, csv_path = write_downloads(outcome, Path(self.downloads.name))
+        chosen = outcome.request.settings.preset
+        return self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded)) | {
+            self.outcome: outcome,
+            self.json_file: gr.update(value=json_path, visible=True),
+            self.csv_file: gr.update(value=csv_path, visible=True),
+        }
+
+    def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None
+                ) -> dict[Any, Any]:
+        """The language switch: every label, hint and message, and the last result, in ``lang``."""
+        updates = {component: localize(keys, lang) for component, keys in self.localized}
+        updates |= {self.header: header_markdown(lang), self.model_status: self.slot.status_line(lang),
+                    self.hints: show_hints(query, lang), self.preset_info: preset_description(preset, lang),
+                    self.preset: gr.update(label=text("preset_label", lang), choices=preset_choices(lang),
+                                           value=preset)}
+        if self.examples is not None:
+            updates[self.examples.dataset] = gr.update(label=text("examples_label", lang))
+        for component, change in self.render(outcome, lang).items():  # e.g. the table: new label and new rows
+            updates[component] = updates.get(component, {}) | change
+        return updates
+
+    def apply_preset(self, name: str | None, lang: Language) -> dict[Any, Any]:
+        """Choosing a preset fills the threshold and top_k and opens or closes the raw output."""
+        chosen = PRESETS.get(name or "")
+        if chosen is None:
+            return {self.preset_info: ""}
+        return {self.threshold: chosen.score_threshold, self.top_k: chosen.top_k,
+                self.preset_info: preset_description(name, lang),
+                self.raw_box: gr.update(open=chosen.raw_output_expanded)}
+
+    def poll_model(self, lang: Language) -> dict[Any, Any]:
+        """The model line, refreshed until loading has finished."""
+        self.slot.start_loading()
+        return {self.model_status: self.slot.status_line(lang),
+                self.model_timer: gr.Timer(active=not self.slot.settled)}
+
+
+def localize(keys: dict[str, str], lang: Language) -> dict[str, Any]:
+    return gr.update(**{arg: text(key, lang) for arg, key in keys.items()})
+
+
+def show_hints(query: str, lang: Language) -> dict[str, Any]:
+    advice = hints_markdown(query, lang)
+    return gr.update(value=advice, visible=bool(advice))
+
+
+def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
+    """The Blocks app, its queue bounded by ``slot.limits``; serve it with
+    ``demo.launch(**launch_options(slot.limits))``."""
+    return RerankDemo(slot or ModelSlot()).build()
+
+
+def launch_options(limits: Limits) -> dict[str, Any]:
+    """Keyword arguments for ``demo.launch``: theme, CSS, upload limit, sample photos, MCP.
+
+    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``).
+    ``show_error`` sends the reason for a refused request to API clients too.
+    """
+    return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
+            "allowed_paths": [str(EXAMPLES_DIR / "images")],
+            "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
+
+
+def main() -> None:
+    """Serve the demo. On a ZeroGPU Space the model is placed on ``cuda`` before serving, as
+    ZeroGPU requires; elsewhere it loads in the background and the page is up at once."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    slot = ModelSlot.for_space()
+    if on_zero_gpu():
+        slot.load_now()
+    else:
+        slot.start_loading()
+    build_demo(slot).launch(**launch_options(slot.limits))

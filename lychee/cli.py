@@ -303,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="report format (default: from the --output suffix, else md)")
     rank.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
     rank.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
-    rank.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
     rank.add_argument("--query-image", metavar="PATH",
                       help="a reference image: rank the images by how well they match it (and the query text)")
     rank.add_argument("--instruction", help="task instruction for the model (default: the protocol's for the "
@@ -315,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
                       help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; "
                            "bounds memory)")
-    _add_model_options(rank)
+    _add_shared_options(rank)
     explain = commands.add_parser(
         "explain", help="show why an image gets its score: an occlusion map",
         description="Score copies of IMAGE with each cell of a grid blurred over; a cell's delta is how much of "
@@ -330,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "28-px patches allow); cost: cells + 1 forward passes")
     explain.add_argument("--output", "-o", metavar="MAP.png", help="write the overlay (a PNG) here")
     explain.add_argument("--format", choices=EXPLAIN_FORMATS, default="md", help="report on stdout (default md)")
-    explain.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
-    _add_model_options(explain)
+    _add_shared_options(explain)
     serve = commands.add_parser(
         "vllm-serve", help="start a vLLM server configured for lychee-rerank-mm",
         description="Run vLLM's OpenAI-compatible server with every flag lychee-rerank-mm needs (pooling runner, "
@@ -342,9 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_options(command: argparse.ArgumentParser) -> None:
-    """What scores, and how: the options ``rank`` and ``explain`` share."""
+def _add_shared_options(command: argparse.ArgumentParser) -> None:
+    """What scores, and how - the options ``rank`` and ``explain`` share - and --quiet."""
     add = command.add_argument
+    add("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
     add("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     add("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))

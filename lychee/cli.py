@@ -14,8 +14,13 @@ argument, path not found, no images, empty query without --query-image, unreadab
 image, bad LYCHEE_* variable);
 3 the model could not be loaded, or no vLLM server answers (--backend vllm-server).
 
-    python -m lychee explain "QUERY" IMAGE [--query-image PATH] [--instruction TEXT] [--grid N|RxC]
-                                           [--output MAP.png] [--format md|json]
+    python -m lychee calibrate LABELS.csv... [--target-precision P] [--format md|json] [--output FILE]
+                                            [model and backend options as for rank]
+
+finds the threshold that reaches a target precision on labelled images (see CALIBRATE_HELP).
+
+    python -m lychee explain "QUERY" IMAGE [--query-image PATH] [--grid N|RxC] [--output MAP.png]
+                                           [--format md|json] [model and backend options as for rank]
 
 shows why IMAGE gets its score: an occlusion map (see :mod:`lychee.explain`), its report on
 stdout and the overlay as a PNG in --output. Exit codes as for rank; 1: the model failed on a copy.
@@ -36,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +49,10 @@ from tqdm import tqdm
 
 from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
+from .calibration import DEFAULT_TARGET_PRECISION, Calibration, calibrate, check_target_precision, to_markdown
 from .explain import check_grid
 from .images import IMAGE_EXTENSIONS, ImageLoadError, budget_size, is_image_path, load_image
+from .labels import BadRow, LabelRow, LabelsFile, read_all
 from .limits import Limits
 from .messages import UserError
 from .presets import PRESETS
@@ -60,6 +68,20 @@ from .settings import (
     check_top_k,
     resolve_settings,
 )
+
+CALIBRATE_HELP = """\
+Precision, recall and F1 of "score >= t" on images labelled relevant or not, and the lowest
+threshold that reaches --target-precision (the most relevant images kept at that precision).
+
+LABELS.csv has a "relevant" column (1/0, yes/no, true/false or 是/否; empty = not labelled) and
+either a "score" column (no model is loaded: e.g. a report CSV from `rank --format csv` or the
+web page, with a "relevant" column added by hand) or "query" and "image" columns, and
+optionally "query_image", to score (paths relative to the CSV's folder; same protocol and
+pixel budget as rank). Several files are pooled; a file without a "query" column is one query.
+Rows that cannot be used are listed with their line numbers and the rest are used.
+
+Exit codes: 0 ok; 2 usage error (no such file, missing columns, no usable row); 3 the model
+could not be loaded."""
 
 if TYPE_CHECKING:
     from .explain import Explanation
@@ -262,6 +284,7 @@ def _whole(text: str) -> float:
 _threshold = _checked(_number_or("none", float), check_threshold)
 _top_k = _checked(_number_or("all", _whole), check_top_k)
 _tie_epsilon = _checked(float, check_tie_epsilon)
+_target_precision = _checked(float, check_target_precision)
 
 
 def _positive_int(text: str) -> int:
@@ -272,6 +295,28 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
+
+
+def _add_scoring_options(command: argparse.ArgumentParser) -> None:
+    """The model, backend and pixel-budget options: the same for every command that scores images."""
+    add = command.add_argument
+    add("--instruction", help="task instruction for the model (default: the protocol's for the kind of query)")
+    add("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    add("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    add("--min-pixels", type=_positive_int, default=protocol.MIN_PIXELS, metavar="N",
+        help=f"pixel budget of each image, lower bound (default {protocol.MIN_PIXELS} = 4 x 28 x 28)")
+    add("--max-pixels", type=_positive_int, default=protocol.MAX_PIXELS, metavar="N",
+        help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual tokens x 28 x "
+             "28, the model card's); fewer is faster")
+    add("--batch-size", type=_positive_int, metavar="N",
+        help="pairs per forward pass (default: from free GPU memory on CUDA, else 8)")
+    add("--chunk-size", type=_positive_int, metavar="N",
+        help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; bounds memory)")
+    add("--backend", choices=list(BACKENDS), default=default_backend(),
+        help="scoring engine (default: $LYCHEE_BACKEND or transformers)")
+    add("--server-url", metavar="URL",
+        help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or http://127.0.0.1:8000)")
 
 
 def _grid(text: str) -> int | tuple[int, int]:
@@ -303,18 +348,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="report format (default: from the --output suffix, else md)")
     rank.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
     rank.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
+    rank.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
     rank.add_argument("--query-image", metavar="PATH",
                       help="a reference image: rank the images by how well they match it (and the query text)")
-    rank.add_argument("--instruction", help="task instruction for the model (default: the protocol's for the "
-                                            "kind of query)")
     rank.add_argument("--normalize", action="store_true", help="min-max normalise scores over the run")
     rank.add_argument("--tie-epsilon", type=_tie_epsilon, default=DEFAULT_TIE_EPSILON, metavar="E",
                       help="scores closer than E to the best of their group are ties "
                            f"(default {DEFAULT_TIE_EPSILON:g})")
-    rank.add_argument("--chunk-size", type=_positive_int, metavar="N",
-                      help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; "
-                           "bounds memory)")
-    _add_shared_options(rank)
+    _add_scoring_options(rank)
+    calibrate = commands.add_parser(
+        "calibrate", help="find the threshold that reaches a target precision on labelled images",
+        description=CALIBRATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    calibrate.add_argument("labels", nargs="+", metavar="LABELS.csv",
+                           help="labelled images (several files are pooled)")
+    calibrate.add_argument("--target-precision", type=_target_precision, default=DEFAULT_TARGET_PRECISION,
+                           metavar="P", help=f"precision the threshold must reach, above 0 and at most 1 "
+                                             f"(default {DEFAULT_TARGET_PRECISION})")
+    calibrate.add_argument("--format", choices=("md", "json"),
+                           help="report format (default: from the --output suffix, else md)")
+    calibrate.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
+    calibrate.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
+    _add_scoring_options(calibrate)
     explain = commands.add_parser(
         "explain", help="show why an image gets its score: an occlusion map",
         description="Score copies of IMAGE with each cell of a grid blurred over; a cell's delta is how much of "
@@ -323,13 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("query", help='what the image should show; may be "" with --query-image')
     explain.add_argument("image", metavar="IMAGE", help="the image to explain")
     explain.add_argument("--query-image", metavar="PATH", help="a reference image, as for rank")
-    explain.add_argument("--instruction", help="task instruction for the model (default: the protocol's)")
     explain.add_argument("--grid", type=_grid, metavar="N|RxC",
                          help="N x N cells, or R rows x C columns (default: 16-36 cells, as square as the "
                               "28-px patches allow); cost: cells + 1 forward passes")
     explain.add_argument("--output", "-o", metavar="MAP.png", help="write the overlay (a PNG) here")
     explain.add_argument("--format", choices=EXPLAIN_FORMATS, default="md", help="report on stdout (default md)")
-    _add_shared_options(explain)
+    explain.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
+    _add_scoring_options(explain)
     serve = commands.add_parser(
         "vllm-serve", help="start a vLLM server configured for lychee-rerank-mm",
         description="Run vLLM's OpenAI-compatible server with every flag lychee-rerank-mm needs (pooling runner, "
@@ -338,26 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", help="hub id or local checkpoint directory")
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, metavar="...", help="options for vLLM's server")
     return parser
-
-
-def _add_shared_options(command: argparse.ArgumentParser) -> None:
-    """What scores, and how - the options ``rank`` and ``explain`` share - and --quiet."""
-    add = command.add_argument
-    add("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
-    add("--model", help="hub id or local checkpoint (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    add("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    add("--min-pixels", type=_positive_int, default=protocol.MIN_PIXELS, metavar="N",
-        help=f"pixel budget of each image, lower bound (default {protocol.MIN_PIXELS} = 4 x 28 x 28)")
-    add("--max-pixels", type=_positive_int, default=protocol.MAX_PIXELS, metavar="N",
-        help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual "
-             "tokens x 28 x 28, the model card's); fewer is faster")
-    add("--batch-size", type=_positive_int, metavar="N",
-        help="pairs per forward pass (default: from free GPU memory on CUDA, else 8)")
-    add("--backend", choices=list(BACKENDS), default=default_backend(),
-        help="scoring engine (default: $LYCHEE_BACKEND or transformers)")
-    add("--server-url", metavar="URL",
-        help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or http://127.0.0.1:8000)")
 
 
 def load_reranker(model: str | None, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
@@ -406,19 +440,36 @@ def _output_format(args: argparse.Namespace) -> str:
     return suffix if suffix in FORMATS else "md"
 
 
+def _check_scoring_options(args: argparse.Namespace, limits: Limits) -> None:
+    if args.min_pixels > args.max_pixels:
+        raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
+    if args.chunk_size and args.chunk_size > limits.max_images:
+        raise UsageError(f"--chunk-size {args.chunk_size} is above the limit of {limits.max_images} "
+                         "images per request (LYCHEE_MAX_IMAGES)")
+    if args.output and not Path(args.output).parent.is_dir():
+        raise UsageError(f"cannot write {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
+
+
+def _load_reranker(args: argparse.Namespace, limits: Limits) -> LycheeReranker:
+    return load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                         limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                         backend=args.backend, server_url=args.server_url)
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    if args.output:
+        write_atomically(args.output, text)
+    else:
+        sys.stdout.write(text)
+
+
 def _rank(args: argparse.Namespace) -> int:
     try:
         limits = Limits.from_env()
         settings = resolve_settings(args.preset, score_threshold=args.threshold, top_k=args.top_k,
                                     normalize=args.normalize, tie_epsilon=args.tie_epsilon)
         request = build_request(args.query, settings, limits, instruction=args.instruction, image=args.query_image)
-        if args.min_pixels > args.max_pixels:
-            raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
-        if args.chunk_size and args.chunk_size > limits.max_images:
-            raise UsageError(f"--chunk-size {args.chunk_size} is above the limit of {limits.max_images} "
-                             "images per request (LYCHEE_MAX_IMAGES)")
-        if args.output and not Path(args.output).parent.is_dir():
-            raise UsageError(f"cannot write {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
+        _check_scoring_options(args, limits)
         paths, skipped = collect_images(args.paths)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -430,7 +481,7 @@ def _rank(args: argparse.Namespace) -> int:
         raise UsageError(f"no image files found in {', '.join(args.paths)} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
-    reranker = _load(args, limits)
+    reranker = _load_reranker(args, limits)
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
         try:
@@ -440,11 +491,7 @@ def _rank(args: argparse.Namespace) -> int:
             raise ModelLoadError(str(exc)) from exc
     report = Report.build(request, records, model=reranker.describe(), skipped=skipped,
                           elapsed_s=time.perf_counter() - started)
-    text = RENDERERS[_output_format(args)](report)
-    if args.output:
-        write_atomically(args.output, text)
-    else:
-        sys.stdout.write(text)
+    _emit(args, RENDERERS[_output_format(args)](report))
     if not args.quiet:
         print(f"{report.images} images in {report.elapsed_s:.1f} s ({report.images_per_s:.2f}/s): "
               f"{len(report.results)} ranked, {len(report.filtered_out)} filtered out, {len(report.errors)} failed, "
@@ -452,11 +499,86 @@ def _rank(args: argparse.Namespace) -> int:
     return EXIT_IMAGES_FAILED if args.strict and report.errors else EXIT_OK
 
 
-def _load(args: argparse.Namespace, limits: Limits) -> LycheeReranker:
-    """The reranker the model options of ``args`` describe."""
-    return load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size, limits=limits,
-                         min_pixels=args.min_pixels, max_pixels=args.max_pixels, backend=args.backend,
-                         server_url=args.server_url)
+CALIBRATION_SETTINGS = resolve_settings(None)  # every image kept, the default pixel budget, as for rank
+
+
+def score_label_rows(reranker: LycheeReranker, rows: Sequence[LabelRow], *, instruction: str | None = None,
+                     chunk_size: int | None = None, progress: Callable[[int], None] | None = None
+                     ) -> tuple[list[LabelRow], list[BadRow]]:
+    """``(scored, bad)``: ``rows`` scored by the protocol and pixel budget of ``rank``, one
+    request per query (and query image); an image that fails is a bad row. ``progress(n)``
+    is told how many rows are done."""
+    by_query: dict[tuple[str, str | None], list[LabelRow]] = {}
+    for row in rows:
+        by_query.setdefault((row.query, row.query_image), []).append(row)
+    scored: list[LabelRow] = []
+    bad: list[BadRow] = []
+    for (query, query_image), members in by_query.items():
+        finished = len(scored) + len(bad)
+        try:
+            request = build_request(query, CALIBRATION_SETTINGS, reranker.limits, instruction=instruction,
+                                    image=query_image)
+        except UserError as exc:
+            bad += [BadRow(r.file, r.line, str(exc)) for r in members]
+            continue
+        records = score_in_chunks(reranker, request, [r.image for r in members], chunk_size=chunk_size,
+                                  progress=None if progress is None else (
+                                      lambda done, _, finished=finished: progress(finished + done)))
+        for row, record in zip(members, records):
+            if record.error is None:
+                scored.append(replace(row, score=record.raw_score))
+            else:  # the row's line names the image: drop the message's "image N 'path': "
+                bad.append(BadRow(row.file, row.line,
+                                  record.error.removeprefix(f"image {record.index + 1} '{record.source}': ")))
+    return scored, bad
+
+
+def render_calibration(result: Calibration, labels: LabelsFile, fmt: str) -> str:
+    """The calibration report with the rows left out: ``json`` (the calibration's JSON plus
+    ``bad_rows`` and ``unlabelled``) or ``md``."""
+    if fmt == "json":
+        data = {**result.to_dict(), "bad_rows": [b.to_dict() for b in labels.bad_rows],
+                "unlabelled": labels.unlabelled}
+        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    lines = [to_markdown(result)]
+    if labels.unlabelled:
+        lines.append(f"{labels.unlabelled} rows without a label were left out.\n")
+    if labels.bad_rows:
+        lines += [f"## Rows not used ({len(labels.bad_rows)})", "", "| file | line | reason |", "|---|---:|---|"]
+        lines += [f"| {_cell(b.file)} | {b.line} | {_cell(b.reason)} |" for b in labels.bad_rows]
+        lines[-1] += "\n"
+    return "\n".join(lines)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    try:
+        limits = Limits.from_env()
+        _check_scoring_options(args, limits)
+        labels = read_all(args.labels)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    rows, bad = [r for r in labels.rows if r.score is not None], list(labels.bad_rows)
+    unscored = [r for r in labels.rows if r.score is None]
+    if unscored:
+        reranker = _load_reranker(args, limits)
+        with tqdm(total=len(unscored), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
+            try:
+                scored, failed = score_label_rows(reranker, unscored, instruction=args.instruction,
+                                                  chunk_size=args.chunk_size,
+                                                  progress=lambda done: bar.update(done - bar.n))
+            except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
+                raise ModelLoadError(str(exc)) from exc
+        rows, bad = rows + scored, bad + failed
+    labels = replace(labels, rows=rows, bad_rows=sorted(bad, key=lambda b: (b.file, b.line)))
+    for row in labels.bad_rows:
+        log.warning("%s line %d: %s", row.file, row.line, row.reason)
+    if not rows:
+        raise UsageError(f"no usable labelled rows in {', '.join(args.labels)}")
+    result = calibrate([r.score for r in rows], [r.relevant for r in rows], target_precision=args.target_precision,
+                       queries=[r.query_group for r in rows])
+    fmt = args.format or ("json" if args.output and Path(args.output).suffix.lower() == ".json" else "md")
+    _emit(args, render_calibration(result, labels, fmt))
+    return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -466,20 +588,19 @@ def _explain(args: argparse.Namespace) -> int:
         query = prepare_query(args.query, instruction=args.instruction, image=args.query_image,
                               image_label=args.query_image and Path(args.query_image).name,
                               max_side=DEFAULT_MAX_SIDE, limits=limits)
-        if args.min_pixels > args.max_pixels:
-            raise UsageError(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}")
+        _check_scoring_options(args, limits)
         try:
             image = load_image(args.image, limits=limits)
         except ImageLoadError as exc:
             raise UserError("bad_image", reason=str(exc)) from None
         check_grid(args.grid, budget_size(*image.size, args.min_pixels, args.max_pixels))
-        if args.output and (Path(args.output).suffix.lower() != ".png" or not Path(args.output).parent.is_dir()):
-            raise UsageError(f"--output {args.output!r}: give a .png file in an existing folder")
+        if args.output and Path(args.output).suffix.lower() != ".png":
+            raise UsageError(f"--output {args.output!r}: the overlay is a PNG; give a file name ending in .png")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for notice in query.notices:
         log.warning("%s", notice.text("en"))
-    reranker = _load(args, limits)
+    reranker = _load_reranker(args, limits)
     with tqdm(unit="copy", desc="explaining", file=sys.stderr, disable=args.quiet) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -519,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     with _console(args.quiet):
         try:
-            return _explain(args) if args.command == "explain" else _rank(args)
+            return {"calibrate": _calibrate, "explain": _explain}.get(args.command, _rank)(args)
         except (UsageError, ModelLoadError) as exc:
             print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
             return exc.exit_code

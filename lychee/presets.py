@@ -16,6 +16,7 @@ class Preset:
     name: str
     label: Mapping[str, str]          # {"zh": ..., "en": ...}
     description: Mapping[str, str]    # {"zh": ..., "en": ...}
+    basis: Mapping[str, str]          # what the threshold rests on (a claim or a choice, not a measurement)
     score_threshold: float
     top_k: int
     raw_output_expanded: bool

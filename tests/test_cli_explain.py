@@ -67,8 +67,8 @@ def test_an_image_query_explains_without_text(capsys, tiny_checkpoint):
     (["a cat", str(SAMPLES.parent / "queries.json")], "the image cannot be used: not a readable image"),
     (["a cat", "missing.jpg"], "the image cannot be used: file not found"),
     (["", CAT, "--query-image", str(SAMPLES.parent / "queries.json")], "the query image cannot be used"),
-    (["a cat", CAT, "--output", "map.jpg"], "give a .png file in an existing folder"),
-    (["a cat", CAT, "--output", "missing/map.png"], "give a .png file in an existing folder"),
+    (["a cat", CAT, "--output", "map.jpg"], "the overlay is a PNG; give a file name ending in .png"),
+    (["a cat", CAT, "--output", "missing/map.png"], "cannot write 'missing/map.png': no such folder 'missing'"),
     (["a cat", CAT, "--format", "csv"], "invalid choice: 'csv'"),
 ])
 def test_usage_errors_exit_2_before_any_model_loads(capsys, args, message):

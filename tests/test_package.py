@@ -34,6 +34,13 @@ def test_presets_match_the_specification(name, threshold, top_k):
     assert preset.description["zh"] and preset.description["en"]
 
 
+@pytest.mark.parametrize("name", ["screening", "precise", "mixed_language", "pipeline"])
+def test_each_preset_says_its_threshold_is_not_a_measurement_on_your_images(name):
+    basis = get_preset(name).basis
+    assert "Calibrate" in basis["en"] and "校准" in basis["zh"]
+    assert "measure" in basis["en"]
+
+
 def test_preset_flags():
     assert PRESETS["precise"].raw_output_expanded and not PRESETS["screening"].raw_output_expanded
     assert PRESETS["mixed_language"].lenient_parsing

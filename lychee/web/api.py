@@ -1,6 +1,8 @@
 """The web demo's API routes: ``/rerank`` (uploaded files, for ``gradio_client``) and
-``/rerank_urls`` (image URLs; the documented route, also an MCP tool). Both answer with
-:meth:`lychee.report.Report.to_dict` and refuse bad input with both languages' words."""
+``/rerank_urls`` (image URLs; the documented route, also an MCP tool), which answer with
+:meth:`lychee.report.Report.to_dict`, and ``/calibrate`` (labelled scores in, a threshold
+out: :meth:`lychee.calibration.Calibration.to_dict`; also an MCP tool). All refuse bad input
+with both languages' words."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from .. import calibration
 from ..limits import Limits
 from ..messages import UserError
 from ..ranking import ScoredImage
@@ -59,7 +62,7 @@ class RerankApi:
         self.score = score
 
     def wire(self) -> None:
-        """Hidden components and the two routes; call inside the page's ``gr.Blocks``."""
+        """Hidden components and the three routes; call inside the page's ``gr.Blocks``."""
         with gr.Column(visible=False):
             inputs = [make() for make in RERANK_PARAMETERS.values()]
             output = gr.JSON(label="result")
@@ -69,6 +72,7 @@ class RerankApi:
         gr.on([], self.rerank, inputs=inputs, outputs=[output], api_name="rerank", concurrency_id="gpu",
               preprocess=False, api_visibility="undocumented")
         gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="gpu")
+        gr.api(self.calibrate, api_name="calibrate")  # no model call: it never waits behind scoring
 
     def rerank(self, *values: Any) -> dict[str, Any]:
         """Score uploaded candidate images against a query with lychee-rerank-mm and rank them.
@@ -130,6 +134,37 @@ class RerankApi:
             # Refuse bad settings before fetching the candidates.
             job = accept(form, image_urls, self.limits, labels=[url_label(url, i) for i, url in enumerate(image_urls)])
             return self._answer(replace(job, images=tuple(fetch_images(image_urls, self.limits))))
+        except UserError as exc:
+            raise refuse(exc) from None
+
+    def calibrate(self, scores: list[float] | None = None, labels: list[bool | None] | None = None,
+                  report: dict[str, Any] | None = None,
+                  target_precision: float = calibration.DEFAULT_TARGET_PRECISION,
+                  queries: list[str] | None = None) -> dict[str, Any]:
+        """Find the lowest score threshold that reaches a target precision on images labelled relevant or not.
+
+        Give either scores and labels (several queries may be pooled), or a report and labels. Returns
+        JSON with schema_version 1: "threshold" (the recommended score_threshold, or null when no
+        threshold reaches target_precision), "recommended" (its precision, 95% Wilson
+        "precision_interval", recall and f1), "separable" (false: no clean separation), "best_f1",
+        "average_precision", "counts" (labels, relevant, irrelevant, queries), "warnings" (e.g. too few
+        labels to trust) and "points" (precision, recall and F1 of score >= t for every distinct score t).
+
+        Args:
+            scores: The 0-10 score of each labelled image (e.g. from /rerank results); null when a report is given.
+            labels: With scores: true (relevant) or false per score. With a report: one entry per input image,
+                in input order, true, false or null (not labelled).
+            report: The JSON result of /rerank or /rerank_urls (schema_version 4); null when scores are given.
+            target_precision: The precision the threshold must reach, above 0 and at most 1 (default 0.9).
+            queries: Optional, with scores: the query of each label, to count how many queries are pooled.
+        """
+        try:
+            if (scores is None) == (report is None):
+                raise UserError("calibration_input")
+            if report is not None:
+                scores, labels = calibration.report_scores(report, labels)
+            return calibration.calibrate(scores, labels if labels is not None else [],
+                                         target_precision=target_precision, queries=queries).to_dict()
         except UserError as exc:
             raise refuse(exc) from None
 

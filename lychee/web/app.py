@@ -101,7 +101,8 @@ def preset_description(name: str | None, lang: Language) -> str:
     preset = PRESETS.get(name or "")
     if preset is None:
         return ""
-    return f"{preset.description[lang]}  \n`score_threshold={preset.score_threshold:g} · top_k={preset.top_k}`"
+    return (f"{preset.description[lang]}  \n`score_threshold={preset.score_threshold:g} · top_k={preset.top_k}`  \n"
+            f"<small>{preset.basis[lang]}</small>")
 
 
 def header_markdown(lang: Language) -> str:

@@ -38,6 +38,9 @@ class Limits:
     request_timeout_s: int = 600      # LYCHEE_REQUEST_TIMEOUT_S: seconds one web request may run
     max_visual_tokens: int = 1280     # LYCHEE_MAX_VISUAL_TOKENS: per image in the web app (max_pixels = N x 28 x 28)
     url_timeout_s: int = 20           # LYCHEE_URL_TIMEOUT_S: seconds to fetch one image URL (rerank_urls)
+    # LYCHEE_GPU_MAX_SECONDS: the longest GPU reservation one request may ask of ZeroGPU. Hugging Face refuses
+    # longer ones ("ZeroGPU illegal duration"); its maximum is undocumented, 300 s as its staff state it.
+    gpu_max_seconds: int = 300
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:

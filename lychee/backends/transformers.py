@@ -17,26 +17,28 @@ their difference is taken, which quantises the score and makes it depend on the 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
 from qwen_vl_utils import smart_resize
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils import is_flash_attn_2_available
 
 from .. import protocol
+from ..zero_gpu import on_zero_gpu
 from .base import Progress, run_batched, visual_tokens_range
 from .vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 DEFAULT_BATCH_SIZE = 8       # pairs per forward pass off CUDA, where free memory is not measured
@@ -62,10 +64,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on a GPU that supports it, fp16 on mps, fp32 otherwise."""
+    """``auto`` -> bf16 on a GPU of compute capability 8.0 (Ampere) or newer, fp16 on older
+    GPUs and on mps, fp32 on the CPU.
+
+    ``torch.cuda.is_bf16_supported()`` is no guide: it is true on a T4 or V100 too, where bf16
+    is emulated and slow.
+    """
     if dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
         return torch.float16 if device.type == "mps" else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
@@ -73,11 +80,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def pick_attention(device: torch.device, dtype: torch.dtype) -> str:
-    """flash_attention_2 when installed and usable, else PyTorch SDPA."""
-    if (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-            and importlib.util.find_spec("flash_attn") is not None):
+    """flash_attention_2 on a CUDA GPU in bf16/fp16 when transformers finds a usable ``flash_attn``
+    (installed, >= 2.3.3), else PyTorch SDPA."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and is_flash_attn_2_available():
         return "flash_attention_2"
     return "sdpa"
+
+
+def free_cuda_bytes(device: torch.device) -> int:
+    """Memory a batch can use on ``device``: what the driver reports free, plus what PyTorch's
+    allocator holds reserved but unallocated (the last request's cached blocks, which
+    ``mem_get_info`` counts as used although this process can reuse them at once)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def single_token_id(tokenizer: Any, word: str) -> int:
@@ -152,6 +167,8 @@ class Engine:
     min_pixels: int = protocol.MIN_PIXELS
     max_pixels: int = protocol.MAX_PIXELS
     vision_cache: VisionCache = field(default_factory=lambda: VisionCache(0))
+    weight_bytes: int = 0  # parameters and buffers: what ZeroGPU moves onto a fresh worker's GPU
+    attention_proven: bool = False  # the attention kernel has run a batch
 
     @classmethod
     def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
@@ -166,9 +183,18 @@ class Engine:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         processor = AutoProcessor.from_pretrained(model_id)
+        # On ZeroGPU, CUDA is emulated in the calling thread only, and transformers copies weights to
+        # their device in a thread pool: loaded straight onto cuda, a worker thread would reach real
+        # CUDA. So there the weights load on the CPU and move to cuda here, in this thread, as ZeroGPU
+        # documents (``model.to("cuda")`` at start-up). That does not rest on a private switch of
+        # transformers' loader (HF_DEACTIVATE_ASYNC_LOAD), and costs nothing: ZeroGPU keeps a CPU copy
+        # anyway, to pack it. Elsewhere the weights load straight onto the device, without a CPU copy.
+        move_after_load = torch_device.type == "cuda" and on_zero_gpu()
         model = AutoModelForImageTextToText.from_pretrained(
             model_id, dtype=torch_dtype, attn_implementation=pick_attention(torch_device, torch_dtype),
-            device_map={"": torch_device})
+            device_map={"": "cpu" if move_after_load else torch_device})
+        if move_after_load:
+            model.to(torch_device)
         return cls.from_model(model, processor, model_id, min_pixels=min_pixels, max_pixels=max_pixels,
                               need_yes_no=need_yes_no, vision_cache_bytes=vision_cache_bytes)
 
@@ -190,10 +216,11 @@ class Engine:
             yes_minus_no = (head.weight[yes_id].float() - head.weight[no_id].float()).detach()
         attention = model.config._attn_implementation
         vision_cache = VisionCache(cache_bytes(vision_cache_bytes))
-        log.info("loaded %s on %s (%s, %s attention, vision cache %.0f MiB)", model_id, model.device,
-                 model.dtype, attention, vision_cache.max_bytes / 2**20)
+        weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        log.info("loaded %s on %s (%s, %s attention, %.2f GB of weights, vision cache %.0f MiB)", model_id,
+                 model.device, model.dtype, attention, weight_bytes / 1e9, vision_cache.max_bytes / 2**20)
         return cls(model, processor, model_id, model.device, model.dtype, attention, yes_id, no_id,
-                   yes_minus_no, min_pixels, max_pixels, vision_cache)
+                   yes_minus_no, min_pixels, max_pixels, vision_cache, weight_bytes)
 
     @property
     def dtype_name(self) -> str:
@@ -217,12 +244,34 @@ class Engine:
             return requested
         if self.device.type != "cuda" or not images:
             return DEFAULT_BATCH_SIZE
-        free, _ = torch.cuda.mem_get_info(self.device)
+        free = free_cuda_bytes(self.device)
         pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images)) + query_tokens,
                                      dtype_bytes=self.dtype.itemsize)
         size = batch_size_for_memory(free, pair)
         log.debug("batch size %d: %.1f GiB free, ~%.0f MiB per pair", size, free / 2**30, pair / 2**20)
         return size
+
+    def with_attention_fallback(self, run: Callable[[], T]) -> T:
+        """``run()``. Until flash attention has run one batch, its failure (a GPU or a build its kernels
+        do not support) switches the model to SDPA, with a warning, and runs again; if SDPA fails too,
+        the fault was not the kernel's: flash attention is restored and the first error raised."""
+        if self.attention != "flash_attention_2" or self.attention_proven:
+            return run()
+        try:
+            result = run()
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            self.model.set_attn_implementation("sdpa")
+            try:
+                result = run()
+            except Exception:
+                self.model.set_attn_implementation("flash_attention_2")
+                raise exc from None
+            log.warning("flash_attention_2 failed on the first batch (%s); using sdpa", exc)
+            self.attention = "sdpa"
+        self.attention_proven = True
+        return result
 
     def render(self, messages: list[dict]) -> str:
         """The chat prompt as text, with one image placeholder per image part."""
@@ -336,6 +385,10 @@ class TransformersBackend:
     def max_pixels(self) -> int:
         return self.engine.max_pixels
 
+    @property
+    def weight_bytes(self) -> int:
+        return self.engine.weight_bytes
+
     def describe(self) -> dict[str, str]:
         e = self.engine
         return {"backend": self.name, "model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
@@ -344,14 +397,16 @@ class TransformersBackend:
     def _batched(self, images: Sequence[Image.Image], fn: Any, progress: Progress | None, *,
                  query_tokens: int = 0) -> list[Any]:
         batch_size = self.engine.batch_size(images, self.batch_size, query_tokens=query_tokens)
-        return run_batched(images, fn, batch_size=batch_size, cost=self.engine.visual_tokens, progress=progress,
+        return run_batched(images, lambda batch: self.engine.with_attention_fallback(lambda: fn(batch)),
+                           batch_size=batch_size, cost=self.engine.visual_tokens, progress=progress,
                            out_of_memory=is_out_of_memory)
 
     def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
                   query_image: Image.Image | None = None) -> list[float | Exception]:
         prompt = self.engine.render(messages)
         with self._lock:  # the query image goes through the vision tower once, for every batch
-            query = self.engine.image_features([query_image])[0] if query_image is not None else None
+            query = (self.engine.with_attention_fallback(lambda: self.engine.image_features([query_image])[0])
+                     if query_image is not None else None)
             return self._batched(
                 images, lambda batch: self.engine.relevance_logits(prompt, batch, query).sigmoid().tolist(), progress,
                 query_tokens=len(query.embeds) if query is not None else 0)

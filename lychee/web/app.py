@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import spaces
 
 from ..limits import Limits
 from ..messages import UserError
 from ..presets import PRESETS
-from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
+from ..zero_gpu import on_zero_gpu
 from .api import RerankApi
+from .gpu import GpuScoring
 from .i18n import Language, text
-from .service import Form, Job, ModelSlot, RerankOutcome, accept, on_zero_gpu, rerank
+from .service import Form, ModelSlot, RerankOutcome, accept, rerank
 from .view import (
     download_stem,
     filtered_gallery,
@@ -49,7 +49,6 @@ from .view import (
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
 DEFAULT_PRESET = "screening"
-GPU_SECONDS_BASE, GPU_SECONDS_PER_IMAGE = 20, 0.5  # ZeroGPU reservation for one request
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
 PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
@@ -133,18 +132,7 @@ class RerankDemo:
         self.limits = slot.limits
         self.downloads = tempfile.TemporaryDirectory(prefix="lychee-downloads-")  # removed at exit
         self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
-        self.score_on_gpu = spaces.GPU(duration=self._gpu_seconds)(self._score)
-
-    # -- GPU work ---------------------------------------------------------------------------
-    def _gpu_seconds(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> int:
-        seconds = GPU_SECONDS_BASE + GPU_SECONDS_PER_IMAGE * len(job.images)
-        return int(min(self.limits.request_timeout_s, seconds))
-
-    def _score(self, job: Job, lang: Language = DEFAULT_LANGUAGE) -> list[ScoredImage]:
-        """Only this runs on the GPU (``spaces.GPU``; a no-op off Hugging Face Spaces)."""
-        progress = gr.Progress()
-        return self.slot.score(job, progress=lambda done, total: progress(
-            (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
+        self.score_on_gpu = GpuScoring(slot)
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:

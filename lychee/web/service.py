@@ -29,16 +29,11 @@ from ..report import Report
 from ..request import Request, build_request
 from ..reranker import LycheeReranker, Progress, default_model, display_name
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
+from ..zero_gpu import gpu_seconds, images_within, on_zero_gpu
 from .i18n import text
 
 log = logging.getLogger(__name__)
 
-ZERO_GPU_ENV_VAR = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU Spaces
-
-
-def on_zero_gpu(environ: Mapping[str, str] | None = None) -> bool:
-    """True on a Hugging Face ZeroGPU Space."""
-    return bool((os.environ if environ is None else environ).get(ZERO_GPU_ENV_VAR))
 
 
 @dataclass(frozen=True)
@@ -127,8 +122,8 @@ class ModelSlot:
         on_server = self.backend == "vllm-server"
         self.model = model or (os.environ.get(protocol.MODEL_ENV_VAR) if on_server else default_model())
         self.name = display_name(self.model) if self.model else "vLLM server"
-        self.device = device or os.environ.get("LYCHEE_DEVICE", "auto")
-        self.dtype = dtype or os.environ.get("LYCHEE_DTYPE", "auto")
+        self.device = device or os.environ.get("LYCHEE_DEVICE") or "auto"  # set but empty: the default
+        self.dtype = dtype or os.environ.get("LYCHEE_DTYPE") or "auto"
         self.limits = limits or Limits.from_env()
         self._lock = threading.Lock()
         self._started = False
@@ -143,7 +138,7 @@ class ModelSlot:
         and must then be loaded at import time with :meth:`load_now`."""
         environ = os.environ if environ is None else environ
         if on_zero_gpu(environ):
-            return cls(device=environ.get("LYCHEE_DEVICE", "cuda"), dtype=environ.get("LYCHEE_DTYPE", "bf16"))
+            return cls(device=environ.get("LYCHEE_DEVICE") or "cuda", dtype=environ.get("LYCHEE_DTYPE") or "bf16")
         return cls()
 
     def start_loading(self) -> None:
@@ -170,7 +165,11 @@ class ModelSlot:
             self._error = exc
             log.warning("%s", exc)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong is shown to the user, with the fix
-            self._error = UserError("model_unavailable", model=self.name, reason=failure_reason(self.model or "", exc))
+            # A checkpoint that cannot be found, fetched or read raises OSError or ValueError; a RuntimeError
+            # (CUDA, out of memory, a kernel) is not fixed by pointing LYCHEE_MODEL elsewhere.
+            key = "model_load_failed" if isinstance(exc, RuntimeError) else "model_unavailable"
+            self._error = UserError(key, model=self.name, reason=failure_reason(self.model or "", exc),
+                                    device=self.device, dtype=self.dtype)
             log.exception("could not load the model %s", self.name)
         finally:
             self._loaded.set()
@@ -200,6 +199,17 @@ class ModelSlot:
         if self._reranker is None:
             return "❌ " + self._error.text(lang)
         return text("model_ready", lang, **self._reranker.describe())
+
+    def gpu_seconds(self, images: int) -> int:
+        """The ZeroGPU duration to reserve for scoring ``images`` (:func:`lychee.zero_gpu.gpu_seconds`),
+        at most ``limits.request_timeout_s``; ``UserError`` when it would pass ``limits.gpu_max_seconds``."""
+        # A vLLM server's weights are not moved by this process.
+        weight_bytes = getattr(self.get().backend, "weight_bytes", 0)
+        seconds = gpu_seconds(images, weight_bytes)
+        if seconds > self.limits.gpu_max_seconds:
+            raise UserError("gpu_time", seconds=seconds, limit=self.limits.gpu_max_seconds, count=images,
+                            fit=images_within(self.limits.gpu_max_seconds, weight_bytes))
+        return min(seconds, self.limits.request_timeout_s)
 
     def score(self, job: Job, *, progress: Progress | None = None) -> list[ScoredImage]:
         """Score every image of an accepted job, in input order: the GPU work.

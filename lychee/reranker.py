@@ -18,7 +18,7 @@ from .backends.base import Progress
 from .explain import Explanation, occlusion
 from .images import ImageLoadError, ImageSource, fit_to_budget, load_image, source_label
 from .limits import Limits
-from .messages import InputWarning, Notice, UserError
+from .messages import InputWarning, Notice, UserError, printable
 from .parsing import parse_score
 from .ranking import RerankResult, ScoredImage
 from .request import Query, Request, build_request, prepare_query
@@ -159,7 +159,7 @@ class LycheeReranker:
 
         def problem(i: int, cause: object) -> str:
             message = f"image {start + i + 1} '{names[i]}': {cause}"
-            log.warning("%s", message)
+            log.warning("%s", printable(message))
             return message
 
         loaded: dict[int, Image.Image] = {}

@@ -43,7 +43,7 @@ def test_the_url_tool_is_listed_with_every_argument_described_and_rerank_is_not(
     schema = by_name["rerank_urls"].inputSchema
     assert schema["required"] == ["query", "image_urls"]
     assert set(schema["properties"]) == {"query", "image_urls", "preset", "score_threshold", "top_k", "instruction",
-                                         "normalize", "tie_epsilon", "max_side", "query_image_url"}
+                                         "normalize", "tie_epsilon", "max_side", "query_image_url", "texts"}
     assert all(prop.get("description") for prop in schema["properties"].values())
 
 

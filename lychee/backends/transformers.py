@@ -33,7 +33,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from .. import protocol
 from ..zero_gpu import on_zero_gpu
-from .base import Progress, run_batched, visual_tokens_range
+from .base import Document, Progress, candidate_documents, document_messages, run_batched, visual_tokens_range
 from .vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
 log = logging.getLogger(__name__)
@@ -237,16 +237,17 @@ class Engine:
         return height * width // protocol.PATCH_PIXELS ** 2
 
     def batch_size(self, images: Sequence[Image.Image], requested: int | None = None, *,
-                   query_tokens: int = 0) -> int:
+                   query_tokens: int = 0, text_tokens: int = 0) -> int:
         """``requested`` if given; on CUDA, as many pairs as fit in free memory at the largest
-        image plus the query image's ``query_tokens`` (at most 32); elsewhere 8."""
+        image plus the query image's ``query_tokens`` and the longest document text's
+        ``text_tokens`` (at most 32); elsewhere 8."""
         if requested is not None:
             return requested
-        if self.device.type != "cuda" or not images:
+        if self.device.type != "cuda" or not (images or text_tokens):
             return DEFAULT_BATCH_SIZE
         free = free_cuda_bytes(self.device)
-        pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images)) + query_tokens,
-                                     dtype_bytes=self.dtype.itemsize)
+        pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images), default=0) + query_tokens,
+                                     text_tokens=TEXT_TOKENS_ALLOWANCE + text_tokens, dtype_bytes=self.dtype.itemsize)
         size = batch_size_for_memory(free, pair)
         log.debug("batch size %d: %.1f GiB free, ~%.0f MiB per pair", size, free / 2**30, pair / 2**20)
         return size
@@ -277,6 +278,10 @@ class Engine:
         """The chat prompt as text, with one image placeholder per image part."""
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def text_tokens(self, text: str) -> int:
+        """How many tokens ``text`` (a document's) adds to a prompt."""
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
     def _inputs(self, prompt: str, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         batch = self.processor(text=[prompt] * len(images), images=list(images), padding=True,
                                return_tensors="pt", size=self._size())
@@ -292,6 +297,8 @@ class Engine:
 
     def image_features(self, images: Sequence[Image.Image]) -> list[VisionFeatures]:
         """Each image's vision-tower output; images in the vision cache skip processor and tower."""
+        if not images:
+            return []
         keys = self._cache_keys(images) if self.vision_cache.enabled else None
         features = [self.vision_cache.get(key) for key in keys] if keys else [None] * len(images)
         missing = [i for i, found in enumerate(features) if found is None]
@@ -313,33 +320,44 @@ class Engine:
         embeds = self.model.get_image_features(patches, grids).pooler_output  # n x [t*h*w/4, hidden]
         return [VisionFeatures(tuple(grid), embed) for grid, embed in zip(grids.tolist(), embeds)]
 
-    def _text_inputs(self, prompt: str, visual_tokens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """The tokenised prompts: in row i, the k-th image placeholder widened to ``visual_tokens[i][k]`` tokens."""
+    def _text_inputs(self, prompts: Sequence[str], visual_tokens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """The tokenised prompts: in row i, ``prompts[i]`` with its k-th image placeholder widened to
+        ``visual_tokens[i][k]`` tokens."""
         placeholder = self.processor.image_token
-        pieces = prompt.split(placeholder)  # one more than the image parts
-        texts = ["".join(piece + placeholder * n for piece, n in zip(pieces, row)) + pieces[-1]
-                 for row in visual_tokens]
+        texts = []
+        for prompt, row in zip(prompts, visual_tokens):
+            pieces = prompt.split(placeholder)  # one more than the image parts
+            texts.append("".join(piece + placeholder * n for piece, n in zip(pieces, row)) + pieces[-1])
         tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
         input_ids = tokens["input_ids"].to(self.device)         # [batch, seq], left-padded
         return {"input_ids": input_ids, "attention_mask": tokens["attention_mask"].to(self.device),
                 "mm_token_type_ids": (input_ids == self.processor.image_token_id).long()}  # 1 = image token
 
     @torch.inference_mode()
-    def relevance_logits(self, prompt: str, images: Sequence[Image.Image],
+    def relevance_logits(self, prompt: str | Sequence[str], images: Sequence[Image.Image | None],
                          query: VisionFeatures | None = None) -> torch.Tensor:
         """``[batch]`` float32 z_yes - z_no at each row's last position; p(yes) is its sigmoid.
 
-        ``query``: the query image's features, computed once by the caller and shared by every
-        row; ``prompt`` then has two image parts, the query image's first.
+        ``prompt``: one for every row, or one per row (documents that carry text). A row whose
+        image is None is a text alone: its prompt has no candidate image part and it never
+        reaches the vision tower. ``query``: the query image's features, computed once by the
+        caller and shared by every row; each prompt then has the query image's part first.
         """
-        features = self.image_features(images)                  # per image: [visual tokens_i, hidden]
-        rows = [[query, f] if query is not None else [f] for f in features]  # each row's images, in prompt order
-        inputs = self._text_inputs(prompt, [[len(x.embeds) for x in row] for row in rows])
+        prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        with_image = [i for i, image in enumerate(images) if image is not None]
+        features: list[VisionFeatures | None] = [None] * len(images)
+        for i, computed in zip(with_image, self.image_features([images[i] for i in with_image])):
+            features[i] = computed                              # [visual tokens_i, hidden]
+        rows = [[x for x in (query, f) if x is not None] for f in features]  # each row's images, in prompt order
+        inputs = self._text_inputs(prompts, [[len(x.embeds) for x in row] for row in rows])
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])  # [batch, seq, hidden]
         image_positions = inputs["input_ids"] == self.processor.image_token_id  # [batch, seq]
-        # Row-major order of the positions is image order, so the concatenated features land in place.
-        embeds[image_positions] = torch.cat([x.embeds.to(self.device) for row in rows for x in row]).to(embeds.dtype)
-        grids = torch.tensor([x.grid_thw for row in rows for x in row], device=self.device)  # [images, 3]
+        grids = None                                            # a batch of texts alone has no image
+        if any(rows):
+            # Row-major order of the positions is image order, so the concatenated features land in place.
+            embeds[image_positions] = torch.cat([x.embeds.to(self.device) for row in rows for x in row]
+                                                ).to(embeds.dtype)
+            grids = torch.tensor([x.grid_thw for row in rows for x in row], device=self.device)  # [images, 3]
         # input_ids ride along only for the model to derive its 3D (M-RoPE) positions from them and
         # the grids, exactly as in a plain call; the embeddings come from inputs_embeds.
         hidden = self.model.model(**inputs, inputs_embeds=embeds, image_grid_thw=grids,
@@ -394,29 +412,43 @@ class TransformersBackend:
         return {"backend": self.name, "model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
                 "attention": e.attention, "visual_tokens": visual_tokens_range(self)}
 
-    def _batched(self, images: Sequence[Image.Image], fn: Any, progress: Progress | None, *,
-                 query_tokens: int = 0) -> list[Any]:
-        batch_size = self.engine.batch_size(images, self.batch_size, query_tokens=query_tokens)
-        return run_batched(images, lambda batch: self.engine.with_attention_fallback(lambda: fn(batch)),
-                           batch_size=batch_size, cost=self.engine.visual_tokens, progress=progress,
-                           out_of_memory=is_out_of_memory)
+    def _batched(self, items: Sequence[T], fn: Any, progress: Progress | None, *, images: Sequence[Image.Image],
+                 cost: Callable[[T], int], query_tokens: int = 0, text_tokens: int = 0) -> list[Any]:
+        batch_size = self.engine.batch_size(images, self.batch_size, query_tokens=query_tokens,
+                                            text_tokens=text_tokens)
+        return run_batched(items, lambda batch: self.engine.with_attention_fallback(lambda: fn(batch)),
+                           batch_size=batch_size, cost=cost, progress=progress, out_of_memory=is_out_of_memory)
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
-                  query_image: Image.Image | None = None) -> list[float | Exception]:
-        prompt = self.engine.render(messages)
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image | None], progress: Progress | None = None,
+                  query_image: Image.Image | None = None,
+                  texts: Sequence[str] | None = None) -> list[float | Exception]:
+        pairs = candidate_documents(images, texts)
+        prompts = {(image is not None, text): self.engine.render(document_messages(messages, image, text))
+                   for image, text in pairs}                   # one per kind of document and text
+        text_tokens = {text: self.engine.text_tokens(text) for _, text in pairs}
+
+        def cost(pair: Document) -> int:  # rows of similar length pad less
+            image, text = pair
+            return (self.engine.visual_tokens(image) if image is not None else 0) + text_tokens[text]
+
+        def score(batch: list[Document]) -> list[float]:
+            batch_prompts = [prompts[image is not None, text] for image, text in batch]
+            return self.engine.relevance_logits(batch_prompts, [image for image, _ in batch], query).sigmoid().tolist()
+
         with self._lock:  # the query image goes through the vision tower once, for every batch
             query = (self.engine.with_attention_fallback(lambda: self.engine.image_features([query_image])[0])
                      if query_image is not None else None)
-            return self._batched(
-                images, lambda batch: self.engine.relevance_logits(prompt, batch, query).sigmoid().tolist(), progress,
-                query_tokens=len(query.embeds) if query is not None else 0)
+            return self._batched(pairs, score, progress, images=[image for image, _ in pairs if image is not None],
+                                 cost=cost, query_tokens=len(query.embeds) if query is not None else 0,
+                                 text_tokens=max(text_tokens.values(), default=0))
 
     def generate(self, messages: list[dict], images: Sequence[Image.Image],
                  progress: Progress | None = None) -> list[str | Exception]:
         """The model's greedy answer for each image (generate mode), or the exception it raised."""
         prompt = self.engine.render(messages)
         with self._lock:
-            return self._batched(images, lambda batch: self.engine.generate(prompt, batch), progress)
+            return self._batched(images, lambda batch: self.engine.generate(prompt, batch), progress, images=images,
+                                 cost=self.engine.visual_tokens)
 
 
 def load(model: str, *, device: str = "auto", dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

@@ -70,17 +70,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_app(checkpoint: str | os.PathLike, *, queue_size: int, startup_timeout_s: float = 120.0,
-              log_path: str | os.PathLike = os.devnull, environ: Mapping[str, str] | None = None
-              ) -> Iterator[Server]:
-    """``python app.py`` on 127.0.0.1 with the given checkpoint on the CPU (unless ``environ``,
-    added last, says otherwise), its output in ``log_path``; stopped on exit."""
+              log_path: str | os.PathLike = os.devnull, environ: Mapping[str, str] | None = None,
+              module: str | None = None) -> Iterator[Server]:
+    """``python app.py`` (or ``python -m module``) on 127.0.0.1 with the given checkpoint on the
+    CPU (unless ``environ``, added last, says otherwise), its output in ``log_path``; stopped on exit."""
     port = free_port()
     settings = {"LYCHEE_MODEL": str(checkpoint), "LYCHEE_DEVICE": "cpu", "LYCHEE_DTYPE": "fp32",
                 "LYCHEE_QUEUE_SIZE": str(queue_size), "GRADIO_SERVER_NAME": "127.0.0.1",
                 "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
                 **(environ or {})}
+    command = [sys.executable, *(["-m", module] if module else ["app.py"])]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env={**os.environ, **settings},
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **settings},
                                    stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

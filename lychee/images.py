@@ -3,8 +3,13 @@
 Every failure is an :class:`ImageLoadError` whose message names the cause, so the
 caller can record it against that one image and go on with the rest. What is handled:
 
-- size limits checked before decoding: file bytes, and width x height read from the
-  header (decompression bombs never get decoded);
+- size limits checked before decoding: file bytes, width x height read from the header
+  (decompression bombs never get decoded), and the bytes the decoded pixels will take
+  (pixels x bytes per pixel of the mode: a small 16-bit or float file can need gigabytes);
+- decoding shares one budget in the process (``LYCHEE_MAX_DECODING_BYTES``): an image waits
+  until the images being decoded leave room for it, so parallel decoding stays bounded;
+  16/32-bit and float images are brought to 8 bits a block of rows at a time, never
+  through a full-size float copy;
 - empty, truncated, corrupt and non-image files, whatever Pillow raises for them;
 - animated GIF/WebP/PNG (the first frame), EXIF orientation (a broken EXIF block is
   ignored, not fatal), every Pillow mode: palette, alpha (composited on white), CMYK,
@@ -19,10 +24,13 @@ import io
 import logging
 import math
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .limits import Limits, env_name
 from .messages import UserError
@@ -39,6 +47,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng",
                               ".bmp", ".dib", ".tif", ".tiff"})
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_RESIZED_AS_THEY_ARE = frozenset({"L", "RGB", "RGBA"})  # scaling them before conversion changes no pixel
+# Bytes per pixel as Pillow holds each mode in memory (RGB takes 4, like RGBA); others take 4.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_BLOCK_PIXELS = 2 ** 20  # rows converted to 8 bits at a time: about 4 MB of float32
 
 # Leading bytes of the common formats, to tell a damaged image from a file that is no image.
 _SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
@@ -116,22 +128,75 @@ def _check_pixels(image: Image.Image, limits: Limits) -> None:
                              f"{limits.max_image_pixels / 1e6:.0f} MP ({env_name('max_image_pixels')})")
 
 
+def decoded_bytes(image: Image.Image) -> int:
+    """The memory ``image``'s pixels take once decoded: width x height x bytes per pixel of its mode."""
+    return image.width * image.height * _PIXEL_BYTES.get(image.mode, 4)
+
+
+def _check_decoded_bytes(image: Image.Image, limits: Limits) -> int:
+    size = decoded_bytes(image)
+    if size > limits.max_decoded_bytes:
+        raise ImageLoadError(f"image would take {_amount(size)} in memory decoded ({image.width}x{image.height} "
+                             f"{image.mode}), above the limit of {_amount(limits.max_decoded_bytes)} "
+                             f"({env_name('max_decoded_bytes')})")
+    return size
+
+
+class DecodingBudget:
+    """Bytes of images being decoded at once in this process; each decode waits for room."""
+
+    def __init__(self) -> None:
+        self._room = threading.Condition()
+        self._in_use = 0
+
+    @contextmanager
+    def reserve(self, size: int, capacity: int) -> Iterator[None]:
+        """Hold ``size`` bytes of ``capacity`` while decoding (alone when ``size`` is more than it)."""
+        with self._room:
+            self._room.wait_for(lambda: self._in_use == 0 or self._in_use + size <= capacity)
+            self._in_use += size
+        try:
+            yield
+        finally:
+            with self._room:
+                self._in_use -= size
+                self._room.notify_all()
+
+
+DECODING = DecodingBudget()
+
+
 def _exif_transposed(image: Image.Image) -> Image.Image:
     try:
+        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return image  # upright already: exif_transpose would only copy every pixel
         return ImageOps.exif_transpose(image)
     except Exception as exc:  # noqa: BLE001 - a malformed EXIF block must not cost the pixels
         log.info("ignoring unreadable EXIF orientation: %s", exc)
         return image
 
 
+def _finite_rows(image: Image.Image, top: int, rows: int) -> np.ndarray:
+    block = np.array(image.crop((0, top, image.width, min(image.height, top + rows))), dtype=np.float32)
+    return np.nan_to_num(block, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _scaled_to_8_bit(image: Image.Image) -> Image.Image:
-    """16/32-bit and float greyscale: scale by the brightest value instead of clipping at 255."""
-    values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    high = max(float(values.max(initial=0.0)), 1e-12)
-    return Image.fromarray((np.clip(values, 0.0, high) * (255.0 / high)).astype(np.uint8), "L")
+    """16/32-bit and float greyscale: scale by the brightest value instead of clipping at 255,
+    a block of rows at a time (a full-size float copy would take 4 bytes a pixel, several times)."""
+    rows = max(1, _BLOCK_PIXELS // image.width)
+    tops = range(0, image.height, rows)
+    high = max(max(float(_finite_rows(image, top, rows).max(initial=0.0)) for top in tops), 1e-12)
+    scaled = np.empty((image.height, image.width), dtype=np.uint8)
+    for top in tops:
+        block = _finite_rows(image, top, rows)
+        scaled[top:top + rows] = np.clip(block, 0.0, high, out=block) * (255.0 / high)
+    return Image.fromarray(scaled, "L")
 
 
 def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGB", "RGBA"):
+        return image
     if image.mode.startswith("I") or image.mode == "F":
         return _scaled_to_8_bit(image).convert("RGB")
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
@@ -161,11 +226,15 @@ def _padded_to_model_shape(image: Image.Image) -> Image.Image:
 
 
 def _decode(image: Image.Image, max_side: int) -> Image.Image:
-    image.seek(0)  # animated images: the first frame
-    image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size, much faster
-    image = _to_rgb_or_rgba(_exif_transposed(image))
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return _padded_to_model_shape(_flatten(image))
+    """The decoded, upright, scaled RGB image (``image`` has had its first frame and draft chosen)."""
+    image.load()  # decode now: damaged data fails here, not later in the model's processor
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _scaled_to_8_bit(image)  # 1 byte a pixel from here on
+    image = _exif_transposed(image)
+    if image.mode not in _RESIZED_AS_THEY_ARE:
+        image = _to_rgb_or_rgba(image)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # before any full-size copy of L, RGB, RGBA
+    return _padded_to_model_shape(_flatten(_to_rgb_or_rgba(image)))
 
 
 def _describe(exc: Exception, image_format: str | None) -> str:
@@ -194,7 +263,10 @@ def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
         image = _open(source, limits)
         image_format = image.format
         _check_pixels(image, limits)
-        return _decode(image, max_side)
+        image.seek(0)  # animated images: the first frame
+        image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size, much faster
+        with DECODING.reserve(_check_decoded_bytes(image, limits), limits.max_decoding_bytes):
+            return _decode(image.copy() if image is source else image, max_side)  # the caller's stays as it is
     except ImageLoadError:
         raise
     except Image.DecompressionBombError:

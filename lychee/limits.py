@@ -1,9 +1,16 @@
 """Input limits, with safe defaults, each overridable by an environment variable.
 
-Per-image limits (file size, pixels) fail only that image, with an
+Per-image limits (file size, pixels, decoded bytes) fail only that image, with an
 :class:`~lychee.images.ImageLoadError`; per-request limits (image count) refuse the
-request with :class:`LimitExceeded`. Every message names the limit, its value and the
-variable that changes it.
+request with :class:`LimitExceeded`; a request body over ``max_request_bytes`` is refused
+by the web app with HTTP 413 before it is read. Every message names the limit, its value
+and the variable that changes it.
+
+Four limits default to values derived from the others (``None`` here means "derived"):
+``max_request_image_bytes`` = 4 files at ``max_file_bytes``; ``max_request_bytes`` = those
+bytes as base64 (data: URIs) plus 1 MiB for the other fields; ``max_decoded_bytes`` =
+``max_image_pixels`` at 4 bytes a pixel (RGB, RGBA, 32-bit and float as Pillow holds them);
+``max_decoding_bytes`` = 2 images at ``max_decoded_bytes``.
 """
 
 from __future__ import annotations
@@ -11,8 +18,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .messages import UserError
+
+UPLOAD_LIMIT_VARIABLES = "LYCHEE_MAX_IMAGES x LYCHEE_MAX_FILE_BYTES"  # what sets Limits.max_upload_bytes
+
+
+def base64_size(size: int) -> int:
+    """Characters of ``size`` bytes in base64."""
+    return 4 * -(-size // 3)
 
 
 class LimitExceeded(UserError):
@@ -38,16 +53,30 @@ class Limits:
     concurrency: int = 1              # LYCHEE_CONCURRENCY: requests scored at once by the web app
     request_timeout_s: int = 600      # LYCHEE_REQUEST_TIMEOUT_S: seconds one web request may run
     max_visual_tokens: int = 1280     # LYCHEE_MAX_VISUAL_TOKENS: per image in the web app (max_pixels = N x 28 x 28)
-    url_timeout_s: int = 20           # LYCHEE_URL_TIMEOUT_S: seconds to fetch one image URL (rerank_urls)
+    url_timeout_s: int = 20           # LYCHEE_URL_TIMEOUT_S: seconds to fetch all image URLs of one request
     # LYCHEE_GPU_MAX_SECONDS: the longest GPU reservation one request may ask of ZeroGPU. Hugging Face refuses
     # longer ones ("ZeroGPU illegal duration"); its maximum is undocumented, 300 s as its staff state it.
     gpu_max_seconds: int = 300
+    fetch_concurrency: int = 4        # LYCHEE_FETCH_CONCURRENCY: requests fetching image URLs at once (rerank_urls)
+    max_request_image_bytes: int | None = None  # LYCHEE_MAX_REQUEST_IMAGE_BYTES: image bytes one request holds
+    max_request_bytes: int | None = None  # LYCHEE_MAX_REQUEST_BYTES: body of one web request (HTTP 413 beyond)
+    max_decoded_bytes: int | None = None  # LYCHEE_MAX_DECODED_BYTES: one image in memory, decoded
+    max_decoding_bytes: int | None = None  # LYCHEE_MAX_DECODING_BYTES: images being decoded at once, together
+
+    def __post_init__(self) -> None:
+        derived = {"max_request_image_bytes": lambda: 4 * self.max_file_bytes,
+                   "max_request_bytes": lambda: base64_size(self.max_request_image_bytes) + 2 ** 20,
+                   "max_decoded_bytes": lambda: 4 * self.max_image_pixels,
+                   "max_decoding_bytes": lambda: 2 * self.max_decoded_bytes}
+        for name, value in derived.items():  # in this order: later ones build on earlier ones
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
         """Defaults overridden by ``LYCHEE_<FIELD>`` variables (positive integers)."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for field in fields(cls):
             name = env_name(field.name)
             if name in environ:
@@ -59,6 +88,12 @@ class Limits:
                     raise ValueError(f"{name} must be a whole number >= 1, got {environ[name]!r}")
                 values[field.name] = value
         return cls(**values)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest upload request (multipart, to disk): ``max_images`` files at ``max_file_bytes``,
+        plus room for each part's headers."""
+        return self.max_images * (self.max_file_bytes + 2 ** 16)
 
     def check_image_count(self, count: int) -> None:
         """Raise :class:`LimitExceeded` when ``count`` images are more than one request may hold."""

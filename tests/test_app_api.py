@@ -245,6 +245,42 @@ def test_rerank_urls_takes_a_query_image_url_and_refuses_an_internal_one(client,
         client.predict("", images, query_image_url="http://127.0.0.1/ref.png", api_name="/rerank_urls")
 
 
+MALFORMED_URLS = ["http://xn--localhost-/a.png", "http://images.example:99999/b.png"]
+
+
+def test_rerank_urls_makes_each_malformed_url_its_own_error(client, batch):
+    from .test_url_images import data_uri
+
+    good = data_uri(Path(batch[0]).read_bytes())
+    data = client.predict("a cat", [*MALFORMED_URLS, good], api_name="/rerank_urls")
+    assert data["counts"]["results"] == 1 and data["counts"]["errors"] == 2
+    errors = [e["error"] for e in sorted(data["errors"], key=lambda e: e["index"])]
+    assert "A-label must not end with a hyphen" in errors[0] and "port 99999 is not a valid port" in errors[1]
+    assert not any("TaskGroup" in e for e in errors)
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_query_image_url_is_refused_in_both_languages(client, batch, url):
+    from gradio_client.exceptions import AppError
+
+    from .test_url_images import data_uri
+
+    with pytest.raises(AppError, match="the query image cannot be used: refused URL") as refused:
+        client.predict("", [data_uri(Path(batch[0]).read_bytes())], query_image_url=url, api_name="/rerank_urls")
+    assert "参考图片无法使用" in str(refused.value) and "TaskGroup" not in str(refused.value)
+
+
+def test_a_query_image_url_that_is_not_text_is_a_bilingual_validation_error(client, batch):
+    from gradio_client.exceptions import AppError
+
+    from .test_url_images import data_uri
+
+    with pytest.raises(AppError, match="query_image_url must be text, got \\['http") as refused:
+        client.predict("", [data_uri(Path(batch[0]).read_bytes())], query_image_url=["http://a.example/x.png"],
+                       api_name="/rerank_urls")
+    assert "必须是文本" in str(refused.value) and "attribute" not in str(refused.value)
+
+
 def test_rerank_urls_takes_a_text_per_document_and_text_only_documents(client, batch, tiny_checkpoint):
     from lychee import LycheeReranker
 

@@ -211,3 +211,54 @@ def test_decoder_errors_of_any_type_become_image_load_errors(monkeypatch):
 ])
 def test_image_extensions(name, expected):
     assert is_image_path(name) is expected
+
+
+def test_a_pil_image_given_is_left_as_it_was():
+    image = Image.new("RGB", (400, 100), (10, 200, 30))
+    assert load_image(image, max_side=200).size == (200, 50)
+    assert image.size == (400, 100)
+
+
+@pytest.mark.parametrize(("mode", "size", "shown"), [("F", (1000, 1000), "4.0 MB"), ("I;16", (2000, 1000), "4.0 MB"),
+                                                     ("RGB", (1000, 1000), "4.0 MB")])
+def test_an_image_too_big_in_memory_decoded_is_refused_before_decoding(mode, size, shown):
+    data = (encode(Image.new(mode, size), "TIFF", compression="tiff_deflate") if mode == "F"
+            else encode(Image.new(mode, size), "PNG"))
+    assert len(data) < 100_000  # small on disk
+    with pytest.raises(ImageLoadError, match=f"would take {shown} in memory decoded .*LYCHEE_MAX_DECODED_BYTES"):
+        load_image(data, limits=Limits(max_decoded_bytes=3_000_000))
+
+
+def test_16_bit_and_float_images_convert_a_block_of_rows_at_a_time(monkeypatch):
+    import numpy as np
+
+    gradient = np.tile(np.linspace(0, 60000, 300, dtype=np.float32), (2000, 1))
+    expected = (np.clip(gradient, 0, 60000) * (255.0 / 60000)).astype(np.uint8)
+    monkeypatch.setattr(images, "_BLOCK_PIXELS", 300 * 7)  # many blocks, a short last one
+    scaled = images._scaled_to_8_bit(Image.fromarray(gradient, "F"))
+    assert np.array_equal(np.asarray(scaled), expected)
+
+
+def test_decoding_waits_for_room_in_the_shared_budget():
+    import threading
+
+    from lychee.images import DecodingBudget
+
+    budget, inside, most = DecodingBudget(), [], []
+    lock = threading.Lock()
+
+    def decode() -> None:
+        with budget.reserve(60, capacity=100):
+            with lock:
+                inside.append(1)
+                most.append(len(inside))
+            threading.Event().wait(0.05)
+            with lock:
+                inside.pop()
+
+    threads = [threading.Thread(target=decode) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert max(most) == 1  # 60 + 60 > 100: one at a time

@@ -66,3 +66,11 @@ def test_the_tool_refuses_bad_settings_with_a_bilingual_error(demo_url, image_di
     result = with_session(demo_url, work)
     assert result.isError
     assert "top_k must be a whole number >= 1 (or empty for all), got -1 / top_k 必须是" in result.content[0].text
+
+
+def test_the_tool_makes_a_malformed_url_that_images_error(demo_url, image_dir):
+    images = [data_uri((image_dir / "good0.png").read_bytes())]
+    data = call_rerank_urls(demo_url, {"query": "a red square",
+                                       "image_urls": [*images, "http://xn--localhost-/a.png", "http://a.example:99999/"]})
+    assert data["counts"]["results"] == 1 and data["counts"]["errors"] == 2
+    assert all("refused URL" in e["error"] for e in data["errors"])

@@ -31,12 +31,17 @@ def data_uri(data: bytes, kind: str = "image/png") -> str:
 @pytest.mark.parametrize("address", [
     "127.0.0.1", "127.8.9.10", "::1", "10.0.0.7", "172.16.3.4", "192.168.1.1", "169.254.169.254", "0.0.0.0",
     "::", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "100.64.0.1", "224.0.0.1",
-    "255.255.255.255", "not an address"])
+    "255.255.255.255", "not an address",
+    # 6to4 around loopback and cloud metadata, Teredo with a private client, NAT64 and
+    # IPv4-compatible forms of loopback, site-local, IETF-reserved, documentation, discard
+    "2002:7f00:1::1", "2002:a9fe:a9fe::1", "2001:0:4136:e378:8000:63bf:f5ff:fffe", "64:ff9b::7f00:1", "::7f00:1",
+    "fec0::1", "192.0.0.8", "192.0.0.9", "192.0.2.1", "198.18.0.1", "2001:db8::1", "100::1", "ff02::1", "3fff::1"])
 def test_non_public_addresses_are_refused(address):
     assert not is_public_address(address)
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2002:808:808::1",
+                                     "::ffff:8.8.8.8"])
 def test_public_addresses_pass(address):
     assert is_public_address(address)
 
@@ -112,6 +117,7 @@ def server() -> Iterator[int]:
         "/to-metadata": (301, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""),
         "/to-ipv6": (307, {"Location": f"http://[::1]:{port}/img.png"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
+        "/to-bad-port": (302, {"Location": f"http://{PUBLIC_HOST}:99999/img.png"}, b""),
     }
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -171,3 +177,83 @@ def test_fetch_image_rejects_empty_input():
 
     with pytest.raises(ImageLoadError, match="empty URL"):
         asyncio.run(fetch_image("  ", LIMITS))
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://xn--localhost-/a.png", "refused URL: A-label must not end with a hyphen"),
+    ("http://images.example:99999/a.png", "port 99999 is not a valid port"),
+    ("http://exa mple.com/a.png", "is not a valid host name"),
+    ("http://[::1/a.png", "refused URL"),
+    ("http://a..b/x.png", "is not a valid host name"),
+])
+def test_a_malformed_url_is_that_images_error_and_the_rest_arrive(url, message):
+    bad, good = fetch_images([url, data_uri(PNG)], LIMITS)
+    assert isinstance(bad, ImageLoadError) and message in str(bad) and good == PNG
+
+
+def test_a_redirect_to_an_impossible_port_is_that_images_error(server, public_test_host):
+    bad, good = fetch_images([f"http://{PUBLIC_HOST}:{server}/to-bad-port", data_uri(PNG)], LIMITS)
+    assert "port 99999 is not a valid port" in str(bad) and good == PNG
+
+
+def test_a_url_that_is_not_text_is_that_images_error():
+    (bad,) = fetch_images([["http://a.example/x.png"]], LIMITS)
+    assert isinstance(bad, ImageLoadError) and "not a URL: list" in str(bad)
+
+
+def test_the_images_of_one_request_share_one_byte_budget():
+    limits = Limits(max_file_bytes=50_000, max_request_image_bytes=len(PNG) * 2)
+    first, second, third = fetch_images([data_uri(PNG)] * 3, limits)
+    assert first == second == PNG
+    assert "together hold more than" in str(third) and "LYCHEE_MAX_REQUEST_IMAGE_BYTES" in str(third)
+
+
+# --- looking host names up: the system resolver only, bounded in time ---------------------
+
+@pytest.fixture
+def no_dns_over_https(monkeypatch):
+    """Fail the test if safehttpx's lookup (and its DNS-over-HTTPS fallback to dns.google) is used."""
+    import safehttpx
+
+    async def forbidden(*args, **kwargs):
+        raise AssertionError("safehttpx's resolver (DNS over HTTPS at dns.google) was used")
+
+    monkeypatch.setattr(safehttpx, "async_validate_url", forbidden)
+    monkeypatch.setattr(safehttpx, "async_resolve_hostname_google", forbidden)
+
+
+def test_a_host_that_resolves_to_loopback_is_refused_naming_the_address(no_dns_over_https):
+    (outcome,) = fetch_images(["http://localhost:9/x.png"], LIMITS)
+    assert isinstance(outcome, ImageLoadError)
+    assert "localhost resolves to" in str(outcome) and "not a public address" in str(outcome)
+
+
+def test_a_host_that_does_not_resolve_is_that_images_error(no_dns_over_https):
+    started = time.monotonic()
+    bad, good = fetch_images(["http://no-such-host.invalid/x.png", data_uri(PNG)], LIMITS)
+    assert "no-such-host.invalid does not resolve" in str(bad) and good == PNG
+    assert time.monotonic() - started < 3.5
+
+
+def test_a_lookup_that_never_answers_costs_that_image_and_never_hangs_later_requests(monkeypatch):
+    asked = []
+
+    def silent_resolver(host: str) -> list[str]:
+        asked.append(host)
+        time.sleep(6)
+        return ["8.8.8.8"]
+
+    monkeypatch.setattr(url_images, "resolve_host", silent_resolver)
+    for _ in range(2):  # the second request for the same host must not wait on the first
+        started = time.monotonic()
+        bad, good = fetch_images(["http://silent.example/x.png", data_uri(PNG)], LIMITS)
+        assert "longer than 2 s (LYCHEE_URL_TIMEOUT_S)" in str(bad) and good == PNG
+        assert time.monotonic() - started < 3.5
+    assert asked == ["silent.example", "silent.example"]
+
+
+def test_the_urls_of_one_request_share_one_deadline_and_are_fetched_together(server, public_test_host):
+    started = time.monotonic()
+    outcomes = fetch_images([f"http://{PUBLIC_HOST}:{server}/slow"] * 12 + [data_uri(PNG)], LIMITS)
+    assert time.monotonic() - started < 3.5  # one 2 s deadline for all, not 2 s each
+    assert all("longer than 2 s (LYCHEE_URL_TIMEOUT_S)" in str(o) for o in outcomes[:-1]) and outcomes[-1] == PNG

@@ -87,7 +87,9 @@ class RerankApi:
         # fail in Gradio 6.31; gradio_client still calls it. rerank_urls is the documented route.
         gr.on([], self.rerank, inputs=inputs, outputs=[output], api_name="rerank", concurrency_id="gpu",
               preprocess=False, api_visibility="undocumented")
-        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="gpu")
+        # Fetching URLs takes no scoring slot: rerank_urls waits for one (ModelSlot.scoring) only to score.
+        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="fetch",
+               concurrency_limit=self.limits.fetch_concurrency)
         gr.api(self.calibrate, api_name="calibrate")  # no model call: it never waits behind scoring
 
     def rerank(self, *values: Any) -> dict[str, Any]:
@@ -148,6 +150,8 @@ class RerankApi:
                 raise UserError("bad_urls", value=repr(image_urls)[:80])
             if texts is not None and (not isinstance(texts, list) or not all(isinstance(t, str) for t in texts)):
                 raise UserError("bad_texts", value=repr(texts)[:80])
+            if not isinstance(query_image_url, str | None):
+                raise UserError("not_text", field="query_image_url", value=repr(query_image_url)[:80])
             reference = None
             if query_image_url:
                 (reference,) = fetch_images([query_image_url], self.limits)

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.route_utils import API_PREFIX
+from starlette.middleware import Middleware
 
-from ..limits import Limits
+from ..body_limit import BodyLimit
+from ..limits import UPLOAD_LIMIT_VARIABLES, Limits, env_name
 from ..messages import UserError
 from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
@@ -361,12 +364,18 @@ def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
 
 
 def launch_options(limits: Limits) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch``: theme, CSS, upload limit, sample photos, MCP.
+    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP.
 
     ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``).
-    ``show_error`` sends the reason for a refused request to API clients too.
+    ``show_error`` sends the reason for a refused request to API clients too. Every request
+    body is capped (``LYCHEE_MAX_REQUEST_BYTES``; uploads, which go to disk, at
+    ``Limits.max_upload_bytes``) before it is read.
     """
+    body_limit = Middleware(BodyLimit, max_bytes=limits.max_request_bytes, variable=env_name("max_request_bytes"),
+                            upload_max_bytes=limits.max_upload_bytes, upload_variable=UPLOAD_LIMIT_VARIABLES,
+                            upload_paths=[f"{API_PREFIX}/upload"])
     return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
+            "app_kwargs": {"middleware": [body_limit]},
             "allowed_paths": [str(EXAMPLES_DIR / "images")],
             "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
 

@@ -151,6 +151,9 @@ class ModelSlot:
         self.device = device or os.environ.get("LYCHEE_DEVICE") or "auto"  # set but empty: the default
         self.dtype = dtype or os.environ.get("LYCHEE_DTYPE") or "auto"
         self.limits = limits or Limits.from_env()
+        # Held while scoring, by every surface: LYCHEE_CONCURRENCY requests score at once, whatever
+        # else (fetching their image URLs) other requests are doing meanwhile.
+        self.scoring = threading.BoundedSemaphore(self.limits.concurrency)
         self._lock = threading.Lock()
         self._started = False
         self._loaded = threading.Event()
@@ -285,8 +288,9 @@ def rerank(job: Job, slot: ModelSlot, *, score: Callable[[Job], list[ScoredImage
     error record.
     """
     model = slot.get().describe()  # waits for the model outside any GPU allocation
-    started = time.perf_counter()
-    records = tuple((score or slot.score)(job))
+    with slot.scoring:
+        started = time.perf_counter()
+        records = tuple((score or slot.score)(job))
     report = Report.build(job.request, records, model=model, elapsed_s=time.perf_counter() - started,
                           notices=job.texts.notices if job.texts else ())
     return RerankOutcome(job, records, report)

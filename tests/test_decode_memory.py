@@ -1,0 +1,68 @@
+"""Images small on disk but huge decoded: 16-bit and float pictures of 50 megapixels, a few
+hundred kB each, sent to a real app server process (the tiny checkpoint). The one over the
+decoded-bytes limit is refused, the others are decoded within the shared decoding budget and
+ranked, and the server's peak resident memory stays near that budget."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.load_test import serve_app
+
+from .served import peak_rss_mb, reset_peak, rss_mb
+
+pytestmark = pytest.mark.timeout(300)
+
+WIDTH, HEIGHT = 10_000, 5_000  # 50 MP: 100 MB decoded at 16 bits, 200 MB as float
+LIMIT = 150_000_000            # the server's LYCHEE_MAX_DECODED_BYTES and LYCHEE_MAX_DECODING_BYTES
+SIXTEEN_BIT = 6
+MEMORY_BOUND_MB = 400          # one 16-bit image decoded (100 MB), its 8-bit copy and slack; without a budget ~2 GB
+
+
+def encoded(mode: str) -> str:
+    buffer = io.BytesIO()
+    if mode == "F":  # refused before decoding, so a flat one will do
+        Image.new("F", (WIDTH, HEIGHT), 1234.5).save(buffer, "TIFF", compression="tiff_deflate")
+    else:
+        ramp = np.linspace(0, 50_000, WIDTH, dtype=np.float32).astype(np.uint16)
+        Image.fromarray(np.ascontiguousarray(np.broadcast_to(ramp, (HEIGHT, WIDTH))), "I;16").save(
+            buffer, "PNG", compress_level=9)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    env = {"LYCHEE_MAX_DECODED_BYTES": str(LIMIT), "LYCHEE_MAX_DECODING_BYTES": str(LIMIT), "MALLOC_ARENA_MAX": "2"}
+    with serve_app(tiny_checkpoint, queue_size=4, environ=env) as running:
+        yield running
+
+
+def rerank_urls(url: str, urls: list[str]) -> dict:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    try:
+        return client.predict("a grey ramp", urls, api_name="/rerank_urls")
+    finally:
+        client.close()
+
+
+def test_huge_decoded_images_are_bounded_per_image_and_per_request(server):
+    sixteen_bit, floats = encoded("I;16"), encoded("F")
+    assert len(sixteen_bit) < 1_000_000 and len(floats) < 2_000_000
+    rerank_urls(server.url, [sixteen_bit])  # warm: the model loaded, one such image decoded once
+    before = rss_mb(server.pid)
+    reset_peak(server.pid)
+    result = rerank_urls(server.url, [floats] + [sixteen_bit] * SIXTEEN_BIT)
+    growth = peak_rss_mb(server.pid) - before
+    print(f"{SIXTEEN_BIT} 16-bit + 1 float 50 MP image: peak resident memory +{growth:.0f} MB")
+    (refused,) = result["errors"]
+    assert refused["index"] == 0 and "LYCHEE_MAX_DECODED_BYTES" in refused["error"]
+    assert "200.0 MB in memory decoded (10000x5000 F)" in refused["error"]
+    assert result["counts"]["results"] == SIXTEEN_BIT
+    assert growth < MEMORY_BOUND_MB, f"peak resident memory grew by {growth:.0f} MB"

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
-from .messages import bilingual
+from .messages import bilingual, printable
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, cap: int, variable: str) -> None:
-        log.info("refused a request body over %s bytes on %s", f"{cap:,}", scope.get("path", "")[:200])
+        log.info("refused a request body over %s bytes on %s", f"{cap:,}", printable(scope.get("path", "")[:200]))
         body = json.dumps({"error": bilingual("request_too_large", limit=f"{cap:,}", variable=variable)},
                           ensure_ascii=False).encode()
         await send({"type": "http.response.start", "status": 413,

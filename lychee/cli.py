@@ -51,7 +51,7 @@ from .documents import DocumentsFileError, DocumentTexts, prepare_texts, read_do
 from .images import IMAGE_EXTENSIONS, is_image_path
 from .labels import BadRow, LabelRow, LabelsFile, read_all
 from .limits import Limits
-from .messages import UserError
+from .messages import UserError, printable
 from .presets import PRESETS
 from .ranking import ScoredImage
 from .report import EMPTY_SLOT, Report
@@ -101,7 +101,7 @@ class ModelLoadError(RuntimeError):
 # --- finding the images -------------------------------------------------------------------
 
 def _unreadable(error: OSError) -> None:
-    log.warning("skipped %s: %s", error.filename, error.strerror)
+    log.warning("skipped %s: %s", printable(error.filename), error.strerror)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -215,13 +215,41 @@ RENDERERS: dict[str, Callable[[Report], str]] = {
 }
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` by way of a temporary file, so a reader never sees half a report."""
+def check_output(path: str | os.PathLike) -> None:
+    """Raise :class:`UsageError` when ``path`` cannot take a report: a folder, or in a missing folder."""
     target = Path(path)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent or ".", prefix=f".{target.name}.",
-                                     delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, target)
+    if target.is_dir():
+        raise UsageError(f"cannot write {str(path)!r}: it is a folder; give a file name")
+    if not target.resolve().parent.is_dir():
+        raise UsageError(f"cannot write {str(path)!r}: no such folder {str(target.parent)!r}")
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` by way of a temporary file, so a reader never sees half a report.
+
+    A symlink is written through (the file it points to is replaced, the link stays); a device
+    or pipe (``/dev/stdout``) is written to directly. No temporary file is ever left behind;
+    a failure is a :class:`UsageError` naming the path."""
+    target = Path(os.path.realpath(path))  # through symlinks
+    try:
+        if target.exists() and not target.is_file():
+            if target.is_dir():
+                raise UsageError(f"cannot write {str(path)!r}: it is a folder; give a file name")
+            with open(target, "w", encoding="utf-8") as stream:
+                stream.write(text)
+            return
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as tmp:
+                tmp.write(text)
+            if target.exists():
+                os.chmod(temporary, target.stat().st_mode & 0o7777)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -388,8 +416,8 @@ def _check_scoring_options(args: argparse.Namespace, limits: Limits) -> None:
     if args.chunk_size and args.chunk_size > limits.max_images:
         raise UsageError(f"--chunk-size {args.chunk_size} is above the limit of {limits.max_images} "
                          "images per request (LYCHEE_MAX_IMAGES)")
-    if args.output and not Path(args.output).parent.is_dir():
-        raise UsageError(f"cannot write {args.output!r}: no such folder {str(Path(args.output).parent)!r}")
+    if args.output:
+        check_output(args.output)
 
 
 def _load_reranker(args: argparse.Namespace, limits: Limits) -> LycheeReranker:
@@ -399,6 +427,8 @@ def _load_reranker(args: argparse.Namespace, limits: Limits) -> LycheeReranker:
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
+    # A file name that is not UTF-8 reaches Python as lone surrogates: written as escapes, not a crash.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if args.output:
         write_atomically(args.output, text)
     else:
@@ -422,7 +452,7 @@ def _rank(args: argparse.Namespace) -> int:
     for notice in request.notices + (texts.notices if texts else ()):
         log.warning("%s", notice.text("en"))
     for path in skipped:
-        log.warning("skipped %s: not an image file", path)
+        log.warning("skipped %s: not an image file", printable(path))
     if not paths and args.paths and not args.documents:
         raise UsageError(f"no image files found in {', '.join(args.paths)} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -520,7 +550,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         rows, bad = rows + scored, bad + failed
     labels = replace(labels, rows=rows, bad_rows=sorted(bad, key=lambda b: (b.file, b.line)))
     for row in labels.bad_rows:
-        log.warning("%s line %d: %s", row.file, row.line, row.reason)
+        log.warning("%s line %d: %s", printable(row.file), row.line, printable(row.reason))
     if not rows:
         raise UsageError(f"no usable labelled rows in {', '.join(args.labels)}")
     result = calibrate([r.score for r in rows], [r.relevant for r in rows], target_precision=args.target_precision,

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from .limits import Limits, env_name
-from .messages import UserError
+from .messages import UserError, printable
 from .settings import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _exif_transposed(image: Image.Image) -> Image.Image:
             return image  # upright already: exif_transpose would only copy every pixel
         return ImageOps.exif_transpose(image)
     except Exception as exc:  # noqa: BLE001 - a malformed EXIF block must not cost the pixels
-        log.info("ignoring unreadable EXIF orientation: %s", exc)
+        log.info("ignoring unreadable EXIF orientation: %s", printable(exc))
         return image
 
 

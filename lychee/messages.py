@@ -7,6 +7,7 @@ library, the CLI, the web page and its API - shows the same words. Pure: no torc
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,6 +16,16 @@ from typing import Any, Literal
 
 Language = Literal["zh", "en"]
 LANGUAGES: tuple[Language, ...] = ("zh", "en")
+
+
+# C0 and C1 control characters (newline, carriage return, escape, ...) and Unicode line breaks.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: object) -> str:
+    """``text`` with every control character written as its escape (``\\n``, ``\\x1b``): what a
+    user named (an upload, a URL, a path) can never forge a line of a log."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 @cache

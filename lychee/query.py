@@ -24,6 +24,7 @@ from .messages import Notice, UserError
 # Qwen's <|im_start|>, <|image_pad|>, ...; whitespace never occurs inside one, so the space
 # that replaces a token cannot form a new one with its neighbours.
 CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>")
+SURROGATE = re.compile("[\ud800-\udfff]")  # a lone half of a UTF-16 pair: no text can hold it
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ def clean_text(text: str, field: str, max_chars: int) -> tuple[str, list[Notice]
     if not isinstance(text, str):
         raise UserError("not_text", field=field, value=repr(text)[:80])
     notices = []
+    surrogates = len(SURROGATE.findall(text))
+    if surrogates:  # not encodable: the prompt, the log and the JSON download would each fail on them
+        notices.append(Notice(f"{field}_invalid_characters", {"count": surrogates}))
+        text = SURROGATE.sub("\ufffd", text)
     tokens = CONTROL_TOKEN.findall(text)
     if tokens:
         notices.append(Notice(f"{field}_control_tokens", {"tokens": " ".join(dict.fromkeys(tokens))[:200]}))

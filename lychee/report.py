@@ -22,6 +22,15 @@ from .ranking import RerankResult, ScoredImage, WinnerStrength
 from .request import Request
 from .settings import Settings
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads such a cell as a formula
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would run as a formula gets a leading
+    ``'`` (the OWASP rule); numbers, flags and other text pass unchanged."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 SCHEMA_VERSION = 4
 CSV_COLUMNS = ("group", "rank", "index", "source", "score", "raw_score", "tied", "reason", "error", "raw_output")
 EMPTY_SLOT = "—"  # the source of an unfilled slot of a fixed-length (pipeline preset) report
@@ -127,13 +136,14 @@ class Report:
         """One row per input, ``CSV_COLUMNS``, in rank order; ``group`` names the JSON list it is
         in (``results``, ``filtered_out``, ``errors``, ``skipped``), or ``empty`` for an unfilled slot."""
         data = self.to_dict()
+        rows = [{**r, "group": "results"} for r in data["results"]]
+        rows += [{"group": "empty", "rank": rank, "source": EMPTY_SLOT}
+                 for rank in range(len(self.results) + 1, (self.slots or 0) + 1)]
+        for group in ("filtered_out", "errors"):
+            rows += [{**r, "group": group} for r in data[group]]
+        rows += [{"group": "skipped", "source": path} for path in self.skipped]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows({**r, "group": "results"} for r in data["results"])
-        writer.writerows({"group": "empty", "rank": rank, "source": EMPTY_SLOT}
-                         for rank in range(len(self.results) + 1, (self.slots or 0) + 1))
-        for group in ("filtered_out", "errors"):
-            writer.writerows({**r, "group": group} for r in data[group])
-        writer.writerows({"group": "skipped", "source": path} for path in self.skipped)
+        writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
         return buffer.getvalue()

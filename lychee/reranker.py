@@ -18,7 +18,7 @@ from .backends.base import Progress
 from .documents import DocumentTexts, prepare_texts, text_label
 from .images import ImageLoadError, ImageSource, load_image, source_label
 from .limits import Limits
-from .messages import InputWarning, Notice
+from .messages import InputWarning, Notice, printable
 from .parsing import parse_score
 from .ranking import RerankResult, ScoredImage
 from .request import Query, Request, build_request, prepare_query
@@ -172,7 +172,7 @@ class LycheeReranker:
         def problem(i: int, cause: object) -> str:
             kind = "image" if images[i] is not None else "document"
             message = f"{kind} {start + i + 1} '{names[i]}': {cause}"
-            log.warning("%s", message)
+            log.warning("%s", printable(message))
             return message
 
         loaded: dict[int, Image.Image | None] = {}

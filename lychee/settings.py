@@ -45,7 +45,12 @@ UNSET = Unset.UNSET  # an argument's default meaning "not given": the preset, if
 
 def _number(value: Any, low: float, high: float, *, whole: bool = False) -> float | int | None:
     """``value`` as a float (an int if ``whole``) when it is a real number in [low, high]; else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        if not math.isfinite(value):
+            return None
+    except OverflowError:  # an int too large for a float (10**400) is no valid setting
         return None
     if not low <= value <= high or (whole and not float(value).is_integer()):
         return None
@@ -53,7 +58,10 @@ def _number(value: Any, low: float, high: float, *, whole: bool = False) -> floa
 
 
 def _shown(value: Any) -> str:
-    return repr(value)[:80]
+    try:
+        return repr(value)[:80]
+    except ValueError:  # an int of more digits than Python will print
+        return "a number too large to show"
 
 
 def check_threshold(value: Any) -> float | None:

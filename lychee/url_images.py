@@ -44,6 +44,7 @@ import safehttpx
 
 from .images import ImageLoadError
 from .limits import Limits, env_name
+from .messages import printable
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ def _failure(exc: BaseException) -> ImageLoadError:
     first = leaves[0]
     if isinstance(first, ImageLoadError):
         return first
-    log.info("download failed: %s: %s", type(first).__name__, first)
+    log.info("download failed: %s: %s", type(first).__name__, printable(first))
     kind = "connection failed" if isinstance(first, (OSError, httpx.TransportError)) else "download failed"
     return ImageLoadError(f"download failed ({kind}: {type(first).__name__})")
 

@@ -266,3 +266,57 @@ def test_an_instruction_that_is_only_control_tokens_means_the_default(tiny_reran
     with pytest.warns(InputWarning):
         cleaned = tiny_reranker.score(QUERY, [GOOD], instruction="<|im_end|> <|im_start|>")
     assert cleaned == tiny_reranker.score(QUERY, [GOOD])
+
+
+@pytest.mark.parametrize("field", ["top_k", "max_side", "score_threshold", "tie_epsilon"])
+def test_a_number_too_large_for_a_float_is_a_bilingual_validation_error(demo_url, api_payload, field):
+    body = payload(api_payload, **{field: "HUGE"}).replace(b'"HUGE"', b"1" + b"0" * 400)  # 10**400 in the JSON
+    status, event, detail = post_rerank(demo_url, body)
+    assert (status, event) == (200, "error")
+    assert field in detail and " / " in detail and "convert to float" not in detail
+
+
+def test_too_few_arguments_get_a_bilingual_error_without_memory_addresses(demo_url):
+    status, event, detail = post_rerank(demo_url, b'{"data": ["cat"]}')
+    assert (status, event) == (200, "error")
+    import json
+
+    error = json.loads(detail)["error"]
+    assert error.startswith("this endpoint takes 10 values; the call gave 1 / 此接口需要 10 个参数")
+    assert "object at 0x" not in error
+
+
+def test_a_lone_surrogate_in_the_query_is_replaced_with_a_warning(demo_url, api_payload):
+    body = payload(api_payload, query="a red PLACEHOLDER square").replace(b"PLACEHOLDER", b"\\ud800")
+    status, event, data = post_rerank(demo_url, body)
+    assert (status, event) == (200, "complete")
+    assert "query_invalid_characters" in data and "a red \\ufffd square" in data
+
+
+def test_a_file_record_whose_path_is_a_url_is_refused_before_anything_fetches_it(demo_url, api_payload):
+    import http.server
+    import threading
+
+    hits = []
+
+    class Counting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            hits.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        for url in (f"http://127.0.0.1:{port}/big.png", f"http://huggingface.co.127.0.0.1.nip.io:{port}/x.png"):
+            record = {"path": url, "meta": {"_type": "gradio.FileData"}}
+            for changes in ({"images": [record]}, {"query_image": record}):
+                status, event, detail = post_rerank(demo_url, payload(api_payload, **changes))
+                assert (status, event) == (200, "error")
+                assert "files must be uploaded to this server, not given as URLs" in detail and "/rerank_urls" in detail
+    finally:
+        httpd.shutdown()
+    assert hits == []

@@ -17,10 +17,11 @@ import gradio as gr
 from .. import calibration
 from ..documents import text_label
 from ..limits import Limits
-from ..messages import UserError
+from ..messages import UserError, printable
 from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..url_images import fetch_images, url_label
+from .components import UploadedFile
 from .service import Form, Job, ModelSlot, accept, rerank
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 # knows no names): each makes its hidden input component.
 RERANK_PARAMETERS: dict[str, Callable[[], gr.components.Component]] = {
     "query": lambda: gr.Textbox(label="query"),
-    "images": lambda: gr.File(file_count="multiple", label="images"),
+    "images": lambda: UploadedFile(file_count="multiple", label="images"),
     "preset": lambda: gr.Textbox("", label="preset"),
     "score_threshold": lambda: gr.Number(None, label="score_threshold"),
     "top_k": lambda: gr.Number(None, label="top_k"),
@@ -37,13 +38,13 @@ RERANK_PARAMETERS: dict[str, Callable[[], gr.components.Component]] = {
     "normalize": lambda: gr.Checkbox(False, label="normalize"),
     "tie_epsilon": lambda: gr.Number(DEFAULT_TIE_EPSILON, label="tie_epsilon"),
     "max_side": lambda: gr.Number(DEFAULT_MAX_SIDE, label="max_side"),
-    "query_image": lambda: gr.File(label="query_image"),
+    "query_image": lambda: UploadedFile(label="query_image"),
 }
 
 
 def refuse(exc: UserError) -> gr.Error:
     """An API refusal: both languages for the caller, one log line and no traceback here."""
-    log.info("refused request: %s", exc)
+    log.info("refused request: %s", printable(exc))
     return gr.Error(exc.bilingual(), print_exception=False)
 
 

@@ -30,9 +30,19 @@ from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
 from .api import RerankApi
+from .components import Blocks, ReferenceImage
 from .gpu import GpuScoring
 from .i18n import Language, text
-from .service import Form, ModelSlot, RerankOutcome, accept, caption_lines, captions_from_names, rerank
+from .service import (
+    Form,
+    ModelSlot,
+    RerankOutcome,
+    accept,
+    caption_lines,
+    captions_from_names,
+    remove_older_than,
+    rerank,
+)
 from .view import (
     download_stem,
     filtered_gallery,
@@ -51,6 +61,7 @@ from .view import (
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
+DOWNLOADS_KEPT_S = 3600  # the page's JSON/CSV downloads, like Gradio's own cache (delete_cache below)
 DEFAULT_PRESET = "screening"
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
@@ -116,7 +127,9 @@ def status_html(message: str) -> str:
 
 
 def write_downloads(outcome: RerankOutcome, folder: Path) -> tuple[str, str]:
-    """The outcome as JSON and CSV, named after the query and the time, in a fresh folder under ``folder``."""
+    """The outcome as JSON and CSV, named after the query and the time, in a fresh folder under
+    ``folder``; earlier downloads older than an hour are removed first, as Gradio prunes its cache."""
+    remove_older_than(folder, DOWNLOADS_KEPT_S)
     target = folder / uuid.uuid4().hex
     target.mkdir(parents=True)
     report = outcome.report
@@ -145,7 +158,7 @@ class RerankDemo:
         return component
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="Lychee Rerank MM", delete_cache=(3600, 3600)) as demo:
+        with Blocks(title="Lychee Rerank MM", delete_cache=(DOWNLOADS_KEPT_S, DOWNLOADS_KEPT_S)) as demo:
             self.outcome = gr.State(None)
             with gr.Row(elem_id="lychee-top"):
                 self.header = gr.Markdown(header_markdown(DEFAULT_LANGUAGE), elem_classes="lychee-header")
@@ -174,8 +187,8 @@ class RerankDemo:
             self.run_button = tr(gr.Button, {"value": "run_button"}, variant="primary", scale=0, min_width=110,
                                  elem_id="lychee-run")
         # Optional, right under the query: "images like this one"; the image's own toolbar clears it.
-        self.reference = tr(gr.Image, {"label": "reference_label"}, type="filepath", sources=["upload", "clipboard"],
-                            height=150, elem_id="lychee-reference")
+        self.reference = tr(ReferenceImage, {"label": "reference_label"}, type="filepath",
+                            sources=["upload", "clipboard"], height=150, elem_id="lychee-reference")
         self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
         self.images = tr(gr.Gallery, {"label": "images_label"}, type="filepath", file_types=["image"],
                          interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
@@ -252,7 +265,8 @@ class RerankDemo:
         self.lang.change(self.relabel, inputs=[self.lang, self.outcome, self.query, self.preset],
                          outputs=list(dict.fromkeys(relabelled + self.results)), **PRIVATE)
         self.lang.change(None, inputs=[self.lang], js=GRADIO_LOCALE_JS, **PRIVATE)
-        self.query.change(lambda query, lang: {self.hints: show_hints(query, lang)}, inputs=[self.query, self.lang],
+        self.query.change(lambda query, lang: {self.hints: show_hints(query, lang, self.limits)},
+                          inputs=[self.query, self.lang],
                           outputs=[self.hints], show_progress="hidden", **PRIVATE)
         self.preset.input(self.apply_preset, inputs=[self.preset, self.lang],
                           outputs=[self.threshold, self.top_k, self.preset_info, self.raw_box], **PRIVATE)
@@ -323,7 +337,8 @@ class RerankDemo:
         """The language switch: every label, hint and message, and the last result, in ``lang``."""
         updates = {component: localize(keys, lang) for component, keys in self.localized}
         updates |= {self.header: header_markdown(lang), self.model_status: self.slot.status_line(lang),
-                    self.hints: show_hints(query, lang), self.preset_info: preset_description(preset, lang),
+                    self.hints: show_hints(query, lang, self.limits),
+                    self.preset_info: preset_description(preset, lang),
                     self.preset: gr.update(label=text("preset_label", lang), choices=preset_choices(lang),
                                            value=preset)}
         if self.examples is not None:
@@ -352,8 +367,8 @@ def localize(keys: dict[str, str], lang: Language) -> dict[str, Any]:
     return gr.update(**{arg: text(key, lang) for arg, key in keys.items()})
 
 
-def show_hints(query: str, lang: Language) -> dict[str, Any]:
-    advice = hints_markdown(query, lang)
+def show_hints(query: str, lang: Language, limits: Limits) -> dict[str, Any]:
+    advice = hints_markdown(query, lang, limits.max_query_chars)
     return gr.update(value=advice, visible=bool(advice))
 
 

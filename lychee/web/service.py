@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,25 @@ from ..zero_gpu import gpu_seconds, images_within, on_zero_gpu
 from .i18n import text
 
 log = logging.getLogger(__name__)
+
+
+def remove_older_than(folder: Path, seconds: float, *, now: float | None = None) -> int:
+    """Delete the entries of ``folder`` (files, or folders with what they hold) last modified more
+    than ``seconds`` ago; returns how many went. Entries that vanish meanwhile are skipped."""
+    cutoff = (time.time() if now is None else now) - seconds
+    removed = 0
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            if entry.lstat().st_mtime >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..images import ImageLoadError, ImageSource, load_image
+from ..limits import Limits
 from ..query_hints import CATEGORIES, query_hints
 from ..ranking import WEAK_MATCH_SCORE, RerankResult, matches_well
 from .i18n import Language, count_text, text
@@ -202,9 +203,12 @@ def download_stem(query: str, when: datetime) -> str:
     return f"rerank-{words or 'query'}-{when:%Y%m%d-%H%M%S}"
 
 
-def hints_markdown(query: str, lang: Language) -> str:
-    """Advice for vague words in ``query`` (empty when there are none); never blocks the query."""
-    hints = query_hints(query)
+def hints_markdown(query: str, lang: Language, max_chars: int = Limits.max_query_chars) -> str:
+    """Advice for vague words in ``query`` (empty when there are none); never blocks the query.
+
+    Only the first ``max_chars`` characters count (the query limit: the model never sees more),
+    so a huge text costs no more than a long query."""
+    hints = query_hints(query[:max_chars] if isinstance(query, str) else "")
     if not hints:
         return ""
     lines = []

@@ -16,7 +16,7 @@ from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
 from .documents import DocumentTexts, prepare_texts, text_label
-from .images import ImageLoadError, ImageSource, load_image, source_label
+from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice, printable
 from .parsing import parse_score
@@ -73,10 +73,11 @@ class LycheeReranker:
     ``min_pixels``/``max_pixels`` bound each image's pixels after resizing (N visual tokens
     = N x 28 x 28 pixels); the defaults are the model card's, at most 1280 visual tokens.
     ``max_side``: images are first scaled so their longest side is at most this (64-4096).
-    ``batch_size``: pairs per forward pass (transformers; None picks it from free GPU memory
-    on CUDA, 8 elsewhere). ``vision_cache_bytes``: bound of the transformers backend's cache
-    of image features that lets a new query over the same images skip the vision tower
-    (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
+    Images are resized once, as they are decoded, to the size the pixel budget gives them.
+    ``batch_size``: pairs per forward pass at most (transformers; pairs are packed by tokens,
+    see :mod:`lychee.backends.packing`; None: at most 32). ``vision_cache_bytes``: bound of
+    the transformers backend's cache of image features that lets a new query over the same
+    images skip the vision tower (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,
@@ -108,6 +109,11 @@ class LycheeReranker:
     @property
     def model_id(self) -> str:
         return self.backend.model_id
+
+    @property
+    def _budget(self) -> PixelBudget:
+        """The backend's pixel budget: images are resized to it once, as they are decoded."""
+        return self.backend.min_pixels, self.backend.max_pixels
 
     def describe(self) -> dict[str, str]:
         """What scores: backend, model (a local checkpoint by its folder name), device, dtype,
@@ -205,7 +211,7 @@ class LycheeReranker:
         """Decode ``images`` on a few threads (Pillow's decoders release the GIL)."""
         def load(source: ImageSource) -> Image.Image | ImageLoadError:
             try:
-                return load_image(source, max_side=max_side, limits=self.limits)
+                return load_image(source, max_side=max_side, limits=self.limits, budget=self._budget)
             except ImageLoadError as exc:
                 return exc
 

@@ -27,13 +27,22 @@ from typing import Any, TypeVar
 
 import torch
 from PIL import Image
-from qwen_vl_utils import smart_resize
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_flash_attn_2_available
 
 from .. import protocol
+from ..images import PixelBudget, visual_tokens
 from ..zero_gpu import on_zero_gpu
-from .base import Document, Progress, candidate_documents, document_messages, run_batched, visual_tokens_range
+from .base import (
+    Document,
+    Progress,
+    budget_sized,
+    candidate_documents,
+    document_messages,
+    run_batched,
+    visual_tokens_range,
+)
+from .packing import MAX_ROWS, UNLIMITED, Budget, cpu_cache_bytes, tokens_for_cache, tokens_for_memory
 from .vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
 log = logging.getLogger(__name__)
@@ -41,10 +50,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-DEFAULT_BATCH_SIZE = 8       # pairs per forward pass off CUDA, where free memory is not measured
-MAX_AUTO_BATCH_SIZE = 32     # beyond this a GPU gains little and progress updates get coarse
-TEXT_TOKENS_ALLOWANCE = 512  # the prompt around the image (~100 tokens) plus a long query
-USABLE_FREE_MEMORY = 0.5     # of the free GPU memory, for the estimate's error and the allocator's slack
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -127,28 +132,20 @@ def prepare_processor(processor: Any, model_id: str) -> Any:
     return processor
 
 
-def pair_activation_bytes(config: Any, visual_tokens: int, *, text_tokens: int = TEXT_TOKENS_ALLOWANCE,
-                          dtype_bytes: int = 2) -> int:
-    """A rough peak of one (query, image) pair's activations in an inference forward pass.
+def token_activation_bytes(config: Any, *, dtype_bytes: int = 2) -> int:
+    """A rough peak of one token's activations in an inference forward pass.
 
-    Per token of the language model: the residual stream, its normalised copy and the
-    attention's q/k/v/output (~4 x hidden) plus the MLP's gate, up and their product
-    (3 x intermediate); per patch of the vision tower (4 patches per visual token) the
-    same with its own widths. Layers run one after another and keep no cache, so depth
-    does not multiply; SDPA/flash kernels keep attention scores out of memory.
+    A language-model token holds the residual stream, its normalised copy and the attention's
+    q/k/v/output (~4 x hidden) plus the MLP's gate, up and their product (3 x intermediate); a
+    visual token is 4 patches of the vision tower, each the same with the tower's widths. The
+    tower and the language model run one after the other, so the larger of the two counts.
+    Layers keep no cache, so depth does not multiply; SDPA/flash kernels keep attention
+    scores out of memory.
     """
     text, vision = config.text_config, config.vision_config
-    tokens = visual_tokens + text_tokens
-    patches = visual_tokens * vision.spatial_merge_size ** 2
-    per_pair = (tokens * (4 * text.hidden_size + 3 * text.intermediate_size)
-                + patches * (4 * vision.hidden_size + 3 * vision.intermediate_size))
-    return dtype_bytes * per_pair
-
-
-def batch_size_for_memory(free_bytes: int, pair_bytes: int, *, usable: float = USABLE_FREE_MEMORY,
-                          cap: int = MAX_AUTO_BATCH_SIZE) -> int:
-    """How many pairs of ``pair_bytes`` fit in ``usable`` of ``free_bytes``: 1 to ``cap``."""
-    return max(1, min(cap, int(free_bytes * usable) // pair_bytes))
+    language = 4 * text.hidden_size + 3 * text.intermediate_size
+    visual = vision.spatial_merge_size ** 2 * (4 * vision.hidden_size + 3 * vision.intermediate_size)
+    return dtype_bytes * max(language, visual)
 
 
 @dataclass
@@ -230,27 +227,36 @@ class Engine:
         """The processor's ``size`` argument: the pixel budget, in transformers 5 terms."""
         return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
 
-    def visual_tokens(self, image: Image.Image) -> int:
-        """How many visual tokens ``image`` becomes: Qwen's own ``smart_resize`` arithmetic."""
-        height, width = smart_resize(image.height, image.width, factor=protocol.PATCH_PIXELS,
-                                     min_pixels=self.min_pixels, max_pixels=self.max_pixels)
-        return height * width // protocol.PATCH_PIXELS ** 2
+    @property
+    def pixel_budget(self) -> PixelBudget:
+        return self.min_pixels, self.max_pixels
 
-    def batch_size(self, images: Sequence[Image.Image], requested: int | None = None, *,
-                   query_tokens: int = 0, text_tokens: int = 0) -> int:
-        """``requested`` if given; on CUDA, as many pairs as fit in free memory at the largest
-        image plus the query image's ``query_tokens`` and the longest document text's
-        ``text_tokens`` (at most 32); elsewhere 8."""
-        if requested is not None:
-            return requested
-        if self.device.type != "cuda" or not (images or text_tokens):
-            return DEFAULT_BATCH_SIZE
-        free = free_cuda_bytes(self.device)
-        pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images), default=0) + query_tokens,
-                                     text_tokens=TEXT_TOKENS_ALLOWANCE + text_tokens, dtype_bytes=self.dtype.itemsize)
-        size = batch_size_for_memory(free, pair)
-        log.debug("batch size %d: %.1f GiB free, ~%.0f MiB per pair", size, free / 2**30, pair / 2**20)
-        return size
+    def visual_tokens(self, image: Image.Image) -> int:
+        """How many visual tokens ``image`` becomes: the processor's own ``smart_resize`` arithmetic."""
+        return visual_tokens(image, self.pixel_budget)
+
+    def text_tokens(self, prompt: str) -> int:
+        """Tokens of ``prompt`` besides its images' visual tokens."""
+        ids = self.processor.tokenizer(prompt)["input_ids"]
+        return len(ids) - ids.count(self.processor.image_token_id)
+
+    def budget(self, rows: int | None = None) -> Budget:
+        """What one forward pass may hold. On CUDA: padded tokens whose activations fit in half the
+        free memory. Elsewhere: with ``rows`` given, no token bound (memory is the only limit); else
+        as many tokens as keep a batch's residual stream (tokens x hidden) in a core's L2 cache,
+        beyond which a CPU runs a longer batch no faster per token, so padding would only cost.
+        ``rows``: pairs per pass at most (default 32)."""
+        if self.device.type == "cuda":
+            token_bytes = token_activation_bytes(self.model.config, dtype_bytes=self.dtype.itemsize)
+            tokens = tokens_for_memory(free_cuda_bytes(self.device), token_bytes)
+        elif rows is not None:
+            tokens = UNLIMITED
+        else:
+            residual_bytes = self.model.config.text_config.hidden_size * self.dtype.itemsize
+            tokens = tokens_for_cache(cpu_cache_bytes(), residual_bytes)
+        budget = Budget(rows=rows or MAX_ROWS, tokens=tokens)
+        log.debug("batch budget on %s: %s", self.device, budget)
+        return budget
 
     def with_attention_fallback(self, run: Callable[[], T]) -> T:
         """``run()``. Until flash attention has run one batch, its failure (a GPU or a build its kernels
@@ -277,10 +283,6 @@ class Engine:
     def render(self, messages: list[dict]) -> str:
         """The chat prompt as text, with one image placeholder per image part."""
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def text_tokens(self, text: str) -> int:
-        """How many tokens ``text`` (a document's) adds to a prompt."""
-        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
     def _inputs(self, prompt: str, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         batch = self.processor(text=[prompt] * len(images), images=list(images), padding=True,
@@ -376,8 +378,9 @@ class Engine:
 
 
 class TransformersBackend:
-    """:class:`~lychee.backends.base.Backend` over an :class:`Engine`: batches sorted by visual
-    tokens, the batch size from free GPU memory (or ``batch_size``), halved on out of memory.
+    """:class:`~lychee.backends.base.Backend` over an :class:`Engine`: pairs packed into batches
+    by tokens (:mod:`~lychee.backends.packing`; ``batch_size``: pairs per batch at most), the
+    budget halved on out of memory.
 
     One request at a time: the engine and its vision cache are not thread-safe.
     """
@@ -412,43 +415,47 @@ class TransformersBackend:
         return {"backend": self.name, "model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
                 "attention": e.attention, "visual_tokens": visual_tokens_range(self)}
 
-    def _batched(self, items: Sequence[T], fn: Any, progress: Progress | None, *, images: Sequence[Image.Image],
-                 cost: Callable[[T], int], query_tokens: int = 0, text_tokens: int = 0) -> list[Any]:
-        batch_size = self.engine.batch_size(images, self.batch_size, query_tokens=query_tokens,
-                                            text_tokens=text_tokens)
+    def _batched(self, items: Sequence[T], fn: Any, progress: Progress | None, *,
+                 cost: Callable[[T], int]) -> list[Any]:
+        """``fn`` over ``items`` in batches packed by tokens: ``cost`` gives an item's row length."""
         return run_batched(items, lambda batch: self.engine.with_attention_fallback(lambda: fn(batch)),
-                           batch_size=batch_size, cost=cost, progress=progress, out_of_memory=is_out_of_memory)
+                           budget=self.engine.budget(self.batch_size), cost=cost, progress=progress,
+                           out_of_memory=is_out_of_memory)
 
     def relevance(self, messages: list[dict], images: Sequence[Image.Image | None], progress: Progress | None = None,
                   query_image: Image.Image | None = None,
                   texts: Sequence[str] | None = None) -> list[float | Exception]:
-        pairs = candidate_documents(images, texts)
+        pairs = [(budget_sized(self, [image])[0] if image is not None else None, text)
+                 for image, text in candidate_documents(images, texts)]
         prompts = {(image is not None, text): self.engine.render(document_messages(messages, image, text))
                    for image, text in pairs}                   # one per kind of document and text
-        text_tokens = {text: self.engine.text_tokens(text) for _, text in pairs}
-
-        def cost(pair: Document) -> int:  # rows of similar length pad less
-            image, text = pair
-            return (self.engine.visual_tokens(image) if image is not None else 0) + text_tokens[text]
+        prompt_tokens = {key: self.engine.text_tokens(prompt) for key, prompt in prompts.items()}
 
         def score(batch: list[Document]) -> list[float]:
             batch_prompts = [prompts[image is not None, text] for image, text in batch]
             return self.engine.relevance_logits(batch_prompts, [image for image, _ in batch], query).sigmoid().tolist()
 
         with self._lock:  # the query image goes through the vision tower once, for every batch
-            query = (self.engine.with_attention_fallback(lambda: self.engine.image_features([query_image])[0])
-                     if query_image is not None else None)
-            return self._batched(pairs, score, progress, images=[image for image, _ in pairs if image is not None],
-                                 cost=cost, query_tokens=len(query.embeds) if query is not None else 0,
-                                 text_tokens=max(text_tokens.values(), default=0))
+            query = (self.engine.with_attention_fallback(
+                lambda: self.engine.image_features(budget_sized(self, [query_image]))[0])
+                if query_image is not None else None)
+            query_tokens = len(query.embeds) if query is not None else 0
+
+            def cost(pair: Document) -> int:  # a row: its prompt's text, the query image's and its image's tokens
+                image, text = pair
+                visual = self.engine.visual_tokens(image) if image is not None else 0
+                return prompt_tokens[image is not None, text] + query_tokens + visual
+
+            return self._batched(pairs, score, progress, cost=cost)
 
     def generate(self, messages: list[dict], images: Sequence[Image.Image],
                  progress: Progress | None = None) -> list[str | Exception]:
         """The model's greedy answer for each image (generate mode), or the exception it raised."""
         prompt = self.engine.render(messages)
         with self._lock:
-            return self._batched(images, lambda batch: self.engine.generate(prompt, batch), progress, images=images,
-                                 cost=self.engine.visual_tokens)
+            fixed = self.engine.text_tokens(prompt)
+            return self._batched(budget_sized(self, images), lambda batch: self.engine.generate(prompt, batch),
+                                 progress, cost=lambda image: fixed + self.engine.visual_tokens(image))
 
 
 def load(model: str, *, device: str = "auto", dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

@@ -5,7 +5,8 @@ two-class head (``Qwen2_5_VLForSequenceClassification`` with ``classifier_from_t
 "yes"]``, ``method="from_2_way_softmax"``) whose one output is softmax over (no, yes) at the
 last position: p(yes), the lychee protocol's relevance. The prompt is rendered by the
 checkpoint's own chat template, exactly as the transformers backend renders it, and each
-image goes in as a PIL image with the same pixel budget, so the two agree to ~1e-5.
+image goes in as a PIL image already at its budget size (so vLLM's processor does not
+resize it again), the pixels the transformers backend sees; the two agree to ~1e-5.
 
 Create it under ``if __name__ == "__main__":`` in scripts: vLLM starts worker processes.
 """
@@ -22,7 +23,16 @@ from PIL import Image
 from vllm import LLM
 
 from .. import protocol
-from .base import Document, Progress, candidate_documents, document_messages, run_batched, visual_tokens_range
+from .base import (
+    Document,
+    Progress,
+    budget_sized,
+    candidate_documents,
+    document_messages,
+    run_batched,
+    visual_tokens_range,
+)
+from .packing import Budget
 from .transformers import load_processor
 
 log = logging.getLogger(__name__)
@@ -72,10 +82,12 @@ class VllmBackend:
     def relevance(self, messages: list[dict], images: Sequence[Image.Image | None], progress: Progress | None = None,
                   query_image: Image.Image | None = None,
                   texts: Sequence[str] | None = None) -> list[float | Exception]:
-        pairs = candidate_documents(images, texts)
+        pairs = [(budget_sized(self, [image])[0] if image is not None else None, text)
+                 for image, text in candidate_documents(images, texts)]
         prompts = {(image is not None, text): self.processor.apply_chat_template(
             document_messages(messages, image, text), tokenize=False, add_generation_prompt=True)
             for image, text in pairs}
+        query_image = budget_sized(self, [query_image])[0] if query_image is not None else None
 
         def pair(document: Document) -> dict[str, Any]:  # the images in prompt order: query image, then candidate
             image, text = document
@@ -88,7 +100,7 @@ class VllmBackend:
             return [output.outputs.probs[0] for output in outputs]  # probs == [p(yes)]
 
         with self._lock:  # a failing call is retried pair by pair, so one bad pair fails alone
-            return run_batched(pairs, classify, batch_size=PROGRESS_CHUNK, progress=progress)
+            return run_batched(pairs, classify, budget=Budget(rows=PROGRESS_CHUNK), progress=progress)
 
 
 def load(model: str, *, dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

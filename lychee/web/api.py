@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from .. import calibration
-from ..documents import text_label
 from ..limits import Limits
 from ..messages import UserError
 from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..url_images import fetch_images, url_label
-from .service import Form, Job, ModelSlot, accept, rerank
+from .service import Form, Job, ModelSlot, accept, rerank, with_documents
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +43,6 @@ def refuse(exc: UserError) -> gr.Error:
     """An API refusal: both languages for the caller, one log line and no traceback here."""
     log.info("refused request: %s", exc)
     return gr.Error(exc.bilingual(), print_exception=False)
-
-
-def text_only(url: str, text: str | None) -> bool:
-    """An entry of ``rerank_urls`` without an image URL but with a text is a text alone."""
-    return not url.strip() and bool(text and text.strip())
-
-
-def with_documents(job: Job, urls: list[str], limits: Limits) -> Job:
-    """``job`` with each document's image - fetched bytes, a refusal, or None for a text alone -
-    and its name: the URL's file name, or the start of the text of a text alone."""
-    texts = job.texts.texts if job.texts else ("",) * len(urls)
-    wanted = [i for i, url in enumerate(urls) if not text_only(url, texts[i])]
-    fetched = dict(zip(wanted, fetch_images([urls[i] for i in wanted], limits)))
-    labels = [url_label(url, i) if i in fetched else text_label(texts[i]) for i, url in enumerate(urls)]
-    return replace(job, images=tuple(fetched.get(i) for i in range(len(urls))), labels=tuple(labels))
 
 
 def uploaded_files(files: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:

@@ -106,7 +106,7 @@ def _image_field(value: Any, field: str) -> str:
     if is_image_string(value):
         return value.strip()
     if _BASE64.fullmatch(value):
-        return "data:image/*;base64," + value
+        return "data:;base64," + value  # the decoder reads the format from the bytes
     raise bad(field, "an image URL, a data: URI or base64", value)
 
 

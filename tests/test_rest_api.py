@@ -247,3 +247,19 @@ def test_python_app_py_serves_the_route_beside_the_page(demo_url):
     assert httpx.get(demo_url + "/", timeout=30).status_code == 200
     assert post(demo_url, {"query": "a", "documents": ["x"]}).status_code == 200
     assert Path(__file__).resolve().parent.parent.joinpath("app.py").read_text().count("main()") == 1
+
+
+def test_the_scoring_event_sees_the_callers_headers_as_spaces_reads_them(demo_url, monkeypatch):
+    """On a ZeroGPU Space, ``spaces.GPU`` takes the caller's quota token (``X-IP-Token``, added by Hugging
+    Face's proxy) from the Gradio request of the event it runs in (``spaces.utils.gradio_request_var``):
+    the route's scoring event must carry the route's own request."""
+    from spaces.utils import gradio_request_var
+
+    from lychee.web import rest_routes
+
+    seen = []
+    rerank = rest_routes.rerank
+    monkeypatch.setattr(rest_routes, "rerank", lambda job, slot, **kwargs: (
+        seen.append(gradio_request_var().get(None).headers.get("x-ip-token")) or rerank(job, slot, **kwargs)))
+    assert post(demo_url, {"query": "a", "documents": ["x"]}, headers={"X-IP-Token": "caller-token"}).status_code == 200
+    assert seen == ["caller-token"]

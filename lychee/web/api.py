@@ -7,19 +7,21 @@ with both languages' words."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from .. import calibration
+from ..documents import text_label
 from ..limits import Limits
 from ..messages import UserError
 from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..url_images import fetch_images, url_label
-from .service import Form, Job, ModelSlot, accept, rerank, with_documents
+from .service import Form, Job, ModelSlot, accept, rerank
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,18 @@ def refuse(exc: UserError) -> gr.Error:
     """An API refusal: both languages for the caller, one log line and no traceback here."""
     log.info("refused request: %s", exc)
     return gr.Error(exc.bilingual(), print_exception=False)
+
+
+def with_documents(job: Job, urls: Sequence[str], limits: Limits) -> Job:
+    """``job`` with each document's image fetched from ``urls`` - the bytes, or the refusal - and its
+    name (the URL's file name). A document whose URL is "" has no image: a text alone, or, without a
+    text, a document that fails as having neither."""
+    texts = job.texts.texts if job.texts else ("",) * len(urls)
+    wanted = [i for i, url in enumerate(urls) if url.strip()]
+    fetched = dict(zip(wanted, fetch_images([urls[i] for i in wanted], limits)))
+    labels = [url_label(url, i) if i in fetched else text_label(texts[i]) if texts[i] else f"document {i + 1}"
+              for i, url in enumerate(urls)]
+    return replace(job, images=tuple(fetched.get(i) for i in range(len(urls))), labels=tuple(labels))
 
 
 def uploaded_files(files: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:

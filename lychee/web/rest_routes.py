@@ -33,9 +33,10 @@ from starlette.routing import Route
 
 from ..messages import UserError
 from ..url_images import fetch_images, url_label
+from .api import with_documents
 from .gpu import GpuScoring
 from .rest import PATHS, RestError, RestRequest, document_urls_and_texts, parse_request, response
-from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank, with_documents
+from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import protocol
 from ..backends import default_backend
-from ..documents import DocumentTexts, prepare_texts, text_label
+from ..documents import DocumentTexts, prepare_texts
 from ..images import ImageSource
 from ..limits import Limits
 from ..messages import Language, Notice, UserError
@@ -30,7 +30,6 @@ from ..report import Report
 from ..request import Request, build_request
 from ..reranker import LycheeReranker, Progress, default_model, display_name
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
-from ..url_images import fetch_images, url_label
 from ..zero_gpu import gpu_seconds, images_within, on_zero_gpu
 from .i18n import text
 
@@ -113,18 +112,6 @@ def caption_lines(captions: str | None, count: int) -> list[str] | None:
     if not any(line.strip() for line in lines):
         return None
     return [line.strip() for line in lines[:count]] + [""] * max(0, count - len(lines))
-
-
-def with_documents(job: Job, urls: Sequence[str], limits: Limits) -> Job:
-    """``job`` with each document's image fetched from ``urls`` - the bytes, or the refusal - and its
-    name (the URL's file name). A document whose URL is "" has no image: a text alone, or, without a
-    text, a document that fails as having neither."""
-    texts = job.texts.texts if job.texts else ("",) * len(urls)
-    wanted = [i for i, url in enumerate(urls) if url.strip()]
-    fetched = dict(zip(wanted, fetch_images([urls[i] for i in wanted], limits)))
-    labels = [url_label(url, i) if i in fetched else text_label(texts[i]) if texts[i] else f"document {i + 1}"
-              for i, url in enumerate(urls)]
-    return replace(job, images=tuple(fetched.get(i) for i in range(len(urls))), labels=tuple(labels))
 
 
 _PATH = re.compile(r"(?<![\w:/])(?:~|\.{1,2})?(?:/[^\s/'\"]+)+/?")

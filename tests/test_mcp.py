@@ -3,8 +3,8 @@ launched app (tiny random checkpoint)."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
+import json
 
 import pytest
 
@@ -31,7 +31,7 @@ def call_rerank_urls(demo_url: str, arguments: dict) -> dict:
     async def work(session):
         result = await session.call_tool("rerank_urls", arguments)
         assert not result.isError, result.content
-        return ast.literal_eval(result.content[0].text)  # Gradio 6.31 renders the result with str()
+        return json.loads(result.content[0].text)  # JSON text, not Gradio 6.31's str() of the dict
 
     return with_session(demo_url, work)
 

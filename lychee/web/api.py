@@ -7,7 +7,7 @@ with both languages' words."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,18 +48,15 @@ def refuse(exc: UserError) -> gr.Error:
     return gr.Error(exc.bilingual(), print_exception=False)
 
 
-def text_only(url: str, text: str | None) -> bool:
-    """An entry of ``rerank_urls`` without an image URL but with a text is a text alone."""
-    return not url.strip() and bool(text and text.strip())
-
-
-def with_documents(job: Job, urls: list[str], limits: Limits) -> Job:
-    """``job`` with each document's image - fetched bytes, a refusal, or None for a text alone -
-    and its name: the URL's file name, or the start of the text of a text alone."""
+def with_documents(job: Job, urls: Sequence[str], limits: Limits) -> Job:
+    """``job`` with each document's image fetched from ``urls`` - the bytes, or the refusal - and its
+    name (the URL's file name). A document whose URL is "" has no image: a text alone, or, without a
+    text, a document that fails as having neither."""
     texts = job.texts.texts if job.texts else ("",) * len(urls)
-    wanted = [i for i, url in enumerate(urls) if not text_only(url, texts[i])]
+    wanted = [i for i, url in enumerate(urls) if url.strip()]
     fetched = dict(zip(wanted, fetch_images([urls[i] for i in wanted], limits)))
-    labels = [url_label(url, i) if i in fetched else text_label(texts[i]) for i, url in enumerate(urls)]
+    labels = [url_label(url, i) if i in fetched else text_label(texts[i]) if texts[i] else f"document {i + 1}"
+              for i, url in enumerate(urls)]
     return replace(job, images=tuple(fetched.get(i) for i in range(len(urls))), labels=tuple(labels))
 
 

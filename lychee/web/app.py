@@ -33,6 +33,9 @@ from .api import RerankApi
 from .components import Blocks, ReferenceImage
 from .gpu import GpuScoring
 from .i18n import Language, text
+from .mcp_json import json_tools
+from .rest_routes import RestApi
+from .rest_routes import routes as rest_routes
 from .service import (
     Form,
     ModelSlot,
@@ -174,6 +177,7 @@ class RerankDemo:
                 with gr.Column(scale=7, min_width=340, elem_id="lychee-results"):
                     self._build_results()
             RerankApi(self.slot, self.score_on_gpu).wire()
+            RestApi(self.slot, self.score_on_gpu).wire(demo)
             self._wire(demo)
         demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
         return demo
@@ -379,9 +383,11 @@ def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
 
 
 def launch_options(limits: Limits) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP.
+    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP,
+    and ``POST /v1/rerank`` (:mod:`lychee.web.rest_routes`).
 
-    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``).
+    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``), its tools
+    answering in JSON (:mod:`lychee.web.mcp_json`).
     ``show_error`` sends the reason for a refused request to API clients too. Every request
     body is capped (``LYCHEE_MAX_REQUEST_BYTES``; uploads, which go to disk, at
     ``Limits.max_upload_bytes``) before it is read.
@@ -390,7 +396,7 @@ def launch_options(limits: Limits) -> dict[str, Any]:
                             upload_max_bytes=limits.max_upload_bytes, upload_variable=UPLOAD_LIMIT_VARIABLES,
                             upload_paths=[f"{API_PREFIX}/upload"])
     return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
-            "app_kwargs": {"middleware": [body_limit]},
+            "app_kwargs": {"middleware": [body_limit], "routes": rest_routes(), "lifespan": json_tools},
             "allowed_paths": [str(EXAMPLES_DIR / "images")],
             "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
 

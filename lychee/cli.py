@@ -22,6 +22,12 @@ image, bad LYCHEE_* variable);
 
 finds the threshold that reaches a target precision on labelled images (see CALIBRATE_HELP).
 
+    python -m lychee explain "QUERY" IMAGE [--query-image PATH] [--grid N|RxC] [--output MAP.png]
+                                           [--format md|json] [model and backend options as for rank]
+
+shows why IMAGE gets its score: an occlusion map (see :mod:`lychee.explain`), its report on
+stdout and the overlay as a PNG in --output. Exit codes as for rank; 1: the model failed on a copy.
+
     python -m lychee vllm-serve MODEL [vLLM server options...]
 
 starts a vLLM server configured for lychee-rerank-mm (see :mod:`lychee.backends.vllm_server`).
@@ -48,15 +54,24 @@ from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
 from .calibration import DEFAULT_TARGET_PRECISION, Calibration, calibrate, check_target_precision, to_markdown
 from .documents import DocumentsFileError, DocumentTexts, prepare_texts, read_documents, text_label
-from .images import IMAGE_EXTENSIONS, is_image_path
+from .explain import check_grid
+from .images import IMAGE_EXTENSIONS, ImageLoadError, is_image_path, load_image
 from .labels import BadRow, LabelRow, LabelsFile, read_all
 from .limits import Limits
 from .messages import UserError, printable
 from .presets import PRESETS
 from .ranking import ScoredImage
 from .report import EMPTY_SLOT, Report
-from .request import Request, build_request
-from .settings import DEFAULT_TIE_EPSILON, UNSET, check_threshold, check_tie_epsilon, check_top_k, resolve_settings
+from .request import Request, build_request, prepare_query
+from .settings import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_TIE_EPSILON,
+    UNSET,
+    check_threshold,
+    check_tie_epsilon,
+    check_top_k,
+    resolve_settings,
+)
 
 CALIBRATE_HELP = """\
 Precision, recall and F1 of "score >= t" on images labelled relevant or not, and the lowest
@@ -73,6 +88,7 @@ Exit codes: 0 ok; 2 usage error (no such file, missing columns, no usable row); 
 could not be loaded."""
 
 if TYPE_CHECKING:
+    from .explain import Explanation
     from .reranker import LycheeReranker
 
 log = logging.getLogger(__name__)
@@ -84,6 +100,7 @@ EXIT_MODEL = 3
 
 DEFAULT_CHUNK_SIZE = 32
 FORMATS = ("md", "json", "csv")
+EXPLAIN_FORMATS = ("md", "json")
 
 
 class UsageError(ValueError):
@@ -210,6 +227,32 @@ def render_markdown(report: Report, *, title: str = "Image ranking") -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_explanation(explanation: Explanation, fmt: str) -> str:
+    """An explanation as JSON (``Explanation.to_dict``) or as a short markdown report: the score,
+    the grid and its cost, and the three cells that carry the match most and that count most against it."""
+    data = explanation.to_dict()
+    if fmt == "json":
+        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    rows, cols = data["grid"]
+    width, height = data["image_size"]
+    lines = ["# Why this score?", "", f"**Query:** {_cell(data['query'] or '-')}  "]
+    if data["query_image"]:
+        lines.append(f"**Query image:** {_cell(data['query_image'])}  ")
+    lines += [f"**Image:** {_cell(data['source'])} · **score {data['score']:.2f}**", "",
+              f"Occlusion over {rows} x {cols} cells of the {width} x {height} px image as scored, each blurred "
+              f"over in turn (Gaussian, radius {data['blur_radius']} px): {data['forward_passes']} forward passes "
+              f"in {data['elapsed_s']:.1f} s. delta = score - score with the cell covered."]
+    for title, cells in (("Carry the match", explanation.supporting()), ("Count against it", explanation.opposing())):
+        lines += ["", f"## {title}", ""]
+        if not cells:
+            lines.append("No cell.")
+            continue
+        lines += ["| covering | box (px) | score covered | delta |", "|---|---|---:|---:|"]
+        lines += [f"| {explanation.describe(c, 'en')} | {', '.join(map(str, c.box))} | {c.masked_score:.3f} "
+                  f"| {c.delta:+.3f} |" for c in cells]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Report], str]] = {
     "md": render_markdown, "json": render_json, "csv": render_csv,
 }
@@ -313,6 +356,17 @@ def _add_scoring_options(command: argparse.ArgumentParser) -> None:
         help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or http://127.0.0.1:8000)")
 
 
+def _grid(text: str) -> int | tuple[int, int]:
+    """``N`` or ``RxC``: the shape is checked here, the bounds against the image later."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"must be N or RxC with whole numbers >= 1, got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lychee", description="Rerank images with lychee-rerank-mm.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -354,6 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
     calibrate.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
     _add_scoring_options(calibrate)
+    explain = commands.add_parser(
+        "explain", help="show why an image gets its score: an occlusion map",
+        description="Score copies of IMAGE with each cell of a grid blurred over; a cell's delta is how much of "
+                    "the score it carries (negative: it argues against the match). Report on stdout, the "
+                    "overlay in --output.")
+    explain.add_argument("query", help='what the image should show; may be "" with --query-image')
+    explain.add_argument("image", metavar="IMAGE", help="the image to explain")
+    explain.add_argument("--query-image", metavar="PATH", help="a reference image, as for rank")
+    explain.add_argument("--grid", type=_grid, metavar="N|RxC",
+                         help="N x N cells, or R rows x C columns (default: 16-36 cells, as square as the "
+                              "28-px patches allow); cost: cells + 1 forward passes")
+    explain.add_argument("--output", "-o", metavar="MAP.png", help="write the overlay (a PNG) here")
+    explain.add_argument("--format", choices=EXPLAIN_FORMATS, default="md", help="report on stdout (default md)")
+    explain.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
+    _add_scoring_options(explain)
     serve = commands.add_parser(
         "vllm-serve", help="start a vLLM server configured for lychee-rerank-mm",
         description="Run vLLM's OpenAI-compatible server with every flag lychee-rerank-mm needs (pooling runner, "
@@ -560,6 +629,45 @@ def _calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _explain(args: argparse.Namespace) -> int:
+    """Everything that can be checked - text, images, grid, output folder - is, before the model loads."""
+    try:
+        limits = Limits.from_env()
+        query = prepare_query(args.query, instruction=args.instruction, image=args.query_image,
+                              image_label=args.query_image and Path(args.query_image).name,
+                              max_side=DEFAULT_MAX_SIDE, limits=limits)
+        _check_scoring_options(args, limits)
+        try:
+            image = load_image(args.image, limits=limits, budget=(args.min_pixels, args.max_pixels))
+        except ImageLoadError as exc:
+            raise UserError("bad_image", reason=str(exc)) from None
+        check_grid(args.grid, image.size)  # the image as it will be scored
+        if args.output and Path(args.output).suffix.lower() != ".png":
+            raise UsageError(f"--output {args.output!r}: the overlay is a PNG; give a file name ending in .png")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for notice in query.notices:
+        log.warning("%s", notice.text("en"))
+    reranker = _load_reranker(args, limits)
+    with tqdm(unit="copy", desc="explaining", file=sys.stderr, disable=args.quiet) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            explanation = reranker.explain_query(query, image, grid=args.grid, label=Path(args.image).name,
+                                                 progress=progress)
+        except UserError as exc:
+            if exc.key != "explain_failed":  # the whole run failed, e.g. the vLLM server went away
+                raise ModelLoadError(str(exc)) from exc
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_IMAGES_FAILED
+    if args.output:
+        explanation.overlay().save(args.output, format="PNG")
+    sys.stdout.write(render_explanation(explanation, args.format))
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Replace this process with vLLM's server (it never returns when the server starts)."""
     from .backends.vllm_server import serve_command
@@ -580,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     with _console(args.quiet):
         try:
-            return _calibrate(args) if args.command == "calibrate" else _rank(args)
+            return {"calibrate": _calibrate, "explain": _explain}.get(args.command, _rank)(args)
         except (UsageError, ModelLoadError) as exc:
             print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
             return exc.exit_code

@@ -45,6 +45,7 @@ ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
 PixelBudget = tuple[int, int]  # (min_pixels, max_pixels) of an image after resizing
 
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses anything more elongated
+MAX_RESIZE_STEPS = 16   # budget_size stands still within 6 steps where max_pixels >= 2 x min_pixels
 RESAMPLE = Image.Resampling.BICUBIC  # the Qwen2-VL image processor's own filter
 
 # File name extensions worth decoding when a folder is walked (anything else is skipped).
@@ -230,10 +231,8 @@ def _padded_to_model_shape(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def budget_size(width: int, height: int, budget: PixelBudget) -> tuple[int, int]:
-    """(width, height) that the Qwen2-VL image processor resizes a ``width`` x ``height`` image to:
-    multiples of 28 (one visual token per 28 x 28 pixels), the area within ``budget``, the aspect
-    ratio kept as closely as possible. Its ``smart_resize``, step for step."""
+def _smart_resize(width: int, height: int, budget: PixelBudget) -> tuple[int, int]:
+    """The Qwen2-VL image processor's ``smart_resize``, step for step, in (width, height) order."""
     factor, (min_pixels, max_pixels) = protocol.PATCH_PIXELS, budget
     h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -245,6 +244,28 @@ def budget_size(width: int, height: int, budget: PixelBudget) -> tuple[int, int]
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return w_bar, h_bar
+
+
+def budget_size(width: int, height: int, budget: PixelBudget) -> tuple[int, int]:
+    """(width, height) that the Qwen2-VL image processor takes a ``width`` x ``height`` image at and
+    leaves alone: multiples of 28 (one visual token per 28 x 28 pixels), the area within ``budget``,
+    the aspect ratio kept as closely as possible.
+
+    That is its ``smart_resize`` - for photos one step. A very elongated image whose short side
+    is held at 28 px can land above ``max_pixels`` after one step, and the processor would shrink
+    it again: the step is repeated until the size stands still (a few steps when ``max_pixels >=
+    2 x min_pixels``; a narrower budget may have no such size, and the last step's is used).
+    Rounding can also push an aspect ratio just under 200:1 over it, which the processor refuses;
+    the long side is then cut back to 200:1.
+    """
+    size = (width, height)
+    for _ in range(MAX_RESIZE_STEPS):
+        fitted = _smart_resize(*size, budget)
+        if fitted == size:
+            break
+        size = fitted
+    short = min(size)
+    return min(size[0], MAX_ASPECT_RATIO * short), min(size[1], MAX_ASPECT_RATIO * short)
 
 
 def visual_tokens(image: Image.Image, budget: PixelBudget) -> int:

@@ -16,9 +16,10 @@ from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
 from .documents import DocumentTexts, prepare_texts, text_label
+from .explain import Explanation, occlusion
 from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source_label
 from .limits import Limits
-from .messages import InputWarning, Notice, printable
+from .messages import InputWarning, Notice, UserError, printable
 from .parsing import parse_score
 from .ranking import RerankResult, ScoredImage
 from .request import Query, Request, build_request, prepare_query
@@ -207,11 +208,18 @@ class LycheeReranker:
             records.append(ScoredImage(start + i, names[i], value, raw_output, cause and problem(i, cause)))
         return records
 
+    def scored_image(self, source: ImageSource, max_side: int | None = None) -> Image.Image:
+        """``source`` as the model scores it: decoded by the safe loader, its longest side at most
+        ``max_side`` (default ``self.max_side``), resized once to the backend's pixel budget.
+        Raises :class:`~lychee.images.ImageLoadError`."""
+        return load_image(source, max_side=self.max_side if max_side is None else max_side, limits=self.limits,
+                          budget=self._budget)
+
     def _load_all(self, images: Sequence[ImageSource], max_side: int) -> list[Image.Image | ImageLoadError]:
         """Decode ``images`` on a few threads (Pillow's decoders release the GIL)."""
         def load(source: ImageSource) -> Image.Image | ImageLoadError:
             try:
-                return load_image(source, max_side=max_side, limits=self.limits, budget=self._budget)
+                return self.scored_image(source, max_side)
             except ImageLoadError as exc:
                 return exc
 
@@ -240,6 +248,58 @@ class LycheeReranker:
         if progress and not keys:
             progress(total, total)
         return dict(zip(keys, judged))
+
+    def explain(self, query: str | None, image: ImageSource, *, query_image: ImageSource | None = None,
+                instruction: str | None = None, grid: int | tuple[int, int] | None = None, label: str | None = None,
+                query_image_label: str | None = None, max_side: int | None = None,
+                progress: Progress | None = None) -> Explanation:
+        """Why this score? An occlusion map of ``image`` against the query (see :mod:`lychee.explain`).
+
+        The image, as scored (:meth:`scored_image`), is cut into a grid of cells along its 28-px
+        patches; a copy with each cell blurred over is scored, all copies in one batched call
+        of this reranker's backend with the same query, ``query_image`` and ``instruction``.
+
+        Args:
+            query, query_image, instruction: As for :meth:`rerank`; cleaned and checked the same way.
+            image: The image to explain (path, PIL image or bytes).
+            grid: None for 16-36 cells as square as the patches allow; N for N x N; or (rows, cols).
+            label, query_image_label: The names of the image and the query image in the result
+                (default: their file names).
+            max_side, progress: As for :meth:`rerank`; progress counts the image and its copies.
+
+        Returns:
+            An :class:`~lychee.explain.Explanation`: ``score`` (what :meth:`score` gives the image),
+            ``grid``, ``cells`` with their ``masked_score`` and ``delta``, ``forward_passes``,
+            ``to_dict()`` and ``overlay()``. Bad input raises :class:`~lychee.messages.UserError`
+            (``empty_query``, ``bad_image``, ``bad_query_image``, ``bad_grid``); a copy the backend
+            fails on raises ``explain_failed``.
+        """
+        max_side = check_max_side(max_side) if max_side is not None else self.max_side
+        prepared = prepare_query(query, instruction=instruction, image=query_image, image_label=query_image_label,
+                                 max_side=max_side, limits=self.limits)
+        warn(prepared.notices)
+        return self.explain_query(prepared, image, grid=grid, label=label, max_side=max_side, progress=progress)
+
+    def explain_query(self, query: Query, image: ImageSource, *, grid: int | tuple[int, int] | None = None,
+                      label: str | None = None, max_side: int | None = None,
+                      progress: Progress | None = None) -> Explanation:
+        """:meth:`explain` for a query a surface has already prepared (:func:`lychee.request.prepare_query`)."""
+        if self.mode != "logit":
+            raise ValueError("explanations need mode='logit' (the lychee protocol)")
+        try:
+            scored = self.scored_image(image, max_side)
+        except ImageLoadError as exc:
+            raise UserError("bad_image", reason=str(exc)) from None
+        reference = query.image  # the backend fits it to the pixel budget, as it does for every query
+        messages = protocol.rerank_messages(query.text, query.instruction, query_image=reference is not None)
+
+        def score_images(images: list[Image.Image], report: Progress | None) -> list[float | Exception]:
+            outputs = self.backend.relevance(messages, images, report, query_image=reference)
+            return [p if isinstance(p, Exception) else _relevance(p)[0] for p in outputs]
+
+        return occlusion(scored, score_images, grid=grid, progress=progress, query=query.text,
+                         source=label or source_label(image, 0), instruction=query.instruction, model=self.describe(),
+                         query_image=query.image_label)
 
     def rerank(self, query: str | None, images: Sequence[ImageSource | None] | None = None, *,
                texts: Sequence[str | None] | None = None, query_image: ImageSource | None = None,

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
@@ -27,8 +27,30 @@ def in_shape(width: int, height: int) -> bool:
 
 @given(sides, sides, budgets)
 def test_the_budget_size_is_the_processors_smart_resize(width, height, budget):
+    """Wherever the processor's one step lands on a size it then keeps (every photo shape)."""
     if in_shape(width, height):
-        assert budget_size(width, height, budget) == smart_resize(height, width, 28, *budget)[::-1]
+        step = smart_resize(height, width, 28, *budget)
+        if smart_resize(*step, 28, *budget) == step:
+            assert budget_size(width, height, budget) == step[::-1]
+
+
+@settings(max_examples=300)
+@given(sides, sides, st.sampled_from([*budgets.elements, (4 * 28 * 28, 16 * 28 * 28)]))
+def test_the_budget_size_is_one_the_processor_keeps_at_any_shape_and_budget(width, height, budget):
+    """Also where one step would not be: elongated images at small budgets, aspect ratios near 200:1."""
+    if in_shape(width, height):
+        fitted_width, fitted_height = budget_size(width, height, budget)
+        assert fitted_width % 28 == 0 and fitted_height % 28 == 0
+        assert smart_resize(fitted_height, fitted_width, 28, *budget) == (fitted_height, fitted_width)
+
+
+def test_an_elongated_image_at_a_small_budget_is_shrunk_until_the_processor_keeps_it():
+    budget = (protocol.MIN_PIXELS, 64 * 28 * 28)
+    assert smart_resize(33, 3385, 28, *budget) == (28, 2268)       # one step: over max_pixels,
+    assert smart_resize(28, 2268, 28, *budget) == (28, 2016)       # so the processor would shrink it again
+    assert budget_size(3385, 33, budget) == (1792, 28)             # 64 visual tokens, and it stays
+    assert smart_resize(28, 1792, 28, *budget) == (28, 1792)
+    assert budget_size(5615, 29, (protocol.MIN_PIXELS, protocol.MAX_PIXELS)) == (5600, 28)  # 201:1 cut to 200:1
 
 
 @given(sides, sides)

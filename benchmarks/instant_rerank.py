@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         demo.build()
         values = {demo.lang: "en", demo.images: [(p, None) for p in paths], demo.query: "a gradient under noise",
                   demo.preset: "screening", demo.threshold: 0.0, demo.top_k: 0, demo.instruction: "",
-                  demo.normalize: False, demo.tie_epsilon: 0.05, demo.max_side: 1920, demo.reference: None}
+                  demo.normalize: False, demo.tie_epsilon: 0.05, demo.max_side: 1920, demo.reference: None,
+                  demo.captions: ""}
         started = time.perf_counter()
         *_, shown = demo.run(values, SimpleNamespace(session_hash="bench"))
         rerank_s = time.perf_counter() - started

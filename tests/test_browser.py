@@ -240,14 +240,14 @@ def slow_app(tiny_checkpoint):
     scored = backend.relevance
     calls: list[int] = []
 
-    def relevance(messages, images, progress=None, query_image=None):
+    def relevance(messages, images, progress=None, query_image=None, texts=None):
         calls.append(len(images))
 
         def slowly(done: int, total: int) -> None:
             time.sleep(SLOW_SECONDS_PER_IMAGE)
             if progress:
                 progress(done, total)
-        return scored(messages, images, slowly, query_image)
+        return scored(messages, images, slowly, query_image, texts)
 
     backend.relevance = relevance
     demo = build_demo(slot)
@@ -352,3 +352,23 @@ def test_nothing_is_clipped_on_a_phone(browser, demo_url, image_dir):
     screenshot(page, "9-phone-table")
     context.close()
     assert clipped == []
+
+
+def test_captions_from_the_file_names_are_scored_with_their_images(any_page, image_dir, tiny_checkpoint):
+    from lychee import LycheeReranker
+
+    page = any_page
+    paths = sorted(image_dir.glob("good*.png"))[:2]
+    upload(page, paths)
+    keep_every_score(page)
+    page.get_by_text("Captions (optional, e.g. product titles)").click()
+    page.get_by_role("button", name="Use the file names").click()
+    page.wait_for_function("() => document.querySelector('#lychee-captions textarea').value === 'good0\\ngood1'")
+    run_and_wait(page, "a red square")
+    expected = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32").score(
+        "a red square", paths, texts=["good0", "good1"])
+    cells = page.locator("#lychee-table [role=gridcell]").all_inner_texts()
+    assert all(f"{r.raw_score:.2f}" in cells for r in expected)
+    wait_until_results_top_is_in_view(page)
+    page.wait_for_timeout(600)
+    screenshot(page, "5-captions")

@@ -34,12 +34,17 @@ from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
 from .gpu import GpuScoring
 from .i18n import Language, text
+from .mcp_json import json_tools
+from .rest_routes import RestApi
+from .rest_routes import routes as rest_routes
 from .service import (
     Form,
     ModelSlot,
     RerankOutcome,
     Shown,
     accept,
+    caption_lines,
+    captions_from_names,
     form_settings,
     remove_older_than,
     rerank,
@@ -180,6 +185,7 @@ class RerankDemo:
                 with gr.Column(scale=7, min_width=340, elem_id="lychee-results"):
                     self._build_results()
             RerankApi(self.slot, self.score_on_gpu).wire()
+            RestApi(self.slot, self.score_on_gpu).wire(demo)
             self._wire(demo)
         demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
         return demo
@@ -205,6 +211,11 @@ class RerankDemo:
                          interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
         self.samples = sample_images()
         self.sample_button = tr(gr.Button, {"value": "sample_button"}, size="sm", visible=bool(self.samples))
+        # Optional: a text per image (a product title...), typed or taken from the file names.
+        with tr(gr.Accordion, {"label": "captions_label"}, open=False):
+            self.captions = tr(gr.Textbox, {"placeholder": "captions_placeholder", "info": "captions_info"},
+                               lines=3, max_lines=12, show_label=False, elem_id="lychee-captions")
+            self.captions_button = tr(gr.Button, {"value": "captions_button"}, size="sm")
         queries = example_queries()
         self.examples = gr.Examples([[q] for q in queries], inputs=[self.query], examples_per_page=9,
                                     label=text("examples_label", DEFAULT_LANGUAGE)) if queries else None
@@ -258,7 +269,7 @@ class RerankDemo:
                         self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
     def _wire(self, demo: gr.Blocks) -> None:
-        form = {self.lang, self.images, *self.form_fields.values()}
+        form = {self.lang, self.images, self.captions, *self.form_fields.values()}
         run_triggers = [self.run_button.click, self.query.submit]
         gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
         buttons = [self.run_button, self.cancel_button]
@@ -276,7 +287,8 @@ class RerankDemo:
                    "outputs": [self.shown, self.outcome, self.preset_info, *self.results], **PRIVATE}
         gr.on([c.change for c in ranking_inputs], **restyle)
         ranked.then(**restyle)  # a slider moved while the run was under way applies to its results
-        scoring_inputs = [self.query, self.instruction, self.max_side, self.reference, self.images]
+        scoring_inputs = [self.query, self.instruction, self.max_side, self.reference, self.images,
+                          self.captions]
         gr.on([c.change for c in scoring_inputs], self.mark_stale, inputs={self.shown, *form}, outputs=[self.status],
               **PRIVATE)
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
@@ -294,6 +306,8 @@ class RerankDemo:
         self.preset.input(self.apply_preset, inputs=[self.preset], outputs=[self.threshold, self.top_k, self.raw_box],
                           **PRIVATE)
         self.sample_button.click(self.add_samples, inputs=[self.images], outputs=[self.images], **PRIVATE)
+        self.captions_button.click(lambda gallery: {self.captions: captions_from_names(
+            [Path(path).name for path, _ in gallery or []])}, inputs=[self.images], outputs=[self.captions], **PRIVATE)
         gr.on([demo.load, self.model_timer.tick], self.poll_model, inputs=[self.lang],
               outputs=[self.model_status, self.model_timer], **PRIVATE)
         demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
@@ -356,24 +370,25 @@ class RerankDemo:
         self.languages.setdefault(session, values[self.lang])
         self.cancelled.discard(session)
         form, images = self.form(values), self.candidates(values)
+        texts = caption_lines(values[self.captions], len(images))
         # "0 / N images" from the first moment, not Gradio's bare timer.
         waiting = "progress_decoding" if self.slot.settled else "progress_loading"
         lang = self.language(session)
         progress((0, len(images)), desc=text(waiting, lang), unit=text("progress_unit", lang))
         alerts: tuple[Alert, ...]
         try:
-            job = accept(form, images, self.limits)
+            job = accept(form, images, self.limits, texts=texts)
             outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, session))
         except UserError as exc:
             alerts = (("cancelled" if exc.key == "cancelled" else "error", exc),)
             yield {self.alerts: alerts_html(alerts, self.language(session)), self.alerted: alerts}
             return
         lang = self.language(session)
-        alerts = tuple(("notice", notice) for notice in outcome.request.notices)
+        alerts = tuple(("notice", notice) for notice in outcome.job.notices)
         chosen = outcome.request.settings.preset
         yield (self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded))
                | self.render_downloads(outcome)
-               | {self.shown: Shown(outcome, scored_with(form, images)), self.outcome: outcome,
+               | {self.shown: Shown(outcome, scored_with(form, images, texts)), self.outcome: outcome,
                   self.alerts: alerts_html(alerts, lang), self.alerted: alerts})
 
     def cancel(self, lang: Language, request: gr.Request) -> dict[Any, Any]:
@@ -400,7 +415,9 @@ class RerankDemo:
 
     def note(self, shown: Shown, values: dict[Any, Any], otherwise: str = "") -> str:
         """The stale-results warning when the scores no longer match the inputs, else ``otherwise``."""
-        fresh = scored_with(self.form(values), self.candidates(values)) == shown.inputs
+        images = self.candidates(values)
+        texts = caption_lines(values[self.captions], len(images))
+        fresh = scored_with(self.form(values), images, texts) == shown.inputs
         return otherwise if fresh else text("stale_note", values[self.lang])
 
     def mark_stale(self, values: dict[Any, Any]) -> dict[Any, Any]:
@@ -471,9 +488,11 @@ def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
 
 
 def launch_options(limits: Limits) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP.
+    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP,
+    and ``POST /v1/rerank`` (:mod:`lychee.web.rest_routes`).
 
-    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``).
+    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``), its tools
+    answering in JSON (:mod:`lychee.web.mcp_json`).
     ``show_error`` sends the reason for a refused request to API clients too. Every request
     body is capped (``LYCHEE_MAX_REQUEST_BYTES``; uploads, which go to disk, at
     ``Limits.max_upload_bytes``) before it is read.
@@ -482,7 +501,7 @@ def launch_options(limits: Limits) -> dict[str, Any]:
                             upload_max_bytes=limits.max_upload_bytes, upload_variable=UPLOAD_LIMIT_VARIABLES,
                             upload_paths=[f"{API_PREFIX}/upload"])
     return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
-            "app_kwargs": {"middleware": [body_limit]},
+            "app_kwargs": {"middleware": [body_limit], "routes": rest_routes(), "lifespan": json_tools},
             "allowed_paths": [str(EXAMPLES_DIR / "images")],
             "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
 

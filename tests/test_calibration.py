@@ -186,3 +186,8 @@ def test_the_readme_example_gives_what_the_readme_says():
     assert point.precision_interval == pytest.approx((0.30, 0.95), abs=0.005)
     assert (point.recall, round(point.f1, 3)) == (1.0, 0.857)
     assert result.separable and codes(result) == ["calibration_too_few"]
+
+
+@pytest.mark.parametrize("trials", [1, 7, 10, 1000])
+def test_the_wilson_interval_holds_a_proportion_of_none_or_all(trials):
+    assert wilson_interval(0, trials)[0] == 0.0 and wilson_interval(trials, trials)[1] == 1.0

@@ -29,9 +29,9 @@ from ..messages import UserError
 from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
-from .api import RerankApi
+from .api import ExplainApi, RerankApi
 from .components import Blocks, ReferenceImage
-from .gpu import GpuScoring
+from .gpu import GpuExplaining, GpuScoring
 from .i18n import Language, text
 from .service import Form, ModelSlot, RerankOutcome, accept, remove_older_than, rerank
 from .view import (
@@ -140,6 +140,7 @@ class RerankDemo:
         self.downloads = tempfile.TemporaryDirectory(prefix="lychee-downloads-")  # removed at exit
         self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
         self.score_on_gpu = GpuScoring(slot)
+        self.explain_on_gpu = GpuExplaining(slot)
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
@@ -165,6 +166,7 @@ class RerankDemo:
                 with gr.Column(scale=7, min_width=340, elem_id="lychee-results"):
                     self._build_results()
             RerankApi(self.slot, self.score_on_gpu).wire()
+            ExplainApi(self.slot, self.explain_on_gpu).wire()
             self._wire(demo)
         demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
         return demo

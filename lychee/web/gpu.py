@@ -1,21 +1,26 @@
-"""The GPU call: scoring an accepted job under ``spaces.GPU``, the duration it reserves on ZeroGPU,
-and refusals that survive the trip back from ZeroGPU's worker process.
+"""The GPU calls: scoring an accepted job, or making an occlusion map, under ``spaces.GPU``, the
+duration each reserves on ZeroGPU, and refusals that survive the trip back from ZeroGPU's worker process.
 
 Off Hugging Face Spaces ``spaces.GPU`` is a no-op and the same code runs in this process.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gradio as gr
 import spaces
 
 from ..messages import UserError, bilingual
 from ..ranking import ScoredImage
+from ..reranker import Progress
 from ..zero_gpu import on_zero_gpu
+from .explaining import make_map, passes_reserved
 from .i18n import Language, text
 from .service import Job, ModelSlot
+
+T = TypeVar("T")
 
 
 class GpuUserError(gr.Error):
@@ -35,30 +40,51 @@ class GpuUserError(gr.Error):
         return UserError(self.key, **self.params)
 
 
-class GpuScoring:
-    """``scoring(job, lang)``: the job's records, scored under ``spaces.GPU``; ``UserError`` for a refusal,
-    wherever it was raised. Create it before the app launches (ZeroGPU registers GPU functions then)."""
+class GpuCall:
+    """``call(job, lang)``: ``work(job, progress)`` under ``spaces.GPU``, reserving the time of
+    ``passes(job)`` forward passes; ``UserError`` for a refusal, wherever it was raised. Create it
+    before the app launches (ZeroGPU registers GPU functions then)."""
 
-    def __init__(self, slot: ModelSlot) -> None:
-        self.slot = slot
-        self._on_gpu = spaces.GPU(duration=self._duration)(self.score_in_worker)
+    def __init__(self, slot: ModelSlot, work: Callable[[Any, Progress], T], passes: Callable[[Any], int], *,
+                 progress_text: str = "progress_scoring") -> None:
+        self.slot, self.work, self.passes, self.progress_text = slot, work, passes, progress_text
+        self._on_gpu = spaces.GPU(duration=self._duration)(self.run_in_worker)
 
-    def _duration(self, job: Job, lang: Language = "en") -> int:
-        return self.slot.gpu_seconds(len(job.images))
+    def _duration(self, job: Any, lang: Language = "en") -> int:
+        return self.slot.gpu_seconds(self.passes(job))
 
-    def score_in_worker(self, job: Job, lang: Language = "en") -> list[ScoredImage]:
+    def run_in_worker(self, job: Any, lang: Language = "en") -> T:
         """The function ``spaces.GPU`` runs: on ZeroGPU in a worker process forked for the GPU."""
         progress = gr.Progress()
         try:
-            return self.slot.score(job, progress=lambda done, total: progress(
-                (done, total), desc=text("progress_scoring", lang), unit=text("progress_unit", lang)))
+            return self.work(job, lambda done, total: progress(
+                (done, total), desc=text(self.progress_text, lang), unit=text("progress_unit", lang)))
         except UserError as exc:
             raise GpuUserError(exc.key, exc.params) from None
 
-    def __call__(self, job: Job, lang: Language = "en") -> list[ScoredImage]:
+    def __call__(self, job: Any, lang: Language = "en") -> T:
         if on_zero_gpu():  # refused before it is scheduled, not by Hugging Face after it waited in the queue
-            self.slot.gpu_seconds(len(job.images))
+            self.slot.gpu_seconds(self.passes(job))
         try:
             return self._on_gpu(job, lang)
         except GpuUserError as exc:
             raise exc.user_error() from None
+
+
+class GpuScoring(GpuCall):
+    """Scoring an accepted :class:`~lychee.web.service.Job`: its records, in input order."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        super().__init__(slot, lambda job, progress: slot.score(job, progress=progress), lambda job: len(job.images))
+
+    def score_in_worker(self, job: Job, lang: Language = "en") -> list[ScoredImage]:
+        return self.run_in_worker(job, lang)
+
+
+class GpuExplaining(GpuCall):
+    """An accepted :class:`~lychee.web.explaining.ExplainJob`'s occlusion map: the image and its
+    covered copies, with the time of the largest grid it may have reserved."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        super().__init__(slot, lambda job, progress: make_map(job, slot, progress=progress), passes_reserved,
+                         progress_text="progress_explaining")

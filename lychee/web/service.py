@@ -239,6 +239,11 @@ class ModelSlot:
 
         Past ``limits.request_timeout_s`` the next progress report raises ``UserError``.
         """
+        return self.get().score_request(job.request, job.images, labels=job.labels, progress=self.deadline(progress))
+
+    def deadline(self, progress: Progress | None = None) -> Progress:
+        """A progress callback that passes reports on to ``progress`` and, past
+        ``limits.request_timeout_s`` from now, raises ``UserError('timeout')`` instead."""
         deadline = time.monotonic() + self.limits.request_timeout_s
 
         def report(done: int, total: int) -> None:
@@ -247,7 +252,7 @@ class ModelSlot:
             if progress:
                 progress(done, total)
 
-        return self.get().score_request(job.request, job.images, labels=job.labels, progress=report)
+        return report
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from PIL import Image, ImageOps
 
 from lychee import LycheeReranker, protocol
 from lychee.backends.base import run_batched
+from lychee.backends.packing import Budget
 from lychee.backends.transformers import Engine
 from lychee.random_checkpoint import build_random_checkpoint
 
@@ -78,8 +80,8 @@ HEADS: dict[str, Head] = {"hidden state, fp32 dot (ours)": hidden_state_head, "v
 
 def scores(engine: Engine, head: Head, images: Sequence[Image.Image], batch_size: int) -> list[float]:
     prompt = engine.render(protocol.rerank_messages(QUERY))
-    return run_batched(list(images), lambda batch: head(engine, prompt, batch), batch_size=batch_size,
-                       cost=engine.visual_tokens)
+    return run_batched(list(images), lambda batch: head(engine, prompt, batch),
+                       budget=Budget(rows=batch_size, max_padding=math.inf), cost=engine.visual_tokens)
 
 
 def max_diff(a: Sequence[float], b: Sequence[float]) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from PIL import Image
 
 from lychee import LycheeReranker, protocol
 from lychee.backends.base import run_batched
+from lychee.backends.packing import Budget
 from lychee.backends.transformers import Engine
 from lychee.random_checkpoint import build_random_checkpoint
 
@@ -43,7 +45,8 @@ def image_query_per_pair(engine: Engine, images: Sequence[Image.Image], referenc
             scores.append(10 * float(engine.relevance_logits(prompt, [candidate], query).sigmoid()))
         return scores
 
-    return run_batched(list(images), batch, batch_size=batch_size, cost=engine.visual_tokens)
+    return run_batched(list(images), batch, budget=Budget(rows=batch_size, max_padding=math.inf),
+                       cost=engine.visual_tokens)
 
 
 def best_time(fn: Callable[[], list[float]], repeats: int) -> tuple[float, list[float]]:

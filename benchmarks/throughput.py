@@ -195,7 +195,8 @@ def run_setting(engine: Engine, images: list[Image.Image], max_visual_tokens: in
         images[:top], size=size, return_tensors="pt"), clock)
     out: dict[str, Any] = {
         "max_visual_tokens": max_visual_tokens, "visual_tokens": visual_tokens, "text_tokens": text_tokens,
-        "batch_size": engine.batch_size(images, args.batch_size), "tflop_per_pair": flops / 1e12,
+        "batch_size": engine.budget(args.batch_size).rows, "batch_tokens": engine.budget(args.batch_size).tokens,
+        "tflop_per_pair": flops / 1e12,
         "cpu_preprocess_ms_per_image": 1e3 * preprocess.seconds / top}
 
     blocks: dict[str, Callable[[], list[float]]] = {
@@ -274,7 +275,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="max visual tokens per image (max_pixels = N x 28 x 28)")
     parser.add_argument("--reference-images", type=int, default=None,
                         help="images for the one-pair reference (default: the smallest count; 0 skips it)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: from free memory on CUDA, else 8")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="pairs per forward pass at most (default: packed by tokens, at most 32)")
     parser.add_argument("--vision-cache-mb", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=1, help="time every block N times, keep the fastest")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

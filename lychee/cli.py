@@ -338,7 +338,7 @@ def _add_scoring_options(command: argparse.ArgumentParser) -> None:
         help=f"pixel budget of each image, upper bound (default {protocol.MAX_PIXELS} = 1280 visual tokens x 28 x "
              "28, the model card's); fewer is faster")
     add("--batch-size", type=_positive_int, metavar="N",
-        help="pairs per forward pass (default: from free GPU memory on CUDA, else 8)")
+        help="pairs per forward pass at most (default: packed by tokens, at most 32)")
     add("--chunk-size", type=_positive_int, metavar="N",
         help=f"images decoded at a time, at most LYCHEE_MAX_IMAGES (default {DEFAULT_CHUNK_SIZE}; bounds memory)")
     add("--backend", choices=list(BACKENDS), default=default_backend(),

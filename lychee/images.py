@@ -14,12 +14,10 @@ caller can record it against that one image and go on with the rest. What is han
 - animated GIF/WebP/PNG (the first frame), EXIF orientation (a broken EXIF block is
   ignored, not fatal), every Pillow mode: palette, alpha (composited on white), CMYK,
   16/32-bit and float greyscale (scaled into 8 bits);
-- shapes the model cannot take: an aspect ratio beyond 200:1 is padded with white
-  (tiny images such as 1x1 are scaled up by :func:`fit_to_budget`).
-
-:func:`fit_to_budget` then resizes a decoded image, once, to the size the model sees: the
-pixel budget's multiple of 28 px. Every backend receives those pixels, so the processor and
-vLLM never resize again, and an explanation's cells are boxes in exactly that image.
+- shapes the model cannot take: an aspect ratio beyond 200:1 is padded with white;
+- the pixel budget: given one, the image is resampled once, straight to the size the model's
+  processor would resize it to (:func:`budget_size`), so no backend resizes it again and every
+  backend - in this process, in vLLM, behind a vLLM server - sees the same pixels.
 """
 
 from __future__ import annotations
@@ -36,17 +34,19 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from . import protocol
 from .limits import Limits, env_name
 from .messages import UserError, printable
-from .protocol import PATCH_PIXELS
 from .settings import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
 ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
+PixelBudget = tuple[int, int]  # (min_pixels, max_pixels) of an image after resizing
 
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses anything more elongated
-_MAX_RESIZE_STEPS = 16  # budget_size converges in <= 6 where max_pixels >= 2 x min_pixels
+MAX_RESIZE_STEPS = 16   # budget_size stands still within 6 steps where max_pixels >= 2 x min_pixels
+RESAMPLE = Image.Resampling.BICUBIC  # the Qwen2-VL image processor's own filter
 
 # File name extensions worth decoding when a folder is walked (anything else is skipped).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif",
@@ -231,15 +231,75 @@ def _padded_to_model_shape(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def _decode(image: Image.Image, max_side: int) -> Image.Image:
-    """The decoded, upright, scaled RGB image (``image`` has had its first frame and draft chosen)."""
+def _smart_resize(width: int, height: int, budget: PixelBudget) -> tuple[int, int]:
+    """The Qwen2-VL image processor's ``smart_resize``, step for step, in (width, height) order."""
+    factor, (min_pixels, max_pixels) = protocol.PATCH_PIXELS, budget
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return w_bar, h_bar
+
+
+def budget_size(width: int, height: int, budget: PixelBudget) -> tuple[int, int]:
+    """(width, height) that the Qwen2-VL image processor takes a ``width`` x ``height`` image at and
+    leaves alone: multiples of 28 (one visual token per 28 x 28 pixels), the area within ``budget``,
+    the aspect ratio kept as closely as possible.
+
+    That is its ``smart_resize`` - for photos one step. A very elongated image whose short side
+    is held at 28 px can land above ``max_pixels`` after one step, and the processor would shrink
+    it again: the step is repeated until the size stands still (a few steps when ``max_pixels >=
+    2 x min_pixels``; a narrower budget may have no such size, and the last step's is used).
+    Rounding can also push an aspect ratio just under 200:1 over it, which the processor refuses;
+    the long side is then cut back to 200:1.
+    """
+    size = (width, height)
+    for _ in range(MAX_RESIZE_STEPS):
+        fitted = _smart_resize(*size, budget)
+        if fitted == size:
+            break
+        size = fitted
+    short = min(size)
+    return min(size[0], MAX_ASPECT_RATIO * short), min(size[1], MAX_ASPECT_RATIO * short)
+
+
+def visual_tokens(image: Image.Image, budget: PixelBudget) -> int:
+    """How many visual tokens ``image`` becomes under ``budget``."""
+    width, height = budget_size(image.width, image.height, budget)
+    return width * height // protocol.PATCH_PIXELS ** 2
+
+
+def fit_to_budget(image: Image.Image, budget: PixelBudget) -> Image.Image:
+    """``image`` resampled to :func:`budget_size`; the image itself when it already has that size."""
+    size = budget_size(image.width, image.height, budget)
+    return image if image.size == size else image.resize(size, RESAMPLE)
+
+
+def _capped(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled so that its longer side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _decode(image: Image.Image, max_side: int, budget: PixelBudget | None) -> Image.Image:
+    """The decoded, upright, scaled RGB image (``image`` has had its first frame and draft chosen);
+    with ``budget``, resampled once, straight to the size the model takes it at."""
     image.load()  # decode now: damaged data fails here, not later in the model's processor
     if image.mode.startswith("I") or image.mode == "F":
         image = _scaled_to_8_bit(image)  # 1 byte a pixel from here on
     image = _exif_transposed(image)
     if image.mode not in _RESIZED_AS_THEY_ARE:
         image = _to_rgb_or_rgba(image)
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # before any full-size copy of L, RGB, RGBA
+    # Scaled before any full-size copy of L, RGB, RGBA.
+    if budget is None:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    elif (size := budget_size(*_capped(image.size, max_side), budget)) != image.size:
+        image = image.resize(size, RESAMPLE)
     return _padded_to_model_shape(_flatten(_to_rgb_or_rgba(image)))
 
 
@@ -250,9 +310,10 @@ def _describe(exc: Exception, image_format: str | None) -> str:
     return f"{image_format + ': ' if image_format else ''}{text or type(exc).__name__}"
 
 
-def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
-               limits: Limits | None = None) -> Image.Image:
-    """Decode ``source`` into an RGB image, EXIF-rotated, longest side <= ``max_side``.
+def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE, limits: Limits | None = None,
+               budget: PixelBudget | None = None) -> Image.Image:
+    """Decode ``source`` into an RGB image, EXIF-rotated, longest side <= ``max_side``, and with
+    ``budget`` at the size the model takes it (:func:`budget_size` of the capped size).
 
     Animated images give their first frame. Raises :class:`ImageLoadError`, and nothing else;
     an :class:`ImageLoadError` given as ``source`` (an image that already failed upstream,
@@ -272,7 +333,8 @@ def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
         image.seek(0)  # animated images: the first frame
         image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size, much faster
         with DECODING.reserve(_check_decoded_bytes(image, limits), limits.max_decoding_bytes):
-            return _decode(image.copy() if image is source else image, max_side)  # the caller's stays as it is
+            # thumbnail() scales in place: the caller's image stays as it is (a resize makes a new one)
+            return _decode(image.copy() if image is source and budget is None else image, max_side, budget)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError:
@@ -283,55 +345,10 @@ def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
 
 
 def load_query_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
-                     limits: Limits | None = None) -> Image.Image:
+                     limits: Limits | None = None, budget: PixelBudget | None = None) -> Image.Image:
     """A query (reference) image, decoded like a candidate. It is part of the request, so one
     that cannot be used refuses the request: ``UserError`` ``bad_query_image`` with the cause."""
     try:
-        return load_image(source, max_side=max_side, limits=limits)
+        return load_image(source, max_side=max_side, limits=limits, budget=budget)
     except ImageLoadError as exc:
         raise UserError("bad_query_image", reason=str(exc)) from None
-
-
-def _smart_resize(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen2-VL's ``smart_resize`` (transformers' ``image_processing_qwen2_vl``), without its
-    torch import, in (width, height) order."""
-    factor = PATCH_PIXELS
-    new_height, new_width = round(height / factor) * factor, round(width / factor) * factor
-    if new_height * new_width > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        new_height = max(factor, math.floor(height / beta / factor) * factor)
-        new_width = max(factor, math.floor(width / beta / factor) * factor)
-    elif new_height * new_width < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        new_height = math.ceil(height * beta / factor) * factor
-        new_width = math.ceil(width * beta / factor) * factor
-    return new_width, new_height
-
-
-def budget_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """``(width, height)`` the model sees an image of this size at: both sides a multiple of
-    28 px, the area within ``[min_pixels, max_pixels]``, the aspect ratio kept as closely as
-    possible - Qwen2-VL's ``smart_resize``, applied until the size stands still.
-
-    One application is what the processor does, but for a very elongated image whose short
-    side is held at 28 px it can land above ``max_pixels``, and the processor would shrink
-    such an image again; the size that stands still is the one it leaves alone. With
-    ``max_pixels >= 2 * min_pixels`` that takes at most a few steps; a narrower budget may
-    have no such size, and the last step's is used. Rounding can push an aspect ratio just
-    under 200:1 over it, which the processor refuses; the long side is then cut back to 200:1.
-    """
-    size = (width, height)
-    for _ in range(_MAX_RESIZE_STEPS):
-        fitted = _smart_resize(*size, min_pixels, max_pixels)
-        if fitted == size:
-            break
-        size = fitted
-    short = min(size)
-    return (min(size[0], MAX_ASPECT_RATIO * short), min(size[1], MAX_ASPECT_RATIO * short))
-
-
-def fit_to_budget(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
-    """``image`` resized to :func:`budget_size` (bicubic, the processor's own filter): the
-    pixels the model scores. An image already that size is returned as it is."""
-    size = budget_size(image.width, image.height, min_pixels, max_pixels)
-    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)

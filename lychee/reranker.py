@@ -16,7 +16,7 @@ from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
 from .explain import Explanation, occlusion
-from .images import ImageLoadError, ImageSource, fit_to_budget, load_image, source_label
+from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source_label
 from .limits import Limits
 from .messages import InputWarning, Notice, UserError, printable
 from .parsing import parse_score
@@ -73,10 +73,11 @@ class LycheeReranker:
     ``min_pixels``/``max_pixels`` bound each image's pixels after resizing (N visual tokens
     = N x 28 x 28 pixels); the defaults are the model card's, at most 1280 visual tokens.
     ``max_side``: images are first scaled so their longest side is at most this (64-4096).
-    ``batch_size``: pairs per forward pass (transformers; None picks it from free GPU memory
-    on CUDA, 8 elsewhere). ``vision_cache_bytes``: bound of the transformers backend's cache
-    of image features that lets a new query over the same images skip the vision tower
-    (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
+    Images are resized once, as they are decoded, to the size the pixel budget gives them.
+    ``batch_size``: pairs per forward pass at most (transformers; pairs are packed by tokens,
+    see :mod:`lychee.backends.packing`; None: at most 32). ``vision_cache_bytes``: bound of
+    the transformers backend's cache of image features that lets a new query over the same
+    images skip the vision tower (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,
@@ -108,6 +109,11 @@ class LycheeReranker:
     @property
     def model_id(self) -> str:
         return self.backend.model_id
+
+    @property
+    def _budget(self) -> PixelBudget:
+        """The backend's pixel budget: images are resized to it once, as they are decoded."""
+        return self.backend.min_pixels, self.backend.max_pixels
 
     def describe(self) -> dict[str, str]:
         """What scores: backend, model (a local checkpoint by its folder name), device, dtype,
@@ -169,8 +175,7 @@ class LycheeReranker:
                 errors[i] = problem(i, outcome)
             else:
                 loaded[i] = outcome
-        reference = None if query.image is None else self._fitted(query.image)
-        outputs = self._score_loaded(query.text, query.instruction, reference, loaded, lenient_parsing, progress,
+        outputs = self._score_loaded(query.text, query.instruction, query.image, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors))
         records = []
         for i in range(len(images)):
@@ -182,14 +187,11 @@ class LycheeReranker:
         return records
 
     def scored_image(self, source: ImageSource, max_side: int | None = None) -> Image.Image:
-        """``source`` as the model scores it: decoded by the safe loader (longest side at most
-        ``max_side``, default ``self.max_side``), then resized once to the backend's pixel
-        budget (:func:`~lychee.images.fit_to_budget`). Raises :class:`~lychee.images.ImageLoadError`."""
-        return self._fitted(load_image(source, max_side=self.max_side if max_side is None else max_side,
-                                       limits=self.limits))
-
-    def _fitted(self, image: Image.Image) -> Image.Image:
-        return fit_to_budget(image, self.backend.min_pixels, self.backend.max_pixels)
+        """``source`` as the model scores it: decoded by the safe loader, its longest side at most
+        ``max_side`` (default ``self.max_side``), resized once to the backend's pixel budget.
+        Raises :class:`~lychee.images.ImageLoadError`."""
+        return load_image(source, max_side=self.max_side if max_side is None else max_side, limits=self.limits,
+                          budget=self._budget)
 
     def _load_all(self, images: Sequence[ImageSource], max_side: int) -> list[Image.Image | ImageLoadError]:
         """Decode ``images`` on a few threads (Pillow's decoders release the GIL)."""
@@ -263,7 +265,7 @@ class LycheeReranker:
             scored = self.scored_image(image, max_side)
         except ImageLoadError as exc:
             raise UserError("bad_image", reason=str(exc)) from None
-        reference = None if query.image is None else self._fitted(query.image)
+        reference = query.image  # the backend fits it to the pixel budget, as it does for every query
         messages = protocol.rerank_messages(query.text, query.instruction, query_image=reference is not None)
 
         def score_images(images: list[Image.Image], report: Progress | None) -> list[float | Exception]:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from lychee import LycheeReranker, protocol
 from lychee.backends.transformers import Engine
+from lychee.images import fit_to_budget
 from lychee.messages import UserError
 
 from .conftest import make_image
@@ -54,16 +55,15 @@ def test_a_query_needs_text_or_an_image(tiny_reranker):
 
 @pytest.mark.parametrize("text", ["", "at night"])
 def test_batched_image_query_scores_equal_the_plain_two_image_forward(tiny_checkpoint, text):
-    """The model's own path: the processor given [query image, candidate] as lychee hands them to
-    the model (decoded and fitted to the pixel budget), every logit computed."""
+    """The model's own path: the processor given [query image, candidate] - the pixels lychee
+    scores, each image at its budget size - every logit computed."""
     reranker = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32", batch_size=3)
     engine, images = reranker.backend.engine, candidates()
     ours = [r.raw_score for r in reranker.score(text, images, query_image=REFERENCE)]
     prompt = rendered(engine, text, True)
-    reference = reranker.scored_image(REFERENCE)
-    for score, image in zip(ours, images):
-        inputs = engine.processor(text=[prompt], images=[reference, reranker.scored_image(image)], return_tensors="pt",
-                                  size=engine._size())
+    reference = fit_to_budget(Image.open(REFERENCE).convert("RGB"), engine.pixel_budget)
+    for score, image in zip(ours, [fit_to_budget(image, engine.pixel_budget) for image in images]):
+        inputs = engine.processor(text=[prompt], images=[reference, image], return_tensors="pt", size=engine._size())
         with torch.inference_mode():
             logits = engine.model(**inputs).logits[0, -1]
         plain = 10 * float(torch.softmax(logits[[engine.yes_id, engine.no_id]], dim=0)[0])

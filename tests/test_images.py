@@ -200,7 +200,7 @@ def test_a_file_that_cannot_be_read_says_why(tmp_path, monkeypatch):
 
 
 def test_decoder_errors_of_any_type_become_image_load_errors(monkeypatch):
-    monkeypatch.setattr(images, "_decode", lambda image, max_side: [][1])
+    monkeypatch.setattr(images, "_decode", lambda image, max_side, budget: [][1])
     with pytest.raises(ImageLoadError, match=r"not a readable image \(PNG: list index out of range\)"):
         load_image(make_image(8, 8, (1, 1, 1)))
 

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from lychee import PRESETS, LycheeReranker, RerankError, protocol
-from lychee.backends.base import run_batched
 
 from .conftest import make_image
 
@@ -202,28 +201,3 @@ def test_generate_mode_keeps_unparseable_text_and_scores_zero(tiny_checkpoint, i
         # score, the image falls back to 0.0 with a specific error.
         assert isinstance(r.raw_output, str) and r.raw_output
         assert (r.error is None) or (r.raw_score == 0.0 and "could not read a 0-10 score" in r.error)
-
-
-def test_run_batched_halves_on_out_of_memory_and_isolates_failures():
-    calls = []
-
-    def fn(batch):
-        calls.append(len(batch))
-        if len(batch) > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
-        if 13 in batch:
-            raise ValueError("bad item 13")
-        return [x * 2 for x in batch]
-
-    results = run_batched(list(range(10, 16)), fn, batch_size=8, out_of_memory=lambda e: "out of memory" in str(e))
-    assert calls[:3] == [6, 4, 2]
-    assert results[:3] == [20, 22, 24] and results[4:] == [28, 30]
-    assert isinstance(results[3], ValueError)
-
-
-def test_run_batched_sorts_by_cost_and_restores_order():
-    seen = []
-    results = run_batched([3, 1, 2, 5], lambda b: seen.append(list(b)) or [x * 10 for x in b],
-                          batch_size=2, cost=lambda x: x)
-    assert seen == [[5, 3], [2, 1]]
-    assert results == [30, 10, 20, 50]

@@ -19,12 +19,13 @@ from PIL import Image
 from benchmarks.load_test import free_port
 from lychee import LycheeReranker, protocol
 from lychee.backends.vllm_server import ServerUnavailable, serve_command
+from lychee.images import budget_size
 from lychee.messages import UserError
 from lychee.web.service import ModelSlot
 
 from .conftest import make_image
 
-FAILING_WIDTH = 13  # the stand-in refuses images this wide
+FAILING_WIDTH = 140  # the stand-in refuses images this wide
 
 
 class StandIn(BaseHTTPRequestHandler):
@@ -72,13 +73,19 @@ def url_of(server: ThreadingHTTPServer) -> str:
 
 
 def images(*widths: int) -> list[bytes]:
-    return [make_image(width, 40, (10 * i, 90, 200)) for i, width in enumerate(widths)]
+    """Images already at their pixel budget's size (multiples of 28), so they travel at their own width."""
+    return [make_image(width, 56, (10 * i, 90, 200)) for i, width in enumerate(widths)]
+
+
+def sent_images(body: dict) -> list[Image.Image]:
+    parts = [p for m in body["messages"] for p in m["content"] if p.get("type") == "image_url"]
+    return [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))) for p in parts]
 
 
 def test_each_pair_is_one_classify_request_with_the_lychee_prompt(stand_in):
     reranker = LycheeReranker(backend="vllm-server", server_url=url_of(stand_in), max_pixels=64 * 28 * 28)
-    records = reranker.score("a red car", images(100, 200), instruction="Find the car.")
-    assert [r.raw_score for r in records] == pytest.approx([1.0, 2.0])
+    records = reranker.score("a red car", images(112, 224), instruction="Find the car.")
+    assert [r.raw_score for r in records] == pytest.approx([1.12, 2.24])
     assert reranker.describe()["backend"] == "vllm-server" and reranker.model_id == "stub-model"
     body = StandIn.bodies[0]
     assert body["model"] == "stub-model" and body["add_generation_prompt"] is True
@@ -89,16 +96,31 @@ def test_each_pair_is_one_classify_request_with_the_lychee_prompt(stand_in):
 
 
 def test_the_model_cards_pixel_budget_is_the_servers_and_another_travels_with_each_request(stand_in):
-    LycheeReranker(backend="vllm-server", server_url=url_of(stand_in)).score("a red car", images(100))
+    LycheeReranker(backend="vllm-server", server_url=url_of(stand_in)).score("a red car", images(112))
     LycheeReranker(backend="vllm-server", server_url=url_of(stand_in), max_pixels=64 * 28 * 28).score(
-        "a red car", images(100))
+        "a red car", images(112))
     assert "mm_processor_kwargs" not in StandIn.bodies[0]  # vllm-serve started the server with it
     assert StandIn.bodies[1]["mm_processor_kwargs"] == {"min_pixels": protocol.MIN_PIXELS, "max_pixels": 64 * 28 * 28}
 
 
+@pytest.mark.parametrize("max_pixels", [protocol.MAX_PIXELS, 64 * 28 * 28])
+def test_images_travel_at_the_size_of_the_pixel_budget_not_larger(stand_in, max_pixels):
+    """A 1920x1080 photo and a query image go out already at the size the server's processor
+    would resize them to (1316x728 under the model card's budget), so the server resizes nothing."""
+    reranker = LycheeReranker(backend="vllm-server", server_url=url_of(stand_in), max_pixels=max_pixels)
+    photo = Image.new("RGB", (1920, 1080), (200, 30, 30))
+    reranker.score(None, [photo, make_image(300, 900, (1, 2, 3))], query_image=make_image(640, 480, (4, 5, 6)))
+    budget = (protocol.MIN_PIXELS, max_pixels)
+    expected = [budget_size(640, 480, budget), budget_size(1920, 1080, budget), budget_size(300, 900, budget)]
+    sent = sorted((tuple(image.size for image in sent_images(body)) for body in StandIn.bodies), key=lambda s: s[1])
+    assert sent == sorted([(expected[0], expected[1]), (expected[0], expected[2])], key=lambda s: s[1])
+    if max_pixels == protocol.MAX_PIXELS:
+        assert expected[1] == (1316, 728)
+
+
 def test_a_refused_pair_becomes_that_images_error_and_the_others_are_scored(stand_in):
     reranker = LycheeReranker(backend="vllm-server", server_url=url_of(stand_in))
-    results = reranker.rerank("a red car", images(100, FAILING_WIDTH, 300))
+    results = reranker.rerank("a red car", images(112, FAILING_WIDTH, 336))
     assert [(r.index, r.error is None) for r in results] == [(2, True), (0, True), (1, False)]
     assert results[2].error == "image 2 'image 2': model error: the vLLM server answered 500: engine hiccup"
 
@@ -116,7 +138,7 @@ def test_a_server_that_goes_away_fails_the_request_not_the_images(stand_in):
     stand_in.shutdown()
     stand_in.server_close()
     with pytest.raises(ServerUnavailable, match="no vLLM server answers"):
-        reranker.score("a red car", images(100, 200))
+        reranker.score("a red car", images(112, 224))
 
 
 def test_the_web_app_waits_for_a_server_that_starts_after_it():

@@ -153,7 +153,7 @@ def test_free_memory_counts_what_pytorch_keeps_cached_from_the_last_request(monk
     assert free_cuda_bytes(torch.device("cuda")) == 2 * gib + 18 * gib - (16 * gib + gib // 2)
 
 
-def test_the_batch_size_on_cuda_does_not_shrink_after_the_first_request(tiny_reranker, monkeypatch):
+def test_the_batch_budget_on_cuda_does_not_shrink_after_the_first_request(tiny_reranker, monkeypatch):
     engine = tiny_reranker.backend.engine
     gib = 2**30
     cached = {"reserved": 0}
@@ -161,12 +161,9 @@ def test_the_batch_size_on_cuda_does_not_shrink_after_the_first_request(tiny_rer
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 16 * gib + cached["reserved"])
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 16 * gib)  # the weights
     cuda_engine = dataclasses.replace(engine, device=torch.device("cuda"))
-    from PIL import Image
-
-    images = [Image.new("RGB", (1920, 1080))]
-    before = cuda_engine.batch_size(images)
+    before = cuda_engine.budget()
     cached["reserved"] = 6 * gib  # the allocator kept 6 GiB of the first request's activations
-    assert cuda_engine.batch_size(images) == before > 1
+    assert cuda_engine.budget() == before and before.tokens > 1
 
 
 def test_flash_attention_is_chosen_by_transformers_own_check(monkeypatch):

@@ -18,6 +18,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from PIL import Image
 
+from ..images import fit_to_budget
+from .packing import Budget, pack
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -49,32 +52,42 @@ def visual_tokens_range(backend: Backend) -> str:
     return f"{backend.min_pixels // per_token}-{backend.max_pixels // per_token}"
 
 
+def budget_sized(backend: Backend, images: Sequence[Image.Image]) -> list[Image.Image]:
+    """``images`` at the size ``backend``'s pixel budget gives them (no copy for those already at
+    it, as the reranker's are): resized here, once, so no processor resizes them again."""
+    return [fit_to_budget(image, (backend.min_pixels, backend.max_pixels)) for image in images]
+
+
 def never(_: BaseException) -> bool:
     return False
 
 
-def run_batched(items: Sequence[T], fn: Callable[[list[T]], list[Any]], *, batch_size: int,
+def run_batched(items: Sequence[T], fn: Callable[[list[T]], list[Any]], *, budget: Budget,
                 cost: Callable[[T], int] | None = None, progress: Progress | None = None,
                 out_of_memory: Callable[[BaseException], bool] = never) -> list[Any]:
-    """Apply ``fn`` to ``items`` in batches; return results in input order.
+    """Apply ``fn`` to ``items`` in batches that keep to ``budget``; return results in input order.
 
-    Items are batched by descending ``cost`` (similar lengths pad less, and the largest
-    batch comes first, so an out-of-memory error shows up at once). An error for which
-    ``out_of_memory`` is true halves the batch size and retries; any other error in a
-    batch retries its items one by one, so a failing item gets its own exception
-    (returned in its slot) and the others still get results.
+    ``cost`` is an item's tokens (None: one each); the batches are :func:`~.packing.pack`'s,
+    the longest first, so an out-of-memory error shows up at once. An error for which
+    ``out_of_memory`` is true halves the budget and packs the items not yet done again; any
+    other error in a batch retries its items one by one, so a failing item gets its own
+    exception (returned in its slot) and the others still get results.
     """
-    order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))
+    lengths = [cost(item) for item in items] if cost else [1] * len(items)
     results: list[Any] = [None] * len(items)
-    start = 0
-    while start < len(order):
-        chunk = order[start:start + batch_size]
+    pending = list(range(len(items)))
+    done = 0
+    while pending:
+        chunk = [pending[i] for i in pack([lengths[i] for i in pending], budget)[0]]
         try:
             outputs = fn([items[i] for i in chunk])
         except Exception as exc:  # noqa: BLE001 - every failure becomes a per-item result
-            if batch_size > 1 and out_of_memory(exc):
-                batch_size //= 2
-                log.warning("out of memory; retrying with batch size %d", batch_size)
+            if len(chunk) > 1 and out_of_memory(exc):
+                failed = Budget(min(budget.rows, len(chunk)), min(budget.tokens, len(chunk) * lengths[chunk[0]]),
+                                budget.max_padding)
+                budget = failed.halved()
+                log.warning("out of memory; retrying with at most %d pairs and %d tokens per batch",
+                            budget.rows, budget.tokens)
                 continue
             if len(chunk) > 1:
                 outputs = [_one(fn, items[i]) for i in chunk]
@@ -83,9 +96,11 @@ def run_batched(items: Sequence[T], fn: Callable[[list[T]], list[Any]], *, batch
                 outputs = [exc]
         for i, output in zip(chunk, outputs):
             results[i] = output
-        start += len(chunk)
+        done += len(chunk)
+        taken = set(chunk)
+        pending = [i for i in pending if i not in taken]
         if progress:
-            progress(start, len(items))
+            progress(done, len(items))
     return results
 
 

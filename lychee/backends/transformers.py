@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 
 import torch
 from PIL import Image
-from qwen_vl_utils import smart_resize
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_flash_attn_2_available
 
 from .. import protocol
+from ..images import PixelBudget, visual_tokens
 from ..zero_gpu import on_zero_gpu
-from .base import Progress, run_batched, visual_tokens_range
+from .base import Progress, budget_sized, run_batched, visual_tokens_range
+from .packing import MAX_ROWS, UNLIMITED, Budget, cpu_cache_bytes, tokens_for_cache, tokens_for_memory
 from .vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-DEFAULT_BATCH_SIZE = 8       # pairs per forward pass off CUDA, where free memory is not measured
-MAX_AUTO_BATCH_SIZE = 32     # beyond this a GPU gains little and progress updates get coarse
-TEXT_TOKENS_ALLOWANCE = 512  # the prompt around the image (~100 tokens) plus a long query
-USABLE_FREE_MEMORY = 0.5     # of the free GPU memory, for the estimate's error and the allocator's slack
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -127,28 +124,20 @@ def prepare_processor(processor: Any, model_id: str) -> Any:
     return processor
 
 
-def pair_activation_bytes(config: Any, visual_tokens: int, *, text_tokens: int = TEXT_TOKENS_ALLOWANCE,
-                          dtype_bytes: int = 2) -> int:
-    """A rough peak of one (query, image) pair's activations in an inference forward pass.
+def token_activation_bytes(config: Any, *, dtype_bytes: int = 2) -> int:
+    """A rough peak of one token's activations in an inference forward pass.
 
-    Per token of the language model: the residual stream, its normalised copy and the
-    attention's q/k/v/output (~4 x hidden) plus the MLP's gate, up and their product
-    (3 x intermediate); per patch of the vision tower (4 patches per visual token) the
-    same with its own widths. Layers run one after another and keep no cache, so depth
-    does not multiply; SDPA/flash kernels keep attention scores out of memory.
+    A language-model token holds the residual stream, its normalised copy and the attention's
+    q/k/v/output (~4 x hidden) plus the MLP's gate, up and their product (3 x intermediate); a
+    visual token is 4 patches of the vision tower, each the same with the tower's widths. The
+    tower and the language model run one after the other, so the larger of the two counts.
+    Layers keep no cache, so depth does not multiply; SDPA/flash kernels keep attention
+    scores out of memory.
     """
     text, vision = config.text_config, config.vision_config
-    tokens = visual_tokens + text_tokens
-    patches = visual_tokens * vision.spatial_merge_size ** 2
-    per_pair = (tokens * (4 * text.hidden_size + 3 * text.intermediate_size)
-                + patches * (4 * vision.hidden_size + 3 * vision.intermediate_size))
-    return dtype_bytes * per_pair
-
-
-def batch_size_for_memory(free_bytes: int, pair_bytes: int, *, usable: float = USABLE_FREE_MEMORY,
-                          cap: int = MAX_AUTO_BATCH_SIZE) -> int:
-    """How many pairs of ``pair_bytes`` fit in ``usable`` of ``free_bytes``: 1 to ``cap``."""
-    return max(1, min(cap, int(free_bytes * usable) // pair_bytes))
+    language = 4 * text.hidden_size + 3 * text.intermediate_size
+    visual = vision.spatial_merge_size ** 2 * (4 * vision.hidden_size + 3 * vision.intermediate_size)
+    return dtype_bytes * max(language, visual)
 
 
 @dataclass
@@ -230,26 +219,36 @@ class Engine:
         """The processor's ``size`` argument: the pixel budget, in transformers 5 terms."""
         return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
 
-    def visual_tokens(self, image: Image.Image) -> int:
-        """How many visual tokens ``image`` becomes: Qwen's own ``smart_resize`` arithmetic."""
-        height, width = smart_resize(image.height, image.width, factor=protocol.PATCH_PIXELS,
-                                     min_pixels=self.min_pixels, max_pixels=self.max_pixels)
-        return height * width // protocol.PATCH_PIXELS ** 2
+    @property
+    def pixel_budget(self) -> PixelBudget:
+        return self.min_pixels, self.max_pixels
 
-    def batch_size(self, images: Sequence[Image.Image], requested: int | None = None, *,
-                   query_tokens: int = 0) -> int:
-        """``requested`` if given; on CUDA, as many pairs as fit in free memory at the largest
-        image plus the query image's ``query_tokens`` (at most 32); elsewhere 8."""
-        if requested is not None:
-            return requested
-        if self.device.type != "cuda" or not images:
-            return DEFAULT_BATCH_SIZE
-        free = free_cuda_bytes(self.device)
-        pair = pair_activation_bytes(self.model.config, max(map(self.visual_tokens, images)) + query_tokens,
-                                     dtype_bytes=self.dtype.itemsize)
-        size = batch_size_for_memory(free, pair)
-        log.debug("batch size %d: %.1f GiB free, ~%.0f MiB per pair", size, free / 2**30, pair / 2**20)
-        return size
+    def visual_tokens(self, image: Image.Image) -> int:
+        """How many visual tokens ``image`` becomes: the processor's own ``smart_resize`` arithmetic."""
+        return visual_tokens(image, self.pixel_budget)
+
+    def text_tokens(self, prompt: str) -> int:
+        """Tokens of ``prompt`` besides its images' visual tokens."""
+        ids = self.processor.tokenizer(prompt)["input_ids"]
+        return len(ids) - ids.count(self.processor.image_token_id)
+
+    def budget(self, rows: int | None = None) -> Budget:
+        """What one forward pass may hold. On CUDA: padded tokens whose activations fit in half the
+        free memory. Elsewhere: with ``rows`` given, no token bound (memory is the only limit); else
+        as many tokens as keep a batch's residual stream (tokens x hidden) in a core's L2 cache,
+        beyond which a CPU runs a longer batch no faster per token, so padding would only cost.
+        ``rows``: pairs per pass at most (default 32)."""
+        if self.device.type == "cuda":
+            token_bytes = token_activation_bytes(self.model.config, dtype_bytes=self.dtype.itemsize)
+            tokens = tokens_for_memory(free_cuda_bytes(self.device), token_bytes)
+        elif rows is not None:
+            tokens = UNLIMITED
+        else:
+            residual_bytes = self.model.config.text_config.hidden_size * self.dtype.itemsize
+            tokens = tokens_for_cache(cpu_cache_bytes(), residual_bytes)
+        budget = Budget(rows=rows or MAX_ROWS, tokens=tokens)
+        log.debug("batch budget on %s: %s", self.device, budget)
+        return budget
 
     def with_attention_fallback(self, run: Callable[[], T]) -> T:
         """``run()``. Until flash attention has run one batch, its failure (a GPU or a build its kernels
@@ -358,8 +357,9 @@ class Engine:
 
 
 class TransformersBackend:
-    """:class:`~lychee.backends.base.Backend` over an :class:`Engine`: batches sorted by visual
-    tokens, the batch size from free GPU memory (or ``batch_size``), halved on out of memory.
+    """:class:`~lychee.backends.base.Backend` over an :class:`Engine`: pairs packed into batches
+    by tokens (:mod:`~lychee.backends.packing`; ``batch_size``: pairs per batch at most), the
+    budget halved on out of memory.
 
     One request at a time: the engine and its vision cache are not thread-safe.
     """
@@ -395,28 +395,34 @@ class TransformersBackend:
                 "attention": e.attention, "visual_tokens": visual_tokens_range(self)}
 
     def _batched(self, images: Sequence[Image.Image], fn: Any, progress: Progress | None, *,
-                 query_tokens: int = 0) -> list[Any]:
-        batch_size = self.engine.batch_size(images, self.batch_size, query_tokens=query_tokens)
+                 fixed_tokens: int) -> list[Any]:
+        """``fn`` over ``images`` in batches packed by tokens: ``fixed_tokens`` (the prompt, and the
+        query image's visual tokens) plus each image's visual tokens make a row."""
         return run_batched(images, lambda batch: self.engine.with_attention_fallback(lambda: fn(batch)),
-                           batch_size=batch_size, cost=self.engine.visual_tokens, progress=progress,
+                           budget=self.engine.budget(self.batch_size),
+                           cost=lambda image: fixed_tokens + self.engine.visual_tokens(image), progress=progress,
                            out_of_memory=is_out_of_memory)
 
     def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
                   query_image: Image.Image | None = None) -> list[float | Exception]:
         prompt = self.engine.render(messages)
+        images = budget_sized(self, images)
         with self._lock:  # the query image goes through the vision tower once, for every batch
-            query = (self.engine.with_attention_fallback(lambda: self.engine.image_features([query_image])[0])
-                     if query_image is not None else None)
+            query = (self.engine.with_attention_fallback(
+                lambda: self.engine.image_features(budget_sized(self, [query_image]))[0])
+                if query_image is not None else None)
+            fixed = self.engine.text_tokens(prompt) + (len(query.embeds) if query is not None else 0)
             return self._batched(
                 images, lambda batch: self.engine.relevance_logits(prompt, batch, query).sigmoid().tolist(), progress,
-                query_tokens=len(query.embeds) if query is not None else 0)
+                fixed_tokens=fixed)
 
     def generate(self, messages: list[dict], images: Sequence[Image.Image],
                  progress: Progress | None = None) -> list[str | Exception]:
         """The model's greedy answer for each image (generate mode), or the exception it raised."""
         prompt = self.engine.render(messages)
         with self._lock:
-            return self._batched(images, lambda batch: self.engine.generate(prompt, batch), progress)
+            return self._batched(budget_sized(self, images), lambda batch: self.engine.generate(prompt, batch),
+                                 progress, fixed_tokens=self.engine.text_tokens(prompt))
 
 
 def load(model: str, *, device: str = "auto", dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

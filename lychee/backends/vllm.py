@@ -5,7 +5,8 @@ two-class head (``Qwen2_5_VLForSequenceClassification`` with ``classifier_from_t
 "yes"]``, ``method="from_2_way_softmax"``) whose one output is softmax over (no, yes) at the
 last position: p(yes), the lychee protocol's relevance. The prompt is rendered by the
 checkpoint's own chat template, exactly as the transformers backend renders it, and each
-image goes in as a PIL image with the same pixel budget, so the two agree to ~1e-5.
+image goes in as a PIL image already at its budget size (so vLLM's processor does not
+resize it again), the pixels the transformers backend sees; the two agree to ~1e-5.
 
 Create it under ``if __name__ == "__main__":`` in scripts: vLLM starts worker processes.
 """
@@ -22,7 +23,8 @@ from PIL import Image
 from vllm import LLM
 
 from .. import protocol
-from .base import Progress, run_batched, visual_tokens_range
+from .base import Progress, budget_sized, run_batched, visual_tokens_range
+from .packing import Budget
 from .transformers import load_processor
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class VllmBackend:
     def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
                   query_image: Image.Image | None = None) -> list[float | Exception]:
         prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images = budget_sized(self, images)
+        query_image = budget_sized(self, [query_image])[0] if query_image is not None else None
 
         def pair(image: Image.Image) -> dict[str, Any]:  # the images in prompt order: query image, then candidate
             return {"prompt": prompt, "multi_modal_data": {"image": [query_image, image] if query_image else image}}
@@ -81,7 +85,7 @@ class VllmBackend:
             return [output.outputs.probs[0] for output in outputs]  # probs == [p(yes)]
 
         with self._lock:  # a failing call is retried pair by pair, so one bad pair fails alone
-            return run_batched(images, classify, batch_size=PROGRESS_CHUNK, progress=progress)
+            return run_batched(images, classify, budget=Budget(rows=PROGRESS_CHUNK), progress=progress)
 
 
 def load(model: str, *, dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

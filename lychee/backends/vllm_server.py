@@ -2,10 +2,11 @@
 
 Each (query, image) pair is one ``POST /classify`` with chat messages - the lychee prompt of
 ``lychee.protocol``, rendered by the server with the checkpoint's chat template - and the
-image as a PNG ``data:`` URI of the already decoded and pre-scaled image (lossless, so the
-server sees the pixels the other backends see). ``vllm-serve`` starts the server with the
-model card's pixel budget; a client with another budget sends it with each request
-(``mm_processor_kwargs``), which vLLM accepts only from a server started with
+image as a PNG ``data:`` URI of the decoded image at its pixel budget's size (lossless and
+already at the size the server's processor would resize it to, so the server resizes nothing
+and sees the pixels the other backends see, and no byte is sent that it would throw away).
+``vllm-serve`` starts the server with the model card's pixel budget; a client with another
+budget sends it with each request (``mm_processor_kwargs``), which vLLM accepts only from a server started with
 ``--trust-request-mm-kwargs`` (else every pair is refused, saying so). Pairs go out
 concurrently; one pair per request means one bad answer costs only its own image.
 
@@ -32,7 +33,7 @@ from PIL import Image
 from .. import protocol
 from ..messages import UserError
 from . import SERVER_URL_ENV_VAR
-from .base import Progress, visual_tokens_range
+from .base import Progress, budget_sized, visual_tokens_range
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ class VllmServerBackend:
         return body
 
     def _score_one(self, messages: list[dict], image: Image.Image, query_uri: str | None) -> float:
-        uris = [query_uri, png_data_uri(image)] if query_uri else [png_data_uri(image)]
+        uri = png_data_uri(budget_sized(self, [image])[0])
+        uris = [query_uri, uri] if query_uri else [uri]
         try:
             response = self.client.post("/classify", json=self._body(messages, uris))
         except httpx.ConnectError as exc:
@@ -152,7 +154,7 @@ class VllmServerBackend:
         results: list[float | Exception] = [PairError("not scored")] * len(images)
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(images))))
         try:
-            query_uri = png_data_uri(query_image) if query_image is not None else None  # encoded once
+            query_uri = png_data_uri(budget_sized(self, [query_image])[0]) if query_image is not None else None
             pending = {pool.submit(self._score_one, messages, image, query_uri): i for i, image in enumerate(images)}
             for done, future in enumerate(as_completed(pending), start=1):
                 try:

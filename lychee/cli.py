@@ -51,7 +51,7 @@ from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
 from .calibration import DEFAULT_TARGET_PRECISION, Calibration, calibrate, check_target_precision, to_markdown
 from .explain import check_grid, parse_grid
-from .images import IMAGE_EXTENSIONS, ImageLoadError, budget_size, is_image_path, load_image
+from .images import IMAGE_EXTENSIONS, ImageLoadError, is_image_path, load_image
 from .labels import BadRow, LabelRow, LabelsFile, read_all
 from .limits import Limits
 from .messages import UserError, printable
@@ -620,10 +620,10 @@ def _explain(args: argparse.Namespace) -> int:
                               max_side=DEFAULT_MAX_SIDE, limits=limits)
         _check_scoring_options(args, limits)
         try:
-            image = load_image(args.image, limits=limits)
+            image = load_image(args.image, limits=limits, budget=(args.min_pixels, args.max_pixels))
         except ImageLoadError as exc:
             raise UserError("bad_image", reason=str(exc)) from None
-        check_grid(args.grid, budget_size(*image.size, args.min_pixels, args.max_pixels))
+        check_grid(args.grid, image.size)  # the image as it will be scored
         if args.output and Path(args.output).suffix.lower() != ".png":
             raise UsageError(f"--output {args.output!r}: the overlay is a PNG; give a file name ending in .png")
     except ValueError as exc:

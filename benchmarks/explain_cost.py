@@ -29,7 +29,6 @@ from PIL import Image
 
 from lychee import LycheeReranker, protocol
 from lychee.explain import default_grid
-from lychee.images import budget_size
 from lychee.random_checkpoint import build_config, build_random_checkpoint, build_tokenizer
 
 from .flops import pair_flops
@@ -78,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                                   max_pixels=args.visual_tokens * protocol.PATCH_PIXELS ** 2)
         reranker.score(QUERY, [photos["cat.jpg (sample photo)"]])  # warm-up
         for name, photo in photos.items():
-            size = budget_size(*photo.size, reranker.backend.min_pixels, reranker.backend.max_pixels)
+            size = reranker.scored_image(photo).size
             rows_cols = default_grid(size)
             passes = rows_cols[0] * rows_cols[1] + 1
             timed = best_times({"score": lambda photo=photo: reranker.score(QUERY, [photo]),

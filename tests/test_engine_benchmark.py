@@ -38,3 +38,12 @@ def test_benchmark_runs_on_the_tiny_checkpoint(capsys):
     assert result["second_query"]["cache"].startswith("VisionCache(2 images")
     assert {"ratio", "ours_images_per_s", "mfu_ours", "tflop_per_pair"} <= result.keys()
     assert "| 16 |" in capsys.readouterr().out
+
+
+def test_the_explain_benchmark_runs_on_the_tiny_checkpoint(capsys):
+    from benchmarks import explain_cost
+
+    rows = explain_cost.main(["--size", "tiny", "--visual-tokens", "16", "--repeats", "1"])
+    assert [r["forward_passes"] for r in rows] == [r["grid"][0] * r["grid"][1] + 1 for r in rows]
+    assert all(r["map_s"] > 0 and r["score_s"] > 0 and r["gpu_7b_estimate"]["map_tflop"] > 0 for r in rows)
+    assert "| cat.jpg (sample photo) |" in capsys.readouterr().out

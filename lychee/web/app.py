@@ -31,6 +31,7 @@ from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
 from .api import ExplainApi, RerankApi
 from .components import Blocks, ReferenceImage
+from .explaining import button_label, chosen_result, explain, page_job, slider_images, summary_markdown
 from .gpu import GpuExplaining, GpuScoring
 from .i18n import Language, text
 from .service import Form, ModelSlot, RerankOutcome, accept, remove_older_than, rerank
@@ -218,6 +219,7 @@ class RerankDemo:
         # The status line is also the one progress indicator, at the results' top edge.
         self.status = gr.HTML(status_html(text("status_idle", DEFAULT_LANGUAGE)), elem_id="lychee-status")
         self.winner = gr.HTML(elem_id="lychee-winner")
+        self._build_explanation()
         self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, height="auto", fit_columns=False,
                               object_fit="cover", interactive=False, elem_id="lychee-ranked",
                               elem_classes="lychee-ranked")
@@ -235,14 +237,44 @@ class RerankDemo:
         self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
                         self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
+    def _build_explanation(self) -> None:
+        """"Why this score?" under the #1 card: for #1, or the image chosen in the ranked gallery, the
+        image as scored beside its occlusion map (a slider), and one line per strongest region."""
+        self.explain_choice = gr.State(None)  # position in the ranked gallery of the chosen image; None: #1
+        self.explanation = gr.State(None)
+        with gr.Column(visible=False, elem_id="lychee-explain") as self.explain_box:
+            self.explain_button = gr.Button(button_label(None, DEFAULT_LANGUAGE), size="sm",
+                                            elem_id="lychee-explain-button")
+            self.explain_hint = self.tr(gr.Markdown, {"value": "explain_hint"}, elem_classes="lychee-explain-hint")
+            self.explain_slider = self.tr(gr.ImageSlider, {"label": "explain_slider_label"}, type="pil",
+                                          interactive=False, visible=False, buttons=["fullscreen"], max_height=380,
+                                          elem_id="lychee-explain-slider")
+            self.explain_text = gr.Markdown(elem_id="lychee-explain-text")
+        self.explain_parts = [self.explain_choice, self.explanation, self.explain_box, self.explain_button,
+                              self.explain_slider, self.explain_text]
+
+    def _wire_explanation(self) -> None:
+        """Choosing an image in the ranked gallery retargets the button; the button makes the map in
+        the scoring queue. (A run resets the map, or makes #1's itself under a preset that asks.)"""
+        made = [self.explanation, self.explain_slider, self.explain_text]
+        self.ranked.select(self.choose, inputs=[self.lang, self.outcome], outputs=[self.explain_choice,
+                                                                                   self.explain_button], **PRIVATE)
+        self.explain_button.click(self.explain, inputs=[self.lang, self.outcome, self.explain_choice], outputs=made,
+                                  show_progress_on=[self.explain_text], api_visibility="private",
+                                  concurrency_id="gpu")
+        self.lang.change(self.relabel_explanation, inputs=[self.lang, self.outcome, self.explain_choice,
+                                                           self.explanation],
+                         outputs=[self.explain_button, self.explain_text], **PRIVATE)
+
     def _wire(self, demo: gr.Blocks) -> None:
         run_triggers = [self.run_button.click, self.query.submit]
         gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
         gr.on(run_triggers, self.run, inputs={self.lang, self.images, *self.form_fields.values()},
-              outputs=[self.outcome, *self.results], show_progress_on=[self.status], api_visibility="private",
-              concurrency_id="gpu").success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS,
-                                            **PRIVATE)
+              outputs=[self.outcome, *self.results, *self.explain_parts], show_progress_on=[self.status],
+              api_visibility="private", concurrency_id="gpu").success(None, inputs=[self.query, self.reference],
+                                                                      js=SHOW_RESULTS_JS, **PRIVATE)
+        self._wire_explanation()
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
                                                         self.preset_info]
         if self.examples is not None:
@@ -314,7 +346,48 @@ class RerankDemo:
             self.outcome: outcome,
             self.json_file: gr.update(value=json_path, visible=True),
             self.csv_file: gr.update(value=csv_path, visible=True),
-        }
+        } | self.explanation_after_run(outcome, lang, progress)
+
+    def explanation_after_run(self, outcome: RerankOutcome, lang: Language, progress: Any) -> dict[Any, Any]:
+        """A new run: the button on #1 (the box shown when there is one) and no map yet - or, under a
+        preset that asks for it (``precise``), #1's map at once, in the same job."""
+        top = chosen_result(outcome, None)
+        updates = {self.explain_choice: None, self.explanation: None,
+                   self.explain_box: gr.update(visible=top is not None), self.explain_button: button_label(top, lang),
+                   self.explain_slider: gr.update(value=None, visible=False), self.explain_text: ""}
+        preset = outcome.request.settings.preset
+        if top is not None and preset is not None and preset.explain_top:
+            updates |= self.explain(lang, outcome, None, progress)
+        return updates
+
+    def choose(self, lang: Language, outcome: RerankOutcome | None, selected: gr.SelectData) -> dict[Any, Any]:
+        """An image chosen in the ranked gallery becomes the one the button explains."""
+        return {self.explain_choice: selected.index,
+                self.explain_button: button_label(chosen_result(outcome, selected.index), lang)}
+
+    def explain(self, lang: Language, outcome: RerankOutcome | None, choice: int | None,
+                progress: gr.Progress = gr.Progress()  # noqa: B008 - how gradio asks for a progress bar
+                ) -> dict[Any, Any]:
+        """The button: the chosen ranked image's (else #1's) occlusion map beside the image, and its lines."""
+        result = chosen_result(outcome, choice)
+        if result is None:
+            return {self.explanation: gr.skip()}
+        job = page_job(outcome, result)
+        progress(0.0, desc=text("progress_explaining", lang))  # the copies are counted once the grid is known
+        try:
+            explanation = explain(job, self.slot, make=lambda accepted: self.explain_on_gpu(accepted, lang))
+        except UserError as exc:
+            gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
+            return {self.explanation: gr.skip()}
+        return {self.explanation: explanation,
+                self.explain_slider: gr.update(value=slider_images(explanation), visible=True),
+                self.explain_text: summary_markdown(explanation, lang)}
+
+    def relabel_explanation(self, lang: Language, outcome: RerankOutcome | None, choice: int | None,
+                            explanation: Any) -> dict[Any, Any]:
+        """The language switch: the button and the map's lines in ``lang``."""
+        return {self.explain_button: button_label(chosen_result(outcome, choice), lang),
+                self.explain_text: summary_markdown(explanation, lang) if explanation is not None else ""}
 
     def relabel(self, lang: Language, outcome: RerankOutcome | None, query: str, preset: str | None
                 ) -> dict[Any, Any]:

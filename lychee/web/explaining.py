@@ -16,11 +16,12 @@ from ..explain import DEFAULT_CELLS, Explanation, legend_label, parse_grid
 from ..images import ImageSource
 from ..limits import Limits
 from ..messages import UserError
+from ..ranking import RerankResult
 from ..request import Query, prepare_query
 from ..reranker import Progress
 from ..settings import DEFAULT_MAX_SIDE, check_max_side
 from .i18n import Language, text
-from .service import ModelSlot
+from .service import ModelSlot, RerankOutcome
 
 STRONGEST_REGIONS = 3  # lines under the map
 
@@ -70,6 +71,27 @@ def explain(job: ExplainJob, slot: ModelSlot, *,
     slot.get()  # waits for the model outside any GPU allocation
     with slot.scoring:
         return (make or (lambda accepted: make_map(accepted, slot)))(job)
+
+
+def chosen_result(outcome: RerankOutcome | None, choice: int | None) -> RerankResult | None:
+    """The ranked image to explain: the one at ``choice`` in the ranked gallery, else #1; None without results."""
+    results = outcome.report.results if outcome is not None else []
+    if not results:
+        return None
+    return results[choice] if choice is not None and 0 <= choice < len(results) else results[0]
+
+
+def page_job(outcome: RerankOutcome, result: RerankResult) -> ExplainJob:
+    """The map of a ranked image, asked for on the page: the run's own query (already prepared) and pixel settings."""
+    request = outcome.request
+    return ExplainJob(request.query, outcome.job.images[result.index], label=result.source,
+                      max_side=request.settings.max_side)
+
+
+def button_label(result: RerankResult | None, lang: Language) -> str:
+    """"Why this score? · #2 rocket.jpg" ("#1" until another image is chosen)."""
+    target = f"#{result.rank} {result.source}" if result is not None else "#1"
+    return text("explain_button", lang, target=target)
 
 
 def region_lines(explanation: Explanation, lang: Language) -> list[str]:

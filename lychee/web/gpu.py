@@ -46,8 +46,9 @@ class GpuCall:
     before the app launches (ZeroGPU registers GPU functions then)."""
 
     def __init__(self, slot: ModelSlot, work: Callable[[Any, Progress], T], passes: Callable[[Any], int], *,
-                 progress_text: str = "progress_scoring") -> None:
-        self.slot, self.work, self.passes, self.progress_text = slot, work, passes, progress_text
+                 progress_text: str = "progress_scoring", progress_unit: str = "progress_unit") -> None:
+        self.slot, self.work, self.passes = slot, work, passes
+        self.progress_text, self.progress_unit = progress_text, progress_unit
         self._on_gpu = spaces.GPU(duration=self._duration)(self.run_in_worker)
 
     def _duration(self, job: Any, lang: Language = "en") -> int:
@@ -58,7 +59,7 @@ class GpuCall:
         progress = gr.Progress()
         try:
             return self.work(job, lambda done, total: progress(
-                (done, total), desc=text(self.progress_text, lang), unit=text("progress_unit", lang)))
+                (done, total), desc=text(self.progress_text, lang), unit=text(self.progress_unit, lang)))
         except UserError as exc:
             raise GpuUserError(exc.key, exc.params) from None
 
@@ -87,4 +88,4 @@ class GpuExplaining(GpuCall):
 
     def __init__(self, slot: ModelSlot) -> None:
         super().__init__(slot, lambda job, progress: make_map(job, slot, progress=progress), passes_reserved,
-                         progress_text="progress_explaining")
+                         progress_text="progress_explaining", progress_unit="progress_copies")

@@ -40,6 +40,18 @@ def test_benchmark_runs_on_the_tiny_checkpoint(capsys):
     assert "| 16 |" in capsys.readouterr().out
 
 
+def test_the_batching_benchmark_runs_on_the_tiny_checkpoint(capsys):
+    from benchmarks import batching
+
+    result = batching.main(["--size", "tiny", "--images", "4", "--rounds", "1", "--settings", "auto,1"])
+    auto, single = result["settings"]
+    assert single["rows_per_batch"] == [1] and single["padding"] == 0.0
+    assert auto["padding"] <= 0.10  # the packing bound, as measured on the batches that ran
+    assert max(auto["max_abs_diff_vs_card"], single["max_abs_diff_vs_card"]) <= 0.05
+    assert {"ratio_median", "ratio_min", "ratio_max"} <= auto["cpu"].keys()
+    assert "| auto |" in capsys.readouterr().out
+
+
 def test_the_explain_benchmark_runs_on_the_tiny_checkpoint(capsys):
     from benchmarks import explain_cost
 

@@ -15,6 +15,7 @@ from lychee.web.labelling import (
     calibration_of,
     curve_points,
     cycle_label,
+    distribution_bins,
     distribution_rows,
     label_gallery,
     my_threshold_label,
@@ -109,9 +110,13 @@ def test_the_curve_runs_from_the_highest_threshold_down_and_the_histogram_has_a_
     assert curve_points(result) == [{"recall": 0.5, "precision": 1.0, "threshold": 9.0},
                                     {"recall": 0.5, "precision": 0.5, "threshold": 8.0},
                                     {"recall": 1.0, "precision": 2 / 3, "threshold": 3.0}]
-    assert distribution_rows(labels, "en") == [{"score": 9.0, "label": "relevant", "images": 1},
-                                               {"score": 8.0, "label": "not relevant", "images": 1},
-                                               {"score": 3.0, "label": "relevant", "images": 1}]
+    rows = distribution_rows(labels, "en")
+    assert rows[:3] == [{"score": "9.0", "label": "relevant", "images": 1},
+                        {"score": "8.0", "label": "not relevant", "images": 1},
+                        {"score": "3.0", "label": "relevant", "images": 1}]
+    assert distribution_bins(labels) == [f"{b / 2:.1f}" for b in range(6, 19)]   # 3.0 to 9.0: gaps show
+    assert {row["score"] for row in rows[3:]} == set(distribution_bins(labels)) - {"3.0", "8.0", "9.0"}
+    assert all(row["images"] == 0 for row in rows[3:]) and distribution_bins(()) == []
     only_irrelevant = calibration_of(click((), cats, 0, 0), 0.9)
     assert curve_points(only_irrelevant) == [] and curve_points(None) == []
 

@@ -30,6 +30,7 @@ from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
 from .api import ExplainApi, RerankApi
+from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
 from .explaining import button_label, chosen_result, explain, page_job, slider_images, summary_markdown
 from .gpu import GpuExplaining, GpuScoring
@@ -142,6 +143,7 @@ class RerankDemo:
         self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
         self.score_on_gpu = GpuScoring(slot)
         self.explain_on_gpu = GpuExplaining(slot)
+        self.calibrate = CalibratePanel(self.tr, DEFAULT_LANGUAGE)
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
@@ -195,8 +197,9 @@ class RerankDemo:
         self.preset = gr.Dropdown(preset_choices(DEFAULT_LANGUAGE), value=DEFAULT_PRESET,
                                   label=text("preset_label", DEFAULT_LANGUAGE))
         self.preset_info = gr.Markdown(preset_description(DEFAULT_PRESET, DEFAULT_LANGUAGE))
+        self.calibrate.build_my_threshold()
         self.threshold = tr(gr.Slider, {"label": "threshold_label", "info": "threshold_info"}, minimum=0,
-                            maximum=10, step=0.1, value=preset.score_threshold, elem_id="lychee-threshold")
+                            maximum=10, step=0.01, value=preset.score_threshold, elem_id="lychee-threshold")
         top_k_max = max(self.limits.max_images, *(p.top_k for p in PRESETS.values()))
         self.top_k = tr(gr.Slider, {"label": "top_k_label", "info": "top_k_info"}, minimum=0, maximum=top_k_max,
                         step=1, value=preset.top_k)
@@ -234,6 +237,7 @@ class RerankDemo:
         with gr.Row():
             self.json_file = self.tr(gr.DownloadButton, {"label": "json_button"}, visible=False, size="sm")
             self.csv_file = self.tr(gr.DownloadButton, {"label": "csv_button"}, visible=False, size="sm")
+        self.calibrate.build()
         self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
                         self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
@@ -270,10 +274,10 @@ class RerankDemo:
         run_triggers = [self.run_button.click, self.query.submit]
         gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
-        gr.on(run_triggers, self.run, inputs={self.lang, self.images, *self.form_fields.values()},
-              outputs=[self.outcome, *self.results, *self.explain_parts], show_progress_on=[self.status],
-              api_visibility="private", concurrency_id="gpu").success(None, inputs=[self.query, self.reference],
-                                                                      js=SHOW_RESULTS_JS, **PRIVATE)
+        ran = gr.on(run_triggers, self.run, inputs={self.lang, self.images, *self.form_fields.values()},
+                    outputs=[self.outcome, *self.results, *self.explain_parts], show_progress_on=[self.status],
+                    api_visibility="private", concurrency_id="gpu")
+        ran.success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
         self._wire_explanation()
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
                                                         self.preset_info]
@@ -294,6 +298,7 @@ class RerankDemo:
         gr.on([demo.load, self.model_timer.tick], self.poll_model, inputs=[self.lang],
               outputs=[self.model_status, self.model_timer], show_progress="hidden", **PRIVATE)
         demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
+        self.calibrate.wire(demo, ran, self.outcome, self.threshold, self.lang)
 
     # -- handlers ---------------------------------------------------------------------------
     def render(self, outcome: RerankOutcome | None, lang: Language, *, raw_open: bool | None = None

@@ -137,11 +137,28 @@ def curve_points(result: Calibration | None) -> list[dict[str, float]]:
     return [{"recall": p.recall, "precision": p.precision, "threshold": p.threshold} for p in reversed(result.points)]
 
 
+def _bin(score: float) -> float:
+    return math.floor(score / DISTRIBUTION_BIN) * DISTRIBUTION_BIN
+
+
+def distribution_bins(labels: Labels) -> list[str]:
+    """The histogram's bars, lowest first: every ``DISTRIBUTION_BIN``-wide bin from the lowest
+    labelled score to the highest (empty ones too, so that gaps show)."""
+    if not labels:
+        return []
+    low, high = _bin(min(label.score for label in labels)), _bin(max(label.score for label in labels))
+    count = round((high - low) / DISTRIBUTION_BIN) + 1
+    return [f"{low + i * DISTRIBUTION_BIN:.1f}" for i in range(count)]
+
+
 def distribution_rows(labels: Labels, lang: Language) -> list[dict[str, Any]]:
-    """One row per label for the score histogram of each class: the score's bar and the class name."""
+    """The score histogram of each class: one row per label (its bin and class), plus an empty
+    row for each bin that no label falls in."""
     names = {True: text("class_relevant", lang), False: text("class_irrelevant", lang)}
-    return [{"score": math.floor(label.score / DISTRIBUTION_BIN) * DISTRIBUTION_BIN, "label": names[label.relevant],
-             "images": 1} for label in labels]
+    rows = [{"score": f"{_bin(label.score):.1f}", "label": names[label.relevant], "images": 1} for label in labels]
+    filled = {row["score"] for row in rows}
+    return rows + [{"score": b, "label": names[True], "images": 0} for b in distribution_bins(labels)
+                   if b not in filled]
 
 
 def saved_threshold(value: Any) -> dict[str, float] | None:

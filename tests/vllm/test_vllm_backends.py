@@ -204,11 +204,13 @@ def test_the_cli_ranks_through_the_server(capsys, server_url, image_paths, refer
 
 
 def test_the_servers_rerank_route_scores_with_the_lychee_prompt(server_url, server_reranker, image_paths, reference):
-    """Other apps can call vLLM's own /v1/rerank (with an instruction) and get the same scores."""
+    """Other apps can call vLLM's own /v1/rerank (with an instruction) and get the same scores, sending each
+    image at its pixel budget's size as lychee does (one the server resizes itself differs by the resampling)."""
     from lychee.backends.vllm_server import png_data_uri
     from lychee.images import load_image
 
-    documents = [{"content": [{"type": "image_url", "image_url": {"url": png_data_uri(load_image(p))}}]}
+    budget = (server_reranker.backend.min_pixels, server_reranker.backend.max_pixels)  # lychee's pixels exactly
+    documents = [{"content": [{"type": "image_url", "image_url": {"url": png_data_uri(load_image(p, budget=budget))}}]}
                  for p in image_paths[:3]]
     answer = httpx.post(f"{server_url}/v1/rerank", timeout=120, json={
         "model": server_reranker.model_id, "query": QUERY, "documents": documents, "instruction": INSTRUCTION})

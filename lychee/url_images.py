@@ -295,8 +295,11 @@ def fetch_images(urls: Sequence[str], limits: Limits) -> list[bytes | ImageLoadE
 
         async def one(url: str) -> bytes | ImageLoadError:
             try:
-                async with asyncio.timeout_at(deadline), gate:
-                    return await fetch_image(url, limits, budget)
+                async with asyncio.timeout_at(deadline):
+                    if isinstance(url, str) and url.strip()[:5].lower() == "data:":
+                        return await fetch_image(url, limits, budget)  # no network: it never waits for a slot
+                    async with gate:
+                        return await fetch_image(url, limits, budget)
             except ImageLoadError as exc:
                 return exc
             except TimeoutError:

@@ -99,3 +99,15 @@ def test_uploads_are_capped_at_the_images_a_request_may_hold(server):
 
 def test_the_server_still_ranks_after_the_refusals(server):
     warm_up(server.url)
+
+
+def test_a_form_field_in_an_upload_is_cut_off_at_its_own_small_limit(server):
+    from lychee.body_limit import MAX_FORM_FIELD_BYTES
+
+    boundary = "lycheeboundary"
+    field = (f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\n').encode()
+    chunks = [field, *(b"x" * 2 ** 16 for _ in range(24)), f"\r\n--{boundary}--\r\n".encode()]  # 1.5 MB, in no file
+    status, body, _ = post(f"{server.url}/gradio_api/upload", chunks,
+                           content_type=f"multipart/form-data; boundary={boundary}")
+    error = json.loads(body)["error"]
+    assert status == 413 and f"a form field of the upload is larger than {MAX_FORM_FIELD_BYTES:,} bytes" in error

@@ -232,7 +232,7 @@ def test_a_host_that_does_not_resolve_is_that_images_error(no_dns_over_https):
     started = time.monotonic()
     bad, good = fetch_images(["http://no-such-host.invalid/x.png", data_uri(PNG)], LIMITS)
     assert "no-such-host.invalid does not resolve" in str(bad) and good == PNG
-    assert time.monotonic() - started < 3.5
+    assert time.monotonic() - started < 5
 
 
 def test_a_lookup_that_never_answers_costs_that_image_and_never_hangs_later_requests(monkeypatch):
@@ -248,12 +248,12 @@ def test_a_lookup_that_never_answers_costs_that_image_and_never_hangs_later_requ
         started = time.monotonic()
         bad, good = fetch_images(["http://silent.example/x.png", data_uri(PNG)], LIMITS)
         assert "longer than 2 s (LYCHEE_URL_TIMEOUT_S)" in str(bad) and good == PNG
-        assert time.monotonic() - started < 3.5
+        assert time.monotonic() - started < 5  # the lookup itself takes 6 s
     assert asked == ["silent.example", "silent.example"]
 
 
 def test_the_urls_of_one_request_share_one_deadline_and_are_fetched_together(server, public_test_host):
     started = time.monotonic()
-    outcomes = fetch_images([f"http://{PUBLIC_HOST}:{server}/slow"] * 12 + [data_uri(PNG)], LIMITS)
-    assert time.monotonic() - started < 3.5  # one 2 s deadline for all, not 2 s each
+    outcomes = fetch_images([f"http://{PUBLIC_HOST}:{server}/slow"] * 24 + [data_uri(PNG)], LIMITS)
+    assert time.monotonic() - started < 6  # one 2 s deadline for all; 2 s each, 4 at a time, would be 12 s
     assert all("longer than 2 s (LYCHEE_URL_TIMEOUT_S)" in str(o) for o in outcomes[:-1]) and outcomes[-1] == PNG

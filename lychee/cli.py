@@ -1,6 +1,7 @@
 """Command line for unattended use: rank the images in files and folders against a query.
 
-    python -m lychee rank "QUERY" PATH... [--query-image PATH] [--preset NAME] [--threshold X|none]
+    python -m lychee rank "QUERY" [PATH...] [--documents FILE.jsonl] [--query-image PATH] [--preset NAME]
+                                          [--threshold X|none]
                                           [--top-k K|all] [--format md|json|csv] [--output FILE] [--strict]
                                           [--backend transformers|vllm|vllm-server] [--server-url URL]
 
@@ -8,6 +9,8 @@ Folders are walked recursively in sorted order (hidden files and folders are lef
 files without an image extension are skipped and reported; a file with an image
 extension that cannot be decoded is scored 0.0 and listed under errors. Images are
 decoded lazily, --chunk-size at a time, so memory stays bounded on large folders.
+--documents adds documents that carry text, one JSON object a line: {"image": "shoe.jpg",
+"text": "Trail running shoe, red"}, either key optional (image paths relative to the file).
 
 Exit codes: 0 ok; 1 --strict and at least one image failed; 2 usage error (bad
 argument, path not found, no images, empty query without --query-image, unreadable query
@@ -50,6 +53,7 @@ from tqdm import tqdm
 from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
 from .calibration import DEFAULT_TARGET_PRECISION, Calibration, calibrate, check_target_precision, to_markdown
+from .documents import DocumentsFileError, DocumentTexts, prepare_texts, read_documents, text_label
 from .explain import check_grid, parse_grid
 from .images import IMAGE_EXTENSIONS, ImageLoadError, is_image_path, load_image
 from .labels import BadRow, LabelRow, LabelsFile, read_all
@@ -143,19 +147,24 @@ def collect_images(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[
 
 # --- scoring ------------------------------------------------------------------------------
 
-def score_in_chunks(reranker: LycheeReranker, request: Request, paths: Sequence[str], *,
-                    chunk_size: int | None = None,
+def score_in_chunks(reranker: LycheeReranker, request: Request, paths: Sequence[str | None], *,
+                    texts: DocumentTexts | None = None, chunk_size: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> list[ScoredImage]:
     """Score ``paths`` for ``request`` ``chunk_size`` at a time (at most that many decoded images
     in memory; default ``DEFAULT_CHUNK_SIZE`` or ``LYCHEE_MAX_IMAGES``, the smaller); records come
-    back in input order with their position in ``paths`` as ``index``."""
+    back in input order with their position in ``paths`` as ``index``. With ``texts`` the
+    candidates are documents: ``paths[i]`` (None: no image) with ``texts.texts[i]``."""
     chunk_size = chunk_size or min(DEFAULT_CHUNK_SIZE, reranker.limits.max_images)
+    labels = [path or (text_label(texts.texts[i]) if texts and texts.texts[i] else f"document {i + 1}")
+              for i, path in enumerate(paths)]
     records: list[ScoredImage] = []
     for start in range(0, len(paths), chunk_size):
-        chunk = paths[start:start + chunk_size]
+        end = start + chunk_size
         chunk_progress = None if progress is None else (
             lambda done, _, start=start: progress(start + done, len(paths)))
-        records += reranker.score_request(request, chunk, labels=chunk, start=start, progress=chunk_progress)
+        chunk_texts = None if texts is None else DocumentTexts(texts.texts[start:end])
+        records += reranker.score_request(request, paths[start:end], texts=chunk_texts, labels=labels[start:end],
+                                          start=start, progress=chunk_progress)
     return records
 
 
@@ -366,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     rank.add_argument("query", help='what the image should show (Chinese, English or mixed); may be "" with '
                                     "--query-image")
-    rank.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (walked recursively)")
+    rank.add_argument("paths", nargs="*", metavar="PATH", help="image files and folders (walked recursively)")
+    rank.add_argument("--documents", metavar="FILE.jsonl",
+                      help='documents that carry text, one a line: {"image": PATH, "text": "..."}, either optional')
     rank.add_argument("--preset", choices=list(PRESETS), help="defaults for threshold and top-k")
     rank.add_argument("--threshold", type=_threshold, default=UNSET, metavar="X",
                       help="keep scores >= X (0-10), or 'none' (default: the preset's, else none)")
@@ -500,27 +511,34 @@ def _rank(args: argparse.Namespace) -> int:
                                     normalize=args.normalize, tie_epsilon=args.tie_epsilon)
         request = build_request(args.query, settings, limits, instruction=args.instruction, image=args.query_image)
         _check_scoring_options(args, limits)
+        if not args.paths and not args.documents:
+            raise UsageError("give image files or folders, --documents FILE.jsonl, or both")
         paths, skipped = collect_images(args.paths)
-    except ValueError as exc:
+        document_images, document_texts = read_documents(args.documents) if args.documents else ([], [])
+        texts = prepare_texts([None] * len(paths) + document_texts, limits) if args.documents else None
+    except (ValueError, DocumentsFileError) as exc:
         raise UsageError(str(exc)) from None
-    for notice in request.notices:
+    for notice in request.notices + (texts.notices if texts else ()):
         log.warning("%s", notice.text("en"))
     for path in skipped:
         log.warning("skipped %s: not an image file", printable(path))
-    if not paths:
+    if not paths and args.paths and not args.documents:
         raise UsageError(f"no image files found in {', '.join(args.paths)} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    candidates = [*paths, *document_images]
+    if not candidates:
+        raise UsageError(f"no documents in {args.documents}")
 
     reranker = _load_reranker(args, limits)
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
         try:
-            records = score_in_chunks(reranker, request, paths, chunk_size=args.chunk_size,
+            records = score_in_chunks(reranker, request, candidates, texts=texts, chunk_size=args.chunk_size,
                                       progress=lambda done, _: bar.update(done - bar.n))
         except UserError as exc:  # the whole run failed, e.g. the vLLM server went away
             raise ModelLoadError(str(exc)) from exc
     report = Report.build(request, records, model=reranker.describe(), skipped=skipped,
-                          elapsed_s=time.perf_counter() - started)
+                          elapsed_s=time.perf_counter() - started, notices=texts.notices if texts else ())
     _emit(args, RENDERERS[_output_format(args)](report))
     if not args.quiet:
         print(f"{report.images} images in {report.elapsed_s:.1f} s ({report.images_per_s:.2f}/s): "

@@ -48,6 +48,7 @@ class Limits:
     max_image_pixels: int = 100_000_000  # LYCHEE_MAX_IMAGE_PIXELS: width x height (decompression bombs)
     max_query_chars: int = 1000       # LYCHEE_MAX_QUERY_CHARS: longer queries are truncated, with a warning
     max_instruction_chars: int = 500  # LYCHEE_MAX_INSTRUCTION_CHARS: longer instructions are truncated, with a warning
+    max_document_chars: int = 4000   # LYCHEE_MAX_DOCUMENT_CHARS: longer document texts are truncated, with a warning
     queue_size: int = 16              # LYCHEE_QUEUE_SIZE: requests waiting in the web app's queue
     concurrency: int = 1              # LYCHEE_CONCURRENCY: requests scored at once by the web app
     request_timeout_s: int = 600      # LYCHEE_REQUEST_TIMEOUT_S: seconds one web request may run

@@ -112,6 +112,23 @@ def rerank_messages(query: str | None, instruction: str | None = None, *, query_
     return [_system(SYSTEM_PROMPT), {"role": "user", "content": user}]
 
 
+def with_document(messages: list[dict], *, image: bool = True, text: str = "") -> list[dict]:
+    """``messages`` of :func:`rerank_messages` with the candidate - the last ``{"type": "image"}``
+    part - replaced by a document: its image (when ``image``), then its text (when there is some).
+
+    lychee-rerank-mm judges image, text and image+text documents alike (its paper's MIRB-40);
+    Qwen3-VL-Reranker lays a document out the same way: ``<Document>:``, the image, the text.
+    """
+    if not image and not text:
+        raise ValueError("a document needs an image, a text or both")
+    *system, user = messages
+    *before, candidate = user["content"]
+    if candidate != {"type": "image"}:
+        raise ValueError("the messages do not end with the candidate image part")
+    document = [*([candidate] if image else []), *([{"type": "text", "text": text}] if text else [])]
+    return [*system, {**user, "content": [*before, *document]}]
+
+
 def generate_messages(query: str, instruction: str | None = None) -> list[dict]:
     """Chat messages asking a generic VLM for a 0-10 score as text (generate mode)."""
     user = [

@@ -1,6 +1,7 @@
 """The free text that reaches the model's prompt - the query and the instruction - made safe.
 
-Both are user input placed inside a chat template, so both get the same treatment:
+Both are user input placed inside a chat template, so both get the same treatment (and so do
+the texts of documents, :mod:`lychee.documents`):
 
 - chat-template control tokens (``<|im_end|>``, ``<|image_pad|>``, ...) are replaced by a
   space, so no request can close its turn, answer for the model or add image slots;
@@ -35,7 +36,9 @@ class PromptText:
     notices: tuple[Notice, ...] = ()
 
 
-def _clean(text: str, field: str, max_chars: int) -> tuple[str, list[Notice]]:
+def clean_text(text: str, field: str, max_chars: int) -> tuple[str, list[Notice]]:
+    """``text`` cleaned (see the module docstring) and the notices ``{field}_control_tokens`` and
+    ``{field}_truncated`` of what changed; ``UserError('not_text')`` when it is not a string."""
     if not isinstance(text, str):
         raise UserError("not_text", field=field, value=repr(text)[:80])
     notices = []
@@ -60,7 +63,7 @@ def clean_query(query: str, max_chars: int) -> str:
 
 
 def _clean_query(query: str, max_chars: int) -> tuple[str, list[Notice]]:
-    text, notices = _clean(query if query is not None else "", "query", max_chars)
+    text, notices = clean_text(query if query is not None else "", "query", max_chars)
     if not text:
         raise UserError("empty_query")
     return text, notices
@@ -74,10 +77,10 @@ def prepare_text(query: str | None, instruction: str | None, limits: Limits, *,
     (a query image is given) the query text may be empty: the query is then the image alone.
     """
     if image_query:
-        query, notices = _clean(query if query is not None else "", "query", limits.max_query_chars)
+        query, notices = clean_text(query if query is not None else "", "query", limits.max_query_chars)
     else:
         query, notices = _clean_query(query, limits.max_query_chars)
     if instruction is None:
         return PromptText(query, None, tuple(notices))
-    instruction, more = _clean(instruction, "instruction", limits.max_instruction_chars)
+    instruction, more = clean_text(instruction, "instruction", limits.max_instruction_chars)
     return PromptText(query, instruction or None, tuple(notices + more))

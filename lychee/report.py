@@ -54,12 +54,14 @@ class Report:
 
     @classmethod
     def build(cls, request: Request, records: Sequence[ScoredImage], *, model: dict[str, str] | None = None,
-              skipped: Sequence[str] = (), elapsed_s: float = 0.0) -> Report:
-        """Rank ``records`` (every image, in input order) by the request's settings into a report."""
+              skipped: Sequence[str] = (), elapsed_s: float = 0.0, notices: Sequence[Notice] = ()) -> Report:
+        """Rank ``records`` (every image, in input order) by the request's settings into a report;
+        its warnings are the query's notices and ``notices`` (the documents' texts')."""
         query = request.query
         groups = ranking.partition_with(records, request.settings)
         return cls(query.text, request.settings, query.instruction, dict(model or {}), groups.results,
-                   groups.filtered_out, groups.errors, query.notices, tuple(skipped), elapsed_s, query.image_label)
+                   groups.filtered_out, groups.errors, query.notices + tuple(notices), tuple(skipped), elapsed_s,
+                   query.image_label)
 
     @property
     def query_kind(self) -> QueryKind:

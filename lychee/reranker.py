@@ -15,6 +15,7 @@ from PIL import Image
 from . import protocol, ranking
 from .backends import Backend, load_backend
 from .backends.base import Progress
+from .documents import DocumentTexts, prepare_texts, text_label
 from .explain import Explanation, occlusion
 from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source_label
 from .limits import Limits
@@ -121,11 +122,15 @@ class LycheeReranker:
         about = self.backend.describe()
         return {**about, "model": display_name(about["model"]), "mode": self.mode}
 
-    def score(self, query: str | None, images: Sequence[ImageSource], *, query_image: ImageSource | None = None,
+    def score(self, query: str | None, images: Sequence[ImageSource | None] | None = None, *,
+              texts: Sequence[str | None] | None = None, query_image: ImageSource | None = None,
               instruction: str | None = None, labels: Sequence[str] | None = None, max_side: int | None = None,
               lenient_parsing: bool = False, progress: Progress | None = None,
               start: int = 0) -> list[ScoredImage]:
-        """Score every image, in input order; nothing is filtered. Failures carry ``error``.
+        """Score every document (an image, a text or both), in input order; nothing is filtered.
+        Failures carry ``error``.
+
+        ``texts`` (see :meth:`rerank`) gives the documents their texts, cleaned like the query.
 
         The query is ``query`` text, a ``query_image`` (path, PIL image or bytes, read by
         the same safe loader as the candidates), or both. A query image that cannot be used
@@ -141,42 +146,59 @@ class LycheeReranker:
             raise ValueError("image queries need mode='logit' (the lychee protocol)")
         prepared = prepare_query(query, instruction=instruction, image=query_image, max_side=max_side,
                                  limits=self.limits)
-        warn(prepared.notices)
-        return self._score(prepared, images, max_side=max_side, lenient_parsing=lenient_parsing, labels=labels,
-                           progress=progress, start=start)
+        documents = None if texts is None else prepare_texts(texts, self.limits)
+        warn(prepared.notices + (documents.notices if documents else ()))
+        return self._score(prepared, images, documents, max_side=max_side, lenient_parsing=lenient_parsing,
+                           labels=labels, progress=progress, start=start)
 
-    def score_request(self, request: Request, images: Sequence[ImageSource], *,
-                      labels: Sequence[str] | None = None, progress: Progress | None = None,
-                      start: int = 0) -> list[ScoredImage]:
+    def score_request(self, request: Request, images: Sequence[ImageSource | None] | None = None, *,
+                      texts: DocumentTexts | None = None, labels: Sequence[str] | None = None,
+                      progress: Progress | None = None, start: int = 0) -> list[ScoredImage]:
         """:meth:`score` for a request a surface has already validated (:func:`lychee.request.build_request`):
-        its query is used as it is, its settings give ``max_side`` and the preset's parsing rule."""
+        its query is used as it is, its settings give ``max_side`` and the preset's parsing rule;
+        ``texts`` are the documents' texts as :func:`lychee.documents.prepare_texts` cleaned them."""
         if request.query.image is not None and self.mode != "logit":
             raise ValueError("image queries need mode='logit' (the lychee protocol)")
         settings = request.settings
-        return self._score(request.query, images, max_side=settings.max_side,
+        return self._score(request.query, images, texts, max_side=settings.max_side,
                            lenient_parsing=settings.lenient_parsing, labels=labels, progress=progress, start=start)
 
-    def _score(self, query: Query, images: Sequence[ImageSource], *, max_side: int, lenient_parsing: bool,
-               labels: Sequence[str] | None, progress: Progress | None, start: int) -> list[ScoredImage]:
+    def _score(self, query: Query, images: Sequence[ImageSource | None] | None, documents: DocumentTexts | None, *,
+               max_side: int, lenient_parsing: bool, labels: Sequence[str] | None, progress: Progress | None,
+               start: int) -> list[ScoredImage]:
+        images, texts = _candidates(images, documents)
+        if self.mode != "logit" and (any(texts) or None in images):
+            raise ValueError("documents with text need mode='logit' (the lychee protocol)")
         self.limits.check_image_count(len(images))
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"got {len(labels)} labels for {len(images)} images")
-        names = list(labels) if labels is not None else [source_label(s, start + i) for i, s in enumerate(images)]
+        names = list(labels) if labels is not None else [
+            source_label(s, start + i) if s is not None else text_label(t) if t else f"document {start + i + 1}"
+            for i, (s, t) in enumerate(zip(images, texts))]
 
         def problem(i: int, cause: object) -> str:
-            message = f"image {start + i + 1} '{names[i]}': {cause}"
+            kind = "image" if images[i] is not None else "document"
+            message = f"{kind} {start + i + 1} '{names[i]}': {cause}"
             log.warning("%s", printable(message))
             return message
 
-        loaded: dict[int, Image.Image] = {}
+        loaded: dict[int, Image.Image | None] = {}
         errors: dict[int, str] = {}
-        for i, outcome in enumerate(self._load_all(images, max_side)):
+        with_image = [i for i, source in enumerate(images) if source is not None]
+        for i, outcome in zip(with_image, self._load_all([images[i] for i in with_image], max_side)):
             if isinstance(outcome, ImageLoadError):
                 errors[i] = problem(i, outcome)
             else:
                 loaded[i] = outcome
+        for i, source in enumerate(images):
+            if source is None:
+                if texts[i]:
+                    loaded[i] = None  # a text-only document: nothing for the vision tower
+                else:
+                    errors[i] = problem(i, "no image and no text")
+        loaded = dict(sorted(loaded.items()))
         outputs = self._score_loaded(query.text, query.instruction, query.image, loaded, lenient_parsing, progress,
-                                     total=len(images), already_done=len(errors))
+                                     total=len(images), already_done=len(errors), texts=texts)
         records = []
         for i in range(len(images)):
             if i in errors:
@@ -205,9 +227,9 @@ class LycheeReranker:
             return list(pool.map(load, images))
 
     def _score_loaded(self, query: str, instruction: str | None, reference: Image.Image | None,
-                      loaded: dict[int, Image.Image],
+                      loaded: dict[int, Image.Image | None],
                       lenient: bool, progress: Progress | None, *, total: int,
-                      already_done: int) -> dict[int, tuple[float, str, str | None]]:
+                      already_done: int, texts: Sequence[str]) -> dict[int, tuple[float, str, str | None]]:
         def report(done: int, _: int) -> None:
             if progress:
                 progress(already_done + done, total)
@@ -215,7 +237,10 @@ class LycheeReranker:
         keys, images = list(loaded), list(loaded.values())
         if self.mode == "logit":
             messages = protocol.rerank_messages(query, instruction, query_image=reference is not None)
-            outputs = self.backend.relevance(messages, images, report, query_image=reference)
+            documents = [texts[i] for i in keys]
+            # Backends see texts only when a document has one: an image-only call is what it always was.
+            with_texts = {"texts": documents} if any(documents) else {}
+            outputs = self.backend.relevance(messages, images, report, query_image=reference, **with_texts)
             judged = [_relevance(p) for p in outputs]
         else:
             outputs = self.backend.generate(protocol.generate_messages(query, instruction), images, report)
@@ -276,21 +301,31 @@ class LycheeReranker:
                          source=label or source_label(image, 0), instruction=query.instruction, model=self.describe(),
                          query_image=query.image_label)
 
-    def rerank(self, query: str | None, images: Sequence[ImageSource], *, query_image: ImageSource | None = None,
+    def rerank(self, query: str | None, images: Sequence[ImageSource | None] | None = None, *,
+               texts: Sequence[str | None] | None = None, query_image: ImageSource | None = None,
                score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,
                preset: str | None = None, instruction: str | None = None, normalize: bool = False,
                tie_epsilon: float = DEFAULT_TIE_EPSILON, raise_on_error: bool | Unset = UNSET,
                labels: Sequence[str] | None = None, max_side: int | None = None,
                progress: Progress | None = None) -> list[RerankResult]:
-        """Score every image against the query, then rank: best first, ``min(top_k, passing)`` results.
+        """Score every document against the query, then rank: best first, ``min(top_k, passing)`` results.
+
+        A document is an image, a text, or an image with a text (a product photo and its title):
+        ``images`` and ``texts`` give them position by position.
 
         Args:
             query: What the image should show, in Chinese, English or both. Chat control
                 tokens are removed and a query over ``LYCHEE_MAX_QUERY_CHARS`` is cut (each
                 with an :class:`~lychee.messages.InputWarning`). Without ``query_image`` an
                 empty query raises ``ValueError``; with one it may be empty or None.
-            images: File paths, PIL images or raw bytes, in any mix. An image that cannot be
-                used gets score 0.0 and an ``error`` and sinks to the bottom.
+            images: File paths, PIL images or raw bytes, in any mix; None for a document that is
+                a text alone. An image that cannot be used gets score 0.0 and an ``error`` and
+                sinks to the bottom.
+            texts: A text for each document (None or "" for none), the same length as ``images``,
+                or, without ``images``, the documents themselves. In the prompt each comes after
+                its image; it is cleaned like the query (control tokens removed, cut at
+                ``LYCHEE_MAX_DOCUMENT_CHARS``, each with an ``InputWarning``). A text-only document
+                costs no vision-tower time; one with neither image nor text gets an ``error``.
             query_image: A reference image (path, PIL image or bytes) for "images like this
                 one" (with ``query`` text: "like this one, but ..."). One that cannot be read
                 refuses the request (``UserError`` ``bad_query_image``).
@@ -320,18 +355,32 @@ class LycheeReranker:
             >>> reranker.rerank("a black cat on a red sofa", ["a.jpg", "b.jpg"], top_k=1)
             [RerankResult(rank=1, index=1, source='b.jpg', score=8.7, ...)]
             >>> reranker.rerank("", ["a.jpg", "b.jpg"], query_image="reference.jpg")  # images like this one
+            >>> reranker.rerank("red running shoes", ["a.jpg", None], texts=["Trail shoe, red", "Red sneaker"])
         """
         settings = resolve_settings(preset, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
                                     tie_epsilon=tie_epsilon, max_side=self.max_side if max_side is None else max_side)
         if raise_on_error is UNSET:
             raise_on_error = settings.preset.raise_on_error if settings.preset else False
         request = build_request(query, settings, self.limits, instruction=instruction, image=query_image)
-        warn(request.notices)
-        records = self.score_request(request, images, labels=labels, progress=progress)
+        documents = None if texts is None else prepare_texts(texts, self.limits)
+        warn(request.notices + (documents.notices if documents else ()))
+        records = self.score_request(request, images, texts=documents, labels=labels, progress=progress)
         failures = [r.error for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
         return ranking.split_with(records, settings)[0]
+
+
+def _candidates(images: Sequence[ImageSource | None] | None,
+                documents: DocumentTexts | None) -> tuple[list[ImageSource | None], list[str]]:
+    """Each document's image (None: none) and text ("" : none), position by position."""
+    if images is None and documents is None:
+        raise ValueError("give images, texts or both")
+    if images is not None and documents is not None and len(images) != len(documents):
+        raise ValueError(f"got {len(documents)} texts for {len(images)} images")
+    count = len(images) if images is not None else len(documents)
+    return (list(images) if images is not None else [None] * count,
+            list(documents.texts) if documents is not None else [""] * count)
 
 
 def _relevance(p_yes: float | Exception) -> tuple[float, str, str | None]:

@@ -58,7 +58,7 @@ def test_rerank_urls_is_the_only_documented_endpoint(client):
     assert set(api["named_endpoints"]) == {"/rerank_urls", "/calibrate", "/explain_url"}
     assert not api["unnamed_endpoints"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/rerank_urls"]["parameters"]]
-    assert names == ["query", "image_urls", *list(API_ARGUMENTS)[2:-1], "query_image_url"]
+    assert names == ["query", "image_urls", *list(API_ARGUMENTS)[2:-1], "query_image_url", "texts"]
 
 
 def test_result_follows_the_documented_schema(everything):
@@ -280,3 +280,35 @@ def test_a_query_image_url_that_is_not_text_is_a_bilingual_validation_error(clie
         client.predict("", [data_uri(Path(batch[0]).read_bytes())], query_image_url=["http://a.example/x.png"],
                        api_name="/rerank_urls")
     assert "必须是文本" in str(refused.value) and "attribute" not in str(refused.value)
+
+
+def test_rerank_urls_takes_a_text_per_document_and_text_only_documents(client, batch, tiny_checkpoint):
+    from lychee import LycheeReranker
+
+    from .test_url_images import data_uri
+
+    urls = [data_uri(Path(p).read_bytes()) for p in batch[:2]] + ["", data_uri(Path(batch[2]).read_bytes())]
+    texts = ["Black cat on a red sofa", "", "A cat <|im_end|> asleep", ""]
+    data = client.predict(QUERY, urls, texts=texts, api_name="/rerank_urls")
+    assert data["counts"] == {"images": 4, "results": 4, "filtered_out": 0, "errors": 0, "skipped": 0}
+    by_index = {r["index"]: r for r in data["results"]}
+    assert [by_index[i]["source"] for i in range(4)] == ["image 1", "image 2", "“A cat asleep”", "image 4"]
+    assert [w["code"] for w in data["warnings"]] == ["document_control_tokens"]
+    library = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32")
+    expected = library.score(QUERY, [Path(batch[0]).read_bytes(), Path(batch[1]).read_bytes(), None,
+                                     Path(batch[2]).read_bytes()], texts=texts)
+    assert [by_index[i]["raw_score"] for i in range(4)] == pytest.approx([r.raw_score for r in expected], abs=1e-5)
+
+
+@pytest.mark.parametrize(("texts", "message"), [
+    (["one"], "got 1 texts for 2 documents"),
+    ([1, 2], "texts must be a list of strings"),
+])
+def test_rerank_urls_refuses_texts_that_do_not_fit(client, batch, texts, message):
+    from gradio_client.exceptions import AppError
+
+    from .test_url_images import data_uri
+
+    urls = [data_uri(Path(p).read_bytes()) for p in batch[:2]]
+    with pytest.raises(AppError, match=message):
+        client.predict(QUERY, urls, texts=texts, api_name="/rerank_urls")

@@ -222,6 +222,26 @@ def test_a_reference_image_alone_is_a_query_and_is_shown_beside_number_one(any_p
     screenshot(page, "4-reference-image")
 
 
+def test_captions_from_the_file_names_are_scored_with_their_images(any_page, image_dir, tiny_checkpoint):
+    from lychee import LycheeReranker
+
+    page = any_page
+    paths = sorted(image_dir.glob("good*.png"))[:2]
+    upload(page, paths)
+    keep_every_score(page)
+    page.get_by_text("Captions (optional, e.g. product titles)").click()
+    page.get_by_role("button", name="Use the file names").click()
+    page.wait_for_function("() => document.querySelector('#lychee-captions textarea').value === 'good0\\ngood1'")
+    run_and_wait(page, "a red square")
+    expected = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32").score(
+        "a red square", paths, texts=["good0", "good1"])
+    cells = page.locator("#lychee-table [role=gridcell]").all_inner_texts()
+    assert all(f"{r.raw_score:.2f}" in cells for r in expected)
+    wait_until_results_top_is_in_view(page)
+    page.wait_for_timeout(600)
+    screenshot(page, "5-captions")
+
+
 # --- Why this score? ------------------------------------------------------------------------------
 
 PHOTOS = [EXAMPLES / name for name in ("cat.jpg", "coffee.jpg", "rocket.jpg")]
@@ -238,7 +258,8 @@ def test_why_this_score_shows_number_one_beside_its_map_with_a_line_per_stronges
     captions = run_and_wait(page, "a cat's face, close up")
     button = page.locator("#lychee-explain-button")
     first = captions[0].split("\n")[1]
-    assert button.inner_text() == f"Why this score? · #1 {first}"
+    page.wait_for_function("text => document.querySelector('#lychee-explain-button').innerText.trim() === text",
+                           arg=f"Why this score? · #1 {first}")
     assert not page.locator("#lychee-explain-slider").is_visible()  # nothing is scored before it is asked
     button.click()
     lines = map_lines(page)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import json
 
 import pytest
 
@@ -67,7 +67,7 @@ def test_calibrate_is_an_mcp_tool(demo_url):
             "scores", "labels", "report", "target_precision", "queries"}
         result = await session.call_tool("calibrate", {"scores": SCORES, "labels": LABELS, "target_precision": 0.7})
         assert not result.isError, result.content
-        return ast.literal_eval(result.content[0].text)  # Gradio 6.31 renders the result with str()
+        return json.loads(result.content[0].text)  # JSON text, not Gradio 6.31's str() of the dict
 
     data = with_session(demo_url, work)
     assert data["threshold"] == 7.5 and data["recommended"]["recall"] == 1.0

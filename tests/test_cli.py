@@ -188,7 +188,7 @@ def test_instruction_control_tokens_are_removed_with_a_warning_on_stderr(capsys,
     ([QUERY, ".", "--max-pixels", "100", "--min-pixels", "200"], "--min-pixels 200 is above --max-pixels 100"),
     ([QUERY, ".", "--preset", "fast"], "invalid choice: 'fast'"),
     ([QUERY, ".", "--format", "xml"], "invalid choice: 'xml'"),
-    ([QUERY], "the following arguments are required: PATH"),
+    ([QUERY], "give image files or folders, --documents FILE.jsonl, or both"),
     ([QUERY, ".", "--chunk-size", "500"], "--chunk-size 500 is above the limit of 200 images per request"),
     ([QUERY, ".", "-o", "missing/report.md"], "cannot write 'missing/report.md': no such folder 'missing'"),
 ])
@@ -278,3 +278,39 @@ def test_an_unreadable_query_image_is_a_usage_error(capsys, tiny_checkpoint, tre
 def test_without_a_query_image_the_query_text_is_required(capsys, tree):
     code, _, err = run(capsys, "", str(tree))
     assert code == EXIT_USAGE and "the query is empty" in err
+
+
+@pytest.fixture(scope="module")
+def documents_file(tree: Path) -> Path:
+    """Image+text, text and image documents, image paths relative to the file, one without content."""
+    path = tree / "b" / "documents.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"image": "../a.png", "text": "Red square, 48 px"}),
+        json.dumps({"text": "A green <|im_end|> rectangle"}),
+        json.dumps({"image": "d.webp"}),
+        json.dumps({}),
+    ]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_documents_rank_with_their_texts_beside_plain_image_paths(capsys, tiny_checkpoint, tree, documents_file,
+                                                                tiny_reranker):
+    code, report, err = rank_json(capsys, tiny_checkpoint, str(tree / "c.JPG"), "--documents", str(documents_file))
+    assert code == EXIT_OK
+    assert report["counts"] == {"images": 5, "results": 4, "filtered_out": 0, "errors": 1, "skipped": 0}
+    by_index = {r["index"]: r for r in report["results"] + report["errors"]}
+    assert [Path(by_index[i]["source"]).name for i in (0, 1, 3)] == ["c.JPG", "a.png", "d.webp"]
+    assert by_index[2]["source"] == "“A green rectangle”"
+    assert by_index[4]["error"] == "document 5 'document 5': no image and no text"
+    assert [w["code"] for w in report["warnings"]] == ["document_control_tokens"]
+    assert "document(s) 3" in err
+    expected = tiny_reranker.score(QUERY, [str(tree / "c.JPG"), str(tree / "a.png"), None, str(tree / "b" / "d.webp")],
+                                   texts=[None, "Red square, 48 px", "A green   rectangle", None])
+    assert [by_index[i]["raw_score"] for i in range(4)] == pytest.approx([r.raw_score for r in expected], abs=1e-4)
+
+
+def test_a_bad_documents_file_is_a_usage_error_naming_the_line(capsys, tiny_checkpoint, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"image": 3}\n', encoding="utf-8")
+    code, _, err = run(capsys, QUERY, "--documents", str(path), "--model", str(tiny_checkpoint))
+    assert code == EXIT_USAGE and 'bad.jsonl line 2: "image" must be a string' in err

@@ -86,11 +86,12 @@ def test_an_image_query_adds_the_query_images_tokens_to_every_row(engine):
     batches: list[list[int]] = []
     backend = TransformersBackend(recording(engine, batches), batch_size=4)
     seen: list[int] = []
-    backend._batched = lambda images, fn, progress, fixed_tokens: seen.append(fixed_tokens) or [0.5] * len(images)
+    backend._batched = lambda items, fn, progress, cost: seen.extend(map(cost, items)) or [0.5] * len(items)
     messages = protocol.rerank_messages("", query_image=True)
-    query = images_of([(392, 308)])[0]
-    backend.relevance(messages, images_of([(56, 56)]), query_image=query)
-    assert seen == [engine.text_tokens(engine.render(messages)) + engine.visual_tokens(query)]
+    query, image = images_of([(392, 308), (56, 56)])
+    backend.relevance(messages, [image], query_image=query)
+    assert seen == [engine.text_tokens(engine.render(messages)) + engine.visual_tokens(query)
+                    + engine.visual_tokens(image)]
 
 
 def test_out_of_memory_backs_off_and_still_scores_every_image(engine, caplog):

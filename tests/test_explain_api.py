@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def test_the_mcp_tool_answers_with_the_json_and_the_overlay_image(demo_url):
     arguments = {"query": QUERY, "grid": "2", "image_url": data_uri(CAT.read_bytes(), "image/jpeg")}
     tools, result = call_tool(demo_url, arguments, with_progress=True)
     assert "explain_url" in tools and "explain" not in tools and not result.isError
-    assert result.content[0].type == "text" and "'schema_version': 1" in result.content[0].text
+    assert result.content[0].type == "text" and json.loads(result.content[0].text)["schema_version"] == 1
     image = next(part for part in result.content if part.type == "image")
     assert Image.open(io.BytesIO(base64.b64decode(image.data))).width == 448
 

@@ -3,8 +3,8 @@ launched app (tiny random checkpoint)."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
+import json
 
 import pytest
 
@@ -31,7 +31,7 @@ def call_rerank_urls(demo_url: str, arguments: dict) -> dict:
     async def work(session):
         result = await session.call_tool("rerank_urls", arguments)
         assert not result.isError, result.content
-        return ast.literal_eval(result.content[0].text)  # Gradio 6.31 renders the result with str()
+        return json.loads(result.content[0].text)  # JSON text, not Gradio 6.31's str() of the dict
 
     return with_session(demo_url, work)
 
@@ -43,7 +43,7 @@ def test_the_url_tool_is_listed_with_every_argument_described_and_rerank_is_not(
     schema = by_name["rerank_urls"].inputSchema
     assert schema["required"] == ["query", "image_urls"]
     assert set(schema["properties"]) == {"query", "image_urls", "preset", "score_threshold", "top_k", "instruction",
-                                         "normalize", "tie_epsilon", "max_side", "query_image_url"}
+                                         "normalize", "tie_epsilon", "max_side", "query_image_url", "texts"}
     assert all(prop.get("description") for prop in schema["properties"].values())
 
 

@@ -2,7 +2,8 @@
 
 The reranker owns everything a person sees - text cleaning, image loading and its errors,
 labels, progress, ranking - and hands each backend only the chat messages of one query
-(``lychee.protocol``, the same for every backend) and the decoded, pre-scaled images. A
+(``lychee.protocol``, the same for every backend), the decoded, pre-scaled images and, for
+documents that carry text, their cleaned texts. A
 backend answers with one result per image, in input order: p(yes) of the lychee protocol,
 or the exception that image raised, so one failing image never costs the others theirs.
 A problem with the whole request (a server that is down) is raised instead.
@@ -19,6 +20,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from PIL import Image
 
 from ..images import fit_to_budget
+from ..protocol import with_document
 from .packing import Budget, pack
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,16 @@ class Backend(Protocol):
     min_pixels: int    # the pixel budget each image is resized into (N visual tokens = N x 28 x 28 pixels)
     max_pixels: int
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
-                  query_image: Image.Image | None = None) -> list[float | Exception]:
-        """p(yes) of each image under ``messages``, in input order, or the exception that image
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image | None], progress: Progress | None = None,
+                  query_image: Image.Image | None = None,
+                  texts: Sequence[str] | None = None) -> list[float | Exception]:
+        """p(yes) of each candidate under ``messages``, in input order, or the exception that candidate
         raised. The last ``{"type": "image"}`` part is the candidate; with ``query_image`` there is
-        one before it, the query image, the same in every pair."""
+        one before it, the query image, the same in every pair.
+
+        ``texts`` (one per candidate, ``""`` for none) make the candidates documents that carry
+        text: candidate ``i`` is then ``images[i]`` followed by ``texts[i]``, laid out by
+        :func:`lychee.protocol.with_document`, and ``images[i]`` may be None (a text alone)."""
 
     def describe(self) -> dict[str, str]:
         """What scores: ``backend``, ``model``, ``device``, ``dtype``, ``attention``, ``visual_tokens``."""
@@ -50,6 +57,24 @@ def visual_tokens_range(backend: Backend) -> str:
     """The pixel budget as visual tokens per image, ``min-max`` (``4-1280`` by the model card)."""
     per_token = 28 * 28
     return f"{backend.min_pixels // per_token}-{backend.max_pixels // per_token}"
+
+
+Document = tuple[Image.Image | None, str]  # a candidate as a backend scores it: its image (or None), its text
+
+
+def candidate_documents(images: Sequence[Image.Image | None], texts: Sequence[str] | None) -> list[Document]:
+    """(image, text) of each candidate: ``texts`` None means image candidates without text."""
+    if texts is not None and len(texts) != len(images):
+        raise ValueError(f"got {len(texts)} texts for {len(images)} candidates")
+    pairs = list(zip(images, texts if texts is not None else [""] * len(images)))
+    if any(image is None and not text for image, text in pairs):
+        raise ValueError("a candidate needs an image, a text or both")
+    return pairs
+
+
+def document_messages(messages: list[dict], image: Image.Image | None, text: str) -> list[dict]:
+    """``messages`` with one candidate document in place of the candidate image."""
+    return with_document(messages, image=image is not None, text=text)
 
 
 def budget_sized(backend: Backend, images: Sequence[Image.Image]) -> list[Image.Image]:

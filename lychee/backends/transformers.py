@@ -33,7 +33,15 @@ from transformers.utils import is_flash_attn_2_available
 from .. import protocol
 from ..images import PixelBudget, visual_tokens
 from ..zero_gpu import on_zero_gpu
-from .base import Progress, budget_sized, run_batched, visual_tokens_range
+from .base import (
+    Document,
+    Progress,
+    budget_sized,
+    candidate_documents,
+    document_messages,
+    run_batched,
+    visual_tokens_range,
+)
 from .packing import MAX_ROWS, UNLIMITED, Budget, cpu_cache_bytes, tokens_for_cache, tokens_for_memory
 from .vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
 
@@ -291,6 +299,8 @@ class Engine:
 
     def image_features(self, images: Sequence[Image.Image]) -> list[VisionFeatures]:
         """Each image's vision-tower output; images in the vision cache skip processor and tower."""
+        if not images:
+            return []
         keys = self._cache_keys(images) if self.vision_cache.enabled else None
         features = [self.vision_cache.get(key) for key in keys] if keys else [None] * len(images)
         missing = [i for i, found in enumerate(features) if found is None]
@@ -312,33 +322,44 @@ class Engine:
         embeds = self.model.get_image_features(patches, grids).pooler_output  # n x [t*h*w/4, hidden]
         return [VisionFeatures(tuple(grid), embed) for grid, embed in zip(grids.tolist(), embeds)]
 
-    def _text_inputs(self, prompt: str, visual_tokens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """The tokenised prompts: in row i, the k-th image placeholder widened to ``visual_tokens[i][k]`` tokens."""
+    def _text_inputs(self, prompts: Sequence[str], visual_tokens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """The tokenised prompts: in row i, ``prompts[i]`` with its k-th image placeholder widened to
+        ``visual_tokens[i][k]`` tokens."""
         placeholder = self.processor.image_token
-        pieces = prompt.split(placeholder)  # one more than the image parts
-        texts = ["".join(piece + placeholder * n for piece, n in zip(pieces, row)) + pieces[-1]
-                 for row in visual_tokens]
+        texts = []
+        for prompt, row in zip(prompts, visual_tokens):
+            pieces = prompt.split(placeholder)  # one more than the image parts
+            texts.append("".join(piece + placeholder * n for piece, n in zip(pieces, row)) + pieces[-1])
         tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
         input_ids = tokens["input_ids"].to(self.device)         # [batch, seq], left-padded
         return {"input_ids": input_ids, "attention_mask": tokens["attention_mask"].to(self.device),
                 "mm_token_type_ids": (input_ids == self.processor.image_token_id).long()}  # 1 = image token
 
     @torch.inference_mode()
-    def relevance_logits(self, prompt: str, images: Sequence[Image.Image],
+    def relevance_logits(self, prompt: str | Sequence[str], images: Sequence[Image.Image | None],
                          query: VisionFeatures | None = None) -> torch.Tensor:
         """``[batch]`` float32 z_yes - z_no at each row's last position; p(yes) is its sigmoid.
 
-        ``query``: the query image's features, computed once by the caller and shared by every
-        row; ``prompt`` then has two image parts, the query image's first.
+        ``prompt``: one for every row, or one per row (documents that carry text). A row whose
+        image is None is a text alone: its prompt has no candidate image part and it never
+        reaches the vision tower. ``query``: the query image's features, computed once by the
+        caller and shared by every row; each prompt then has the query image's part first.
         """
-        features = self.image_features(images)                  # per image: [visual tokens_i, hidden]
-        rows = [[query, f] if query is not None else [f] for f in features]  # each row's images, in prompt order
-        inputs = self._text_inputs(prompt, [[len(x.embeds) for x in row] for row in rows])
+        prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        with_image = [i for i, image in enumerate(images) if image is not None]
+        features: list[VisionFeatures | None] = [None] * len(images)
+        for i, computed in zip(with_image, self.image_features([images[i] for i in with_image])):
+            features[i] = computed                              # [visual tokens_i, hidden]
+        rows = [[x for x in (query, f) if x is not None] for f in features]  # each row's images, in prompt order
+        inputs = self._text_inputs(prompts, [[len(x.embeds) for x in row] for row in rows])
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])  # [batch, seq, hidden]
         image_positions = inputs["input_ids"] == self.processor.image_token_id  # [batch, seq]
-        # Row-major order of the positions is image order, so the concatenated features land in place.
-        embeds[image_positions] = torch.cat([x.embeds.to(self.device) for row in rows for x in row]).to(embeds.dtype)
-        grids = torch.tensor([x.grid_thw for row in rows for x in row], device=self.device)  # [images, 3]
+        grids = None                                            # a batch of texts alone has no image
+        if any(rows):
+            # Row-major order of the positions is image order, so the concatenated features land in place.
+            embeds[image_positions] = torch.cat([x.embeds.to(self.device) for row in rows for x in row]
+                                                ).to(embeds.dtype)
+            grids = torch.tensor([x.grid_thw for row in rows for x in row], device=self.device)  # [images, 3]
         # input_ids ride along only for the model to derive its 3D (M-RoPE) positions from them and
         # the grids, exactly as in a plain call; the embeddings come from inputs_embeds.
         hidden = self.model.model(**inputs, inputs_embeds=embeds, image_grid_thw=grids,
@@ -394,35 +415,47 @@ class TransformersBackend:
         return {"backend": self.name, "model": e.model_id, "device": str(e.device), "dtype": e.dtype_name,
                 "attention": e.attention, "visual_tokens": visual_tokens_range(self)}
 
-    def _batched(self, images: Sequence[Image.Image], fn: Any, progress: Progress | None, *,
-                 fixed_tokens: int) -> list[Any]:
-        """``fn`` over ``images`` in batches packed by tokens: ``fixed_tokens`` (the prompt, and the
-        query image's visual tokens) plus each image's visual tokens make a row."""
-        return run_batched(images, lambda batch: self.engine.with_attention_fallback(lambda: fn(batch)),
-                           budget=self.engine.budget(self.batch_size),
-                           cost=lambda image: fixed_tokens + self.engine.visual_tokens(image), progress=progress,
+    def _batched(self, items: Sequence[T], fn: Any, progress: Progress | None, *,
+                 cost: Callable[[T], int]) -> list[Any]:
+        """``fn`` over ``items`` in batches packed by tokens: ``cost`` gives an item's row length."""
+        return run_batched(items, lambda batch: self.engine.with_attention_fallback(lambda: fn(batch)),
+                           budget=self.engine.budget(self.batch_size), cost=cost, progress=progress,
                            out_of_memory=is_out_of_memory)
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
-                  query_image: Image.Image | None = None) -> list[float | Exception]:
-        prompt = self.engine.render(messages)
-        images = budget_sized(self, images)
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image | None], progress: Progress | None = None,
+                  query_image: Image.Image | None = None,
+                  texts: Sequence[str] | None = None) -> list[float | Exception]:
+        pairs = [(budget_sized(self, [image])[0] if image is not None else None, text)
+                 for image, text in candidate_documents(images, texts)]
+        prompts = {(image is not None, text): self.engine.render(document_messages(messages, image, text))
+                   for image, text in pairs}                   # one per kind of document and text
+        prompt_tokens = {key: self.engine.text_tokens(prompt) for key, prompt in prompts.items()}
+
+        def score(batch: list[Document]) -> list[float]:
+            batch_prompts = [prompts[image is not None, text] for image, text in batch]
+            return self.engine.relevance_logits(batch_prompts, [image for image, _ in batch], query).sigmoid().tolist()
+
         with self._lock:  # the query image goes through the vision tower once, for every batch
             query = (self.engine.with_attention_fallback(
                 lambda: self.engine.image_features(budget_sized(self, [query_image]))[0])
                 if query_image is not None else None)
-            fixed = self.engine.text_tokens(prompt) + (len(query.embeds) if query is not None else 0)
-            return self._batched(
-                images, lambda batch: self.engine.relevance_logits(prompt, batch, query).sigmoid().tolist(), progress,
-                fixed_tokens=fixed)
+            query_tokens = len(query.embeds) if query is not None else 0
+
+            def cost(pair: Document) -> int:  # a row: its prompt's text, the query image's and its image's tokens
+                image, text = pair
+                visual = self.engine.visual_tokens(image) if image is not None else 0
+                return prompt_tokens[image is not None, text] + query_tokens + visual
+
+            return self._batched(pairs, score, progress, cost=cost)
 
     def generate(self, messages: list[dict], images: Sequence[Image.Image],
                  progress: Progress | None = None) -> list[str | Exception]:
         """The model's greedy answer for each image (generate mode), or the exception it raised."""
         prompt = self.engine.render(messages)
         with self._lock:
+            fixed = self.engine.text_tokens(prompt)
             return self._batched(budget_sized(self, images), lambda batch: self.engine.generate(prompt, batch),
-                                 progress, fixed_tokens=self.engine.text_tokens(prompt))
+                                 progress, cost=lambda image: fixed + self.engine.visual_tokens(image))
 
 
 def load(model: str, *, device: str = "auto", dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

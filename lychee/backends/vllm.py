@@ -23,7 +23,15 @@ from PIL import Image
 from vllm import LLM
 
 from .. import protocol
-from .base import Progress, budget_sized, run_batched, visual_tokens_range
+from .base import (
+    Document,
+    Progress,
+    budget_sized,
+    candidate_documents,
+    document_messages,
+    run_batched,
+    visual_tokens_range,
+)
 from .packing import Budget
 from .transformers import load_processor
 
@@ -71,21 +79,28 @@ class VllmBackend:
         return {"backend": self.name, "model": self.model_id, "device": self.device, "dtype": self.dtype,
                 "attention": "vllm", "visual_tokens": visual_tokens_range(self)}
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
-                  query_image: Image.Image | None = None) -> list[float | Exception]:
-        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        images = budget_sized(self, images)
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image | None], progress: Progress | None = None,
+                  query_image: Image.Image | None = None,
+                  texts: Sequence[str] | None = None) -> list[float | Exception]:
+        pairs = [(budget_sized(self, [image])[0] if image is not None else None, text)
+                 for image, text in candidate_documents(images, texts)]
+        prompts = {(image is not None, text): self.processor.apply_chat_template(
+            document_messages(messages, image, text), tokenize=False, add_generation_prompt=True)
+            for image, text in pairs}
         query_image = budget_sized(self, [query_image])[0] if query_image is not None else None
 
-        def pair(image: Image.Image) -> dict[str, Any]:  # the images in prompt order: query image, then candidate
-            return {"prompt": prompt, "multi_modal_data": {"image": [query_image, image] if query_image else image}}
+        def pair(document: Document) -> dict[str, Any]:  # the images in prompt order: query image, then candidate
+            image, text = document
+            shown = [x for x in (query_image, image) if x is not None]
+            prompt = {"prompt": prompts[image is not None, text]}
+            return prompt | ({"multi_modal_data": {"image": shown if len(shown) > 1 else shown[0]}} if shown else {})
 
-        def classify(batch: list[Image.Image]) -> list[float]:
-            outputs = self.llm.classify([pair(image) for image in batch], use_tqdm=False)
+        def classify(batch: list[Document]) -> list[float]:
+            outputs = self.llm.classify([pair(document) for document in batch], use_tqdm=False)
             return [output.outputs.probs[0] for output in outputs]  # probs == [p(yes)]
 
         with self._lock:  # a failing call is retried pair by pair, so one bad pair fails alone
-            return run_batched(images, classify, budget=Budget(rows=PROGRESS_CHUNK), progress=progress)
+            return run_batched(pairs, classify, budget=Budget(rows=PROGRESS_CHUNK), progress=progress)
 
 
 def load(model: str, *, dtype: str = "auto", min_pixels: int = protocol.MIN_PIXELS,

@@ -33,7 +33,7 @@ from PIL import Image
 from .. import protocol
 from ..messages import UserError
 from . import SERVER_URL_ENV_VAR
-from .base import Progress, budget_sized, visual_tokens_range
+from .base import Progress, budget_sized, candidate_documents, document_messages, visual_tokens_range
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,10 @@ class VllmServerBackend:
             body["mm_processor_kwargs"] = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
         return body
 
-    def _score_one(self, messages: list[dict], image: Image.Image, query_uri: str | None) -> float:
-        uri = png_data_uri(budget_sized(self, [image])[0])
-        uris = [query_uri, uri] if query_uri else [uri]
+    def _score_one(self, messages: list[dict], image: Image.Image | None, text: str, query_uri: str | None) -> float:
+        messages = document_messages(messages, image, text)
+        uris = [*([query_uri] if query_uri else []),
+                *([png_data_uri(budget_sized(self, [image])[0])] if image is not None else [])]
         try:
             response = self.client.post("/classify", json=self._body(messages, uris))
         except httpx.ConnectError as exc:
@@ -149,13 +150,16 @@ class VllmServerBackend:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise PairError(f"the vLLM server's answer has no p(yes): {response.text[:200]}") from exc
 
-    def relevance(self, messages: list[dict], images: Sequence[Image.Image], progress: Progress | None = None,
-                  query_image: Image.Image | None = None) -> list[float | Exception]:
-        results: list[float | Exception] = [PairError("not scored")] * len(images)
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(images))))
+    def relevance(self, messages: list[dict], images: Sequence[Image.Image | None], progress: Progress | None = None,
+                  query_image: Image.Image | None = None,
+                  texts: Sequence[str] | None = None) -> list[float | Exception]:
+        pairs = candidate_documents(images, texts)
+        results: list[float | Exception] = [PairError("not scored")] * len(pairs)
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(pairs))))
         try:
             query_uri = png_data_uri(budget_sized(self, [query_image])[0]) if query_image is not None else None
-            pending = {pool.submit(self._score_one, messages, image, query_uri): i for i, image in enumerate(images)}
+            pending = {pool.submit(self._score_one, messages, image, text, query_uri): i
+                       for i, (image, text) in enumerate(pairs)}
             for done, future in enumerate(as_completed(pending), start=1):
                 try:
                     results[pending[future]] = future.result()
@@ -163,7 +167,7 @@ class VllmServerBackend:
                     log.warning("image %d: %s", pending[future] + 1, exc)
                     results[pending[future]] = exc
                 if progress:
-                    progress(done, len(images))
+                    progress(done, len(pairs))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # a request error cancels the pairs not yet sent
         return results

@@ -8,7 +8,7 @@ JSON and overlay. All refuse bad input with both languages' words."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import gradio as gr
 from PIL import Image
 
 from .. import calibration
+from ..documents import text_label
 from ..explain import Explanation
 from ..limits import Limits
 from ..messages import UserError, printable
@@ -49,6 +50,18 @@ def refuse(exc: UserError) -> gr.Error:
     """An API refusal: both languages for the caller, one log line and no traceback here."""
     log.info("refused request: %s", printable(exc))
     return gr.Error(exc.bilingual(), print_exception=False)
+
+
+def with_documents(job: Job, urls: Sequence[str], limits: Limits) -> Job:
+    """``job`` with each document's image fetched from ``urls`` - the bytes, or the refusal - and its
+    name (the URL's file name). A document whose URL is "" has no image: a text alone, or, without a
+    text, a document that fails as having neither."""
+    texts = job.texts.texts if job.texts else ("",) * len(urls)
+    wanted = [i for i, url in enumerate(urls) if url.strip()]
+    fetched = dict(zip(wanted, fetch_images([urls[i] for i in wanted], limits)))
+    labels = [url_label(url, i) if i in fetched else text_label(texts[i]) if texts[i] else f"document {i + 1}"
+              for i, url in enumerate(urls)]
+    return replace(job, images=tuple(fetched.get(i) for i in range(len(urls))), labels=tuple(labels))
 
 
 def uploaded_files(files: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:
@@ -102,8 +115,9 @@ class RerankApi:
     def rerank_urls(self, query: str, image_urls: list[str], preset: str = "", score_threshold: float | None = None,
                     top_k: int | None = None, instruction: str = "", normalize: bool = False,
                     tie_epsilon: float = DEFAULT_TIE_EPSILON, max_side: int = DEFAULT_MAX_SIDE,
-                    query_image_url: str = "") -> dict[str, Any]:
-        """Score candidate images, given as URLs, against a query (text, an image, or both) with lychee-rerank-mm.
+                    query_image_url: str = "", texts: list[str] | None = None) -> dict[str, Any]:
+        """Score candidate documents - images given as URLs, texts, or both - against a query (text, an image,
+        or both) with lychee-rerank-mm.
 
         Returns JSON with schema_version 4: "query_kind" (text, image or image+text), "results"
         (best first; each has rank, index, source, score 0-10, raw_score, tied, raw_output,
@@ -129,10 +143,15 @@ class RerankApi:
             max_side: Longest image side in pixels before scoring (a whole number, 64-4096); smaller is faster.
             query_image_url: Optional reference image, for "images like this one" (with query text: "like this
                 one, but ..."): a data: URI or a public http(s) URL; "" for none. One that fails refuses the request.
+            texts: Optional text of each document, one per entry of image_urls ("" for none), e.g. a product's
+                title beside its photo; with image URL "" the document is the text alone. Cleaned like the query
+                and cut at 4000 characters.
         """
         try:
             if not isinstance(image_urls, list) or not all(isinstance(u, str) for u in image_urls):
                 raise UserError("bad_urls", value=repr(image_urls)[:80])
+            if texts is not None and (not isinstance(texts, list) or not all(isinstance(t, str) for t in texts)):
+                raise UserError("bad_texts", value=repr(texts)[:80])
             if not isinstance(query_image_url, str | None):
                 raise UserError("not_text", field="query_image_url", value=repr(query_image_url)[:80])
             reference = None
@@ -141,8 +160,8 @@ class RerankApi:
             form = Form(query, preset, score_threshold, top_k, instruction, normalize, tie_epsilon, max_side,
                         query_image=reference, query_image_label=url_label(query_image_url, 0) if reference else None)
             # Refuse bad settings before fetching the candidates.
-            job = accept(form, image_urls, self.limits, labels=[url_label(url, i) for i, url in enumerate(image_urls)])
-            return self._answer(replace(job, images=tuple(fetch_images(image_urls, self.limits))))
+            job = accept(form, image_urls, self.limits, texts=texts)
+            return self._answer(with_documents(job, image_urls, self.limits))
         except UserError as exc:
             raise refuse(exc) from None
 

@@ -35,7 +35,19 @@ from .components import Blocks, ReferenceImage
 from .explaining import button_label, chosen_result, explain, page_job, slider_images, summary_markdown
 from .gpu import GpuExplaining, GpuScoring
 from .i18n import Language, text
-from .service import Form, ModelSlot, RerankOutcome, accept, remove_older_than, rerank
+from .mcp_json import json_tools
+from .rest_routes import RestApi
+from .rest_routes import routes as rest_routes
+from .service import (
+    Form,
+    ModelSlot,
+    RerankOutcome,
+    accept,
+    caption_lines,
+    captions_from_names,
+    remove_older_than,
+    rerank,
+)
 from .view import (
     download_stem,
     filtered_gallery,
@@ -169,6 +181,7 @@ class RerankDemo:
                 with gr.Column(scale=7, min_width=340, elem_id="lychee-results"):
                     self._build_results()
             RerankApi(self.slot, self.score_on_gpu).wire()
+            RestApi(self.slot, self.score_on_gpu).wire(demo)
             ExplainApi(self.slot, self.explain_on_gpu).wire()
             self._wire(demo)
         demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
@@ -190,6 +203,11 @@ class RerankDemo:
                          interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
         self.samples = sample_images()
         self.sample_button = tr(gr.Button, {"value": "sample_button"}, size="sm", visible=bool(self.samples))
+        # Optional: a text per image (a product title...), typed or taken from the file names.
+        with tr(gr.Accordion, {"label": "captions_label"}, open=False):
+            self.captions = tr(gr.Textbox, {"placeholder": "captions_placeholder", "info": "captions_info"},
+                               lines=3, max_lines=12, show_label=False, elem_id="lychee-captions")
+            self.captions_button = tr(gr.Button, {"value": "captions_button"}, size="sm")
         queries = example_queries()
         self.examples = gr.Examples([[q] for q in queries], inputs=[self.query], examples_per_page=9,
                                     label=text("examples_label", DEFAULT_LANGUAGE)) if queries else None
@@ -274,7 +292,7 @@ class RerankDemo:
         run_triggers = [self.run_button.click, self.query.submit]
         gr.on(run_triggers, None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
-        ran = gr.on(run_triggers, self.run, inputs={self.lang, self.images, *self.form_fields.values()},
+        ran = gr.on(run_triggers, self.run, inputs={self.lang, self.images, self.captions, *self.form_fields.values()},
                     outputs=[self.outcome, *self.results, *self.explain_parts], show_progress_on=[self.status],
                     api_visibility="private", concurrency_id="gpu")
         ran.success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
@@ -295,6 +313,8 @@ class RerankDemo:
         self.preset.input(self.apply_preset, inputs=[self.preset, self.lang],
                           outputs=[self.threshold, self.top_k, self.preset_info, self.raw_box], **PRIVATE)
         self.sample_button.click(lambda: {self.images: self.samples}, outputs=[self.images], **PRIVATE)
+        self.captions_button.click(lambda gallery: {self.captions: captions_from_names(
+            [Path(path).name for path, _ in gallery or []])}, inputs=[self.images], outputs=[self.captions], **PRIVATE)
         gr.on([demo.load, self.model_timer.tick], self.poll_model, inputs=[self.lang],
               outputs=[self.model_status, self.model_timer], show_progress="hidden", **PRIVATE)
         demo.load(None, js=PICK_LANGUAGE_JS, outputs=[self.lang], **PRIVATE)
@@ -333,17 +353,19 @@ class RerankDemo:
 
         A request the user must fix gets a toast and no updates: the last good results stay on the page."""
         lang = values[self.lang]
-        images = [path for path, _ in values[self.images] or []]
+        gallery = values[self.images] or []
+        images = [path for path, _ in gallery]
+        texts = caption_lines(values[self.captions], len(images))
         # "0 / N images" from the first moment, not Gradio's bare timer.
         waiting = "progress_scoring" if self.slot.settled else "progress_loading"
         progress((0, len(images)), desc=text(waiting, lang), unit=text("progress_unit", lang))
         try:
-            job = accept(self.form(values), images, self.limits)
+            job = accept(self.form(values), images, self.limits, texts=texts)
             outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, lang))
         except UserError as exc:
             gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
             return {self.outcome: gr.skip()}
-        for notice in outcome.request.notices:
+        for notice in outcome.job.notices:
             gr.Warning(notice.text(lang), title=text("toast_notice_title", lang))
         json_path, csv_path = write_downloads(outcome, Path(self.downloads.name))
         chosen = outcome.request.settings.preset
@@ -441,9 +463,11 @@ def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
 
 
 def launch_options(limits: Limits) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP.
+    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP,
+    and ``POST /v1/rerank`` (:mod:`lychee.web.rest_routes`).
 
-    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``).
+    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``), its tools
+    answering in JSON (:mod:`lychee.web.mcp_json`).
     ``show_error`` sends the reason for a refused request to API clients too. Every request
     body is capped (``LYCHEE_MAX_REQUEST_BYTES``; uploads, which go to disk, at
     ``Limits.max_upload_bytes``) before it is read.
@@ -452,7 +476,7 @@ def launch_options(limits: Limits) -> dict[str, Any]:
                             upload_max_bytes=limits.max_upload_bytes, upload_variable=UPLOAD_LIMIT_VARIABLES,
                             upload_paths=[f"{API_PREFIX}/upload"])
     return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
-            "app_kwargs": {"middleware": [body_limit]},
+            "app_kwargs": {"middleware": [body_limit], "routes": rest_routes(), "lifespan": json_tools},
             "allowed_paths": [str(EXAMPLES_DIR / "images")],
             "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
 

@@ -22,9 +22,10 @@ from typing import Any
 
 from .. import protocol
 from ..backends import default_backend
+from ..documents import DocumentTexts, prepare_texts
 from ..images import ImageSource
 from ..limits import Limits
-from ..messages import Language, UserError
+from ..messages import Language, Notice, UserError
 from ..ranking import ScoredImage
 from ..report import Report
 from ..request import Request, build_request
@@ -89,23 +90,48 @@ def form_settings(form: Form) -> Settings:
 
 @dataclass(frozen=True)
 class Job:
-    """An accepted request and its candidate images (paths, bytes, or a refused download's error)."""
+    """An accepted request and its candidates: images (paths, bytes, a refused download's error,
+    or None for a text alone) and, for documents that carry text, their cleaned texts."""
 
     request: Request
-    images: tuple[ImageSource, ...]
+    images: tuple[ImageSource | None, ...]
     labels: tuple[str, ...] | None = None  # a ``source`` name per image (default: from the file name)
+    texts: DocumentTexts | None = None
+
+    @property
+    def notices(self) -> tuple[Notice, ...]:
+        """What cleaning changed in the query and the documents' texts."""
+        return self.request.notices + (self.texts.notices if self.texts else ())
 
 
-def accept(form: Form, images: Sequence[Any], limits: Limits, *, labels: Sequence[str] | None = None) -> Job:
-    """The form as a :class:`Job`: the settings, the query (cleaned, its reference image decoded)
-    and the number of images checked once; ``UserError`` names the first problem."""
+def accept(form: Form, images: Sequence[Any], limits: Limits, *, labels: Sequence[str] | None = None,
+           texts: Sequence[str | None] | None = None) -> Job:
+    """The form as a :class:`Job`: the settings, the query (cleaned, its reference image decoded),
+    the documents' ``texts`` (cleaned; one per image, None or "" for none) and the number of
+    documents checked once; ``UserError`` names the first problem."""
     settings = form_settings(form)
     request = build_request(form.query, settings, limits, instruction=form.instruction or None,
                             image=form.query_image, image_label=form.query_image_label)
     if not images:
         raise UserError("no_images")
     limits.check_image_count(len(images))
-    return Job(request, tuple(images), tuple(labels) if labels is not None else None)
+    if texts is not None and len(texts) != len(images):
+        raise UserError("texts_length", texts=len(texts), images=len(images))
+    documents = prepare_texts(texts, limits) if texts is not None and any(texts) else None
+    return Job(request, tuple(images), tuple(labels) if labels is not None else None, documents)
+
+
+def captions_from_names(names: Sequence[str]) -> str:
+    """One caption a line from file names: ``red-trail_shoe.jpg`` -> ``red trail shoe``."""
+    return "\n".join(re.sub(r"[-_.\s]+", " ", Path(name).stem).strip() for name in names)
+
+
+def caption_lines(captions: str | None, count: int) -> list[str] | None:
+    """The page's captions box as one text per image (a missing or blank line: none); None when empty."""
+    lines = (captions or "").splitlines()
+    if not any(line.strip() for line in lines):
+        return None
+    return [line.strip() for line in lines[:count]] + [""] * max(0, count - len(lines))
 
 
 _PATH = re.compile(r"(?<![\w:/])(?:~|\.{1,2})?(?:/[^\s/'\"]+)+/?")
@@ -239,7 +265,8 @@ class ModelSlot:
 
         Past ``limits.request_timeout_s`` the next progress report raises ``UserError``.
         """
-        return self.get().score_request(job.request, job.images, labels=job.labels, progress=self.deadline(progress))
+        return self.get().score_request(job.request, job.images, texts=job.texts, labels=job.labels,
+                                        progress=self.deadline(progress))
 
     def deadline(self, progress: Progress | None = None) -> Progress:
         """A progress callback that passes reports on to ``progress`` and, past
@@ -273,7 +300,8 @@ class RerankOutcome:
         one the images were scored at."""
         settings = replace(settings, max_side=self.request.settings.max_side)
         job = replace(self.job, request=replace(self.request, settings=settings))
-        report = Report.build(job.request, self.records, model=self.report.model, elapsed_s=self.report.elapsed_s)
+        report = Report.build(job.request, self.records, model=self.report.model, elapsed_s=self.report.elapsed_s,
+                              notices=job.texts.notices if job.texts else ())
         return RerankOutcome(job, self.records, report)
 
 
@@ -288,5 +316,6 @@ def rerank(job: Job, slot: ModelSlot, *, score: Callable[[Job], list[ScoredImage
     with slot.scoring:
         started = time.perf_counter()
         records = tuple((score or slot.score)(job))
-    report = Report.build(job.request, records, model=model, elapsed_s=time.perf_counter() - started)
+    report = Report.build(job.request, records, model=model, elapsed_s=time.perf_counter() - started,
+                          notices=job.texts.notices if job.texts else ())
     return RerankOutcome(job, records, report)

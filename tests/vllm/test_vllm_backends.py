@@ -218,6 +218,24 @@ def test_the_servers_rerank_route_scores_with_the_lychee_prompt(server_url, serv
     assert all(abs(scores[i] - reference[INSTRUCTION][i].raw_score) <= TOLERANCE for i in range(3))
 
 
+DOCUMENT_TEXTS = ["Trail running shoe, red mesh", "", "A gradient in blue and green", "红色的 sofa 上有一只猫",
+                  "A long caption " * 20, "", "Noise", ""]
+
+
+@pytest.mark.parametrize("backend", ["vllm_reranker", "server_reranker"])
+@pytest.mark.parametrize("kind", ["text", "image+text"])
+def test_documents_that_carry_text_score_the_same_on_every_backend(request, backend, transformers_reranker,
+                                                                   image_paths, kind):
+    """Text documents (no image in the prompt at all) and image+text documents (the image, then its text)."""
+    images = [None] * len(image_paths) if kind == "text" else image_paths
+    texts = [t or "plain" for t in DOCUMENT_TEXTS] if kind == "text" else DOCUMENT_TEXTS
+    expected = transformers_reranker.score(QUERY, images, texts=texts)
+    records = request.getfixturevalue(backend).score(QUERY, images, texts=texts)
+    difference = max_difference(records, expected)
+    print(f"{backend} vs transformers, {kind} documents: max |Δscore| = {difference:.2e}")
+    assert difference <= TOLERANCE
+
+
 @pytest.mark.parametrize("backend", ["vllm_reranker", "server_reranker"])
 def test_an_occlusion_map_on_every_backend_equals_the_transformers_map(request, backend, transformers_reranker,
                                                                       image_paths):

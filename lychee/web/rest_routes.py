@@ -1,0 +1,171 @@
+"""Serving :mod:`lychee.web.rest` on the app's own server, through the page's queue.
+
+``python app.py`` serves the page, Gradio's API and ``POST /v1/rerank`` (``/rerank``, ``/v2/rerank``)
+from one FastAPI app: the routes go in through ``launch(app_kwargs={"routes": ...})``, so they are
+matched before Gradio's own. A request is read, checked (``LYCHEE_API_KEY``, the body, the shapes)
+and its image URLs fetched - by the same safe fetcher and limits as ``/rerank_urls``, holding no
+scoring slot - in the route; then it is scored as an event of the page's queue (``gpu``, the page's
+concurrency limit and ``LYCHEE_QUEUE_SIZE``; 429 when full), so a ZeroGPU Space runs it under
+``spaces.GPU`` with the caller's own request headers, as it runs the page's events. The queued event
+carries only a ticket; the job itself never leaves this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+import weakref
+from dataclasses import dataclass
+
+import gradio as gr
+from gradio.data_classes import PredictBodyInternal
+from gradio.route_utils import API_PREFIX
+from gradio.server_messages import ProcessCompletedMessage, UnexpectedErrorMessage
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..messages import UserError
+from ..url_images import fetch_images, url_label
+from .api import with_documents
+from .gpu import GpuScoring
+from .rest import PATHS, RestError, RestRequest, document_urls_and_texts, parse_request, response
+from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV_VAR = "LYCHEE_API_KEY"
+WAIT_MARGIN_S = 60  # beyond LYCHEE_REQUEST_TIMEOUT_S: waiting in the queue and loading the model
+_APIS: weakref.WeakKeyDictionary[gr.Blocks, RestApi] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Ticket:
+    """A job waiting for the queue, and what came of it."""
+
+    job: Job
+    outcome: RerankOutcome | None = None
+    error: UserError | None = None
+
+
+def authorized(request: Request, key: str | None) -> bool:
+    """No key configured, or ``Authorization: Bearer <key>`` (compared in constant time)."""
+    if not key:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
+
+
+class RestApi:
+    """The rerank routes of one app: wired into its Blocks (the queued event), served by :func:`routes`."""
+
+    def __init__(self, slot: ModelSlot, score: GpuScoring) -> None:
+        self.slot = slot
+        self.limits = slot.limits
+        self.score = score
+        self.tickets: dict[str, Ticket] = {}
+
+    def wire(self, blocks: gr.Blocks) -> None:
+        """The queued event that scores a ticket's job; call inside ``blocks``."""
+        with gr.Column(visible=False):
+            ticket = gr.Textbox()
+        event = gr.on([], self.run_ticket, inputs=[ticket], outputs=None, api_visibility="private",
+                      concurrency_id="gpu", show_progress="hidden")
+        self.fn_index = event["id"]
+        _APIS[blocks] = self
+
+    def run_ticket(self, ticket: str) -> None:
+        """The queued work: score the job; its outcome or refusal stays with the ticket."""
+        entry = self.tickets.get(ticket)
+        if entry is None:
+            raise gr.Error("unknown ticket")
+        try:
+            entry.outcome = rerank(entry.job, self.slot, score=self.score)
+        except UserError as exc:
+            entry.error = exc
+
+    def prepare(self, request: RestRequest) -> Job:
+        """The request as a web job, its URLs fetched: the checks and fetcher of ``/rerank_urls``."""
+        reference = None
+        if request.query_image:
+            (reference,) = fetch_images([request.query_image], self.limits)
+        urls, texts = document_urls_and_texts(request.documents)
+        form = Form(request.query, request.preset, request.score_threshold, request.top_n, request.instruction,
+                    query_image=reference,
+                    query_image_label=url_label(request.query_image, 0) if reference is not None else None)
+        job = accept(form, urls, self.limits, texts=texts)
+        return with_documents(job, urls, self.limits)
+
+    async def queued(self, http: Request, job: Job) -> RerankOutcome:
+        """Score ``job`` as an event of the app's queue; :class:`RestError` 429 when the queue is full."""
+        blocks = http.app.get_blocks()
+        queue = blocks._queue
+        name = secrets.token_hex(16)
+        self.tickets[name] = entry = Ticket(job)
+        session = secrets.token_hex(16)
+        # Gradio's queue derives the app's root URL from the path of the request that joined it.
+        joined = Request({**http.scope, "path": f"{API_PREFIX}/queue/join", "raw_path": None}, http.receive)
+        try:
+            body = PredictBodyInternal(session_hash=session, data=[name], fn_index=self.fn_index, request=joined)
+            accepted, detail, state = await queue.push(body=body, request=joined, username=None)
+            if not accepted:
+                if state == "queue_full":
+                    raise RestError(429, "rest_queue_full", size=self.limits.queue_size)
+                raise RestError(503, "rest_queue_refused", reason=str(detail)[:200])
+            messages = queue.pending_messages_per_session[session]
+            deadline = time.monotonic() + self.limits.request_timeout_s + WAIT_MARGIN_S
+            while True:
+                try:
+                    message = await asyncio.wait_for(messages.get(), timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    await queue.clean_events(session_hash=session)
+                    raise RestError(503, "timeout", seconds=self.limits.request_timeout_s) from None
+                if isinstance(message, ProcessCompletedMessage | UnexpectedErrorMessage):
+                    break
+            if entry.error is not None:
+                raise entry.error
+            if entry.outcome is None:
+                raise RestError(500, "rest_failed", reason=json.dumps(getattr(message, "output", ""))[:300])
+            return entry.outcome
+        finally:
+            self.tickets.pop(name, None)
+            queue.pending_messages_per_session.pop(session, None)
+            queue.pending_event_ids_session.pop(session, None)
+
+    async def endpoint(self, http: Request) -> JSONResponse:
+        try:
+            if not authorized(http, os.environ.get(API_KEY_ENV_VAR)):
+                raise RestError(401, "rest_unauthorized")
+            try:
+                body = json.loads(await http.body())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise RestError(400, "rest_bad_json", param="body") from None
+            request = parse_request(body)
+            job = await run_in_threadpool(self.prepare, request)
+            outcome = await self.queued(http, job)
+            return JSONResponse(response(request, outcome.report, self.slot.name))
+        except UserError as exc:
+            log.info("refused rerank request: %s", exc)
+            error = RestError.refusing(exc)
+            return JSONResponse(error.body(), status_code=error.status)
+        except RestError as exc:
+            log.info("refused rerank request: %s", exc)
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _endpoint(http: Request) -> JSONResponse:
+    api = _APIS.get(http.app.get_blocks())
+    if api is None:
+        return JSONResponse(RestError(404, "rest_not_wired").body(), status_code=404)
+    return await api.endpoint(http)
+
+
+def routes() -> list[Route]:
+    """The rerank routes, for ``launch(app_kwargs={"routes": routes()})``."""
+    return [Route(path, _endpoint, methods=["POST"]) for path in PATHS]

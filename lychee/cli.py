@@ -54,7 +54,7 @@ from . import protocol
 from .backends import BACKENDS, SERVER_URL_ENV_VAR, default_backend
 from .calibration import DEFAULT_TARGET_PRECISION, Calibration, calibrate, check_target_precision, to_markdown
 from .documents import DocumentsFileError, DocumentTexts, prepare_texts, read_documents, text_label
-from .explain import check_grid
+from .explain import check_grid, parse_grid
 from .images import IMAGE_EXTENSIONS, ImageLoadError, is_image_path, load_image
 from .labels import BadRow, LabelRow, LabelsFile, read_all
 from .limits import Limits
@@ -357,14 +357,14 @@ def _add_scoring_options(command: argparse.ArgumentParser) -> None:
 
 
 def _grid(text: str) -> int | tuple[int, int]:
-    """``N`` or ``RxC``: the shape is checked here, the bounds against the image later."""
+    """``N`` or ``RxC``: the form is checked here, the bounds against the image later."""
     try:
-        parts = [int(part) for part in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"must be N or RxC with whole numbers >= 1, got {text!r}")
-    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+        grid = parse_grid(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if grid is None:
+        raise argparse.ArgumentTypeError("give N or RxC")
+    return grid
 
 
 def build_parser() -> argparse.ArgumentParser:

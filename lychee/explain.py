@@ -146,10 +146,11 @@ class Explanation:
             "elapsed_s": round(self.elapsed_s, 4),
         }
 
-    def overlay(self) -> Image.Image:
+    def overlay(self, *, legend: bool = True) -> Image.Image:
         """The scored image under a diverging heat map of the deltas (red: covering lowers the
-        score; blue: it raises it; opacity grows with ``|delta|``), the grid drawn in, and a legend."""
-        return draw_overlay(self.image, self.cells)
+        score; blue: it raises it; opacity grows with ``|delta|``), the grid drawn in, and a legend
+        below it (``legend=False``: none). An image under 360 px wide is scaled up first."""
+        return draw_overlay(self.image, self.cells, legend=legend)
 
 
 # --- the grid -----------------------------------------------------------------------------------
@@ -187,6 +188,28 @@ def check_grid(grid: Any, size: tuple[int, int]) -> Grid:
             or not (1 <= pair[0] <= patch_rows and 1 <= pair[1] <= patch_cols) or pair[0] * pair[1] > MAX_CELLS):
         raise UserError("bad_grid", value=repr(grid)[:80], rows=patch_rows, cols=patch_cols, max_cells=MAX_CELLS)
     return pair
+
+
+def parse_grid(value: Any) -> int | tuple[int, int] | None:
+    """A grid as surfaces receive it - None or "" (the default), N, "N", "RxC", [R, C] - in the
+    form :func:`check_grid` takes; ``UserError('bad_grid_form')`` for anything else."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts: list[Any] = []
+    if isinstance(value, str):
+        try:
+            parts = [int(part) for part in value.lower().replace("×", "x").split("x")]
+        except ValueError:
+            parts = []
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    elif isinstance(value, (int, float)):
+        parts = [value]
+    wholes = [int(p) for p in parts if not isinstance(p, bool) and isinstance(p, (int, float))
+              and float(p).is_integer() and p >= 1]
+    if len(parts) not in (1, 2) or len(wholes) != len(parts):
+        raise UserError("bad_grid_form", value=repr(value)[:80])
+    return wholes[0] if len(wholes) == 1 else (wholes[0], wholes[1])
 
 
 def cell_boxes(size: tuple[int, int], grid: Grid) -> list[tuple[int, int, Box]]:
@@ -244,7 +267,9 @@ def occlusion(image: Image.Image, score_images: ScoreImages, *, grid: Any = None
 # --- words and pictures ---------------------------------------------------------------------------
 
 @cache
-def _strings() -> dict[str, dict[str, str]]:
+def strings() -> dict[str, dict[str, str]]:
+    """The explanations' words in zh/en (``data/explain.json``): region names, the sentence about a
+    cell, the legend."""
     return json.loads(resources.files("lychee").joinpath("data/explain.json").read_text(encoding="utf-8"))
 
 
@@ -264,16 +289,16 @@ def amount(value: float) -> str:
 
 def describe_cell(cell: Cell, size: tuple[int, int], lang: Language) -> str:
     """"covering the top-left area (row 1, column 2) lowers the score by 2.1", in ``lang``."""
-    strings = _strings()
+    words = strings()
     verb = "lowers" if cell.delta > 0 else "raises" if cell.delta < 0 else "keeps"
-    return strings[f"covering_{verb}"][lang].format(
-        region=strings[f"region_{region(cell.box, size)}"][lang], row=cell.row + 1, col=cell.col + 1,
+    return words[f"covering_{verb}"][lang].format(
+        region=words[f"region_{region(cell.box, size)}"][lang], row=cell.row + 1, col=cell.col + 1,
         amount=amount(cell.delta))
 
 
 def legend_label(lang: Language) -> str:
     """What the overlay's colours mean, in ``lang``."""
-    return _strings()["legend"][lang]
+    return strings()["legend"][lang]
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -289,7 +314,7 @@ def _colour(value: float) -> np.ndarray:
     return 255 + (end - 255) * min(1.0, abs(value))
 
 
-def draw_overlay(image: Image.Image, cells: Sequence[Cell]) -> Image.Image:
+def draw_overlay(image: Image.Image, cells: Sequence[Cell], *, legend: bool = True) -> Image.Image:
     """``image`` with each cell tinted by its delta, relative to the largest ``|delta|``, and a legend."""
     scale = max(1, math.ceil(MIN_OVERLAY_WIDTH / image.width))
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
@@ -306,7 +331,7 @@ def draw_overlay(image: Image.Image, cells: Sequence[Cell]) -> Image.Image:
     for cell in cells:
         left, top, right, bottom = (v * scale for v in cell.box)
         draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255))
-    return _with_legend(heat, largest)
+    return _with_legend(heat, largest) if legend else heat
 
 
 def _with_legend(heat: Image.Image, largest: float) -> Image.Image:

@@ -23,6 +23,7 @@ class Preset:
     lenient_parsing: bool
     raise_on_error: bool
     fixed_length: bool                # reports always show top_k slots, empty ones marked
+    explain_top: bool                 # the page shows why #1 scores as it does without being asked
 
 
 def _load() -> Mapping[str, Preset]:

@@ -55,7 +55,8 @@ def everything(client, batch) -> dict:
 
 def test_rerank_urls_is_the_only_documented_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/rerank_urls", "/calibrate"} and not api["unnamed_endpoints"]
+    assert set(api["named_endpoints"]) == {"/rerank_urls", "/calibrate", "/explain_url"}
+    assert not api["unnamed_endpoints"]
     names = [p["parameter_name"] for p in api["named_endpoints"]["/rerank_urls"]["parameters"]]
     assert names == ["query", "image_urls", *list(API_ARGUMENTS)[2:-1], "query_image_url", "texts"]
 

@@ -1,6 +1,7 @@
 """The web demo in a real browser: Playwright driving Debian's Chromium against the
 launched app (tiny random checkpoint), at a laptop and a phone size. Screenshots of the page
-before a run, after it and after an error that follows it are saved under ``artifacts/``."""
+before a run, after it, after an error that follows it and of a "Why this score?" map are saved
+under ``artifacts/``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 TIMEOUT_MS = 30_000
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
+MAP_TIMEOUT_MS = 90_000  # a map is cells + 1 forward passes, on a CPU shared with other tests
 VIEWPORTS = {"desktop": {"width": 1400, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 pytestmark = [
@@ -372,3 +375,76 @@ def test_captions_from_the_file_names_are_scored_with_their_images(any_page, ima
     wait_until_results_top_is_in_view(page)
     page.wait_for_timeout(600)
     screenshot(page, "5-captions")
+
+
+# --- Why this score? ------------------------------------------------------------------------------
+
+PHOTOS = [EXAMPLES / name for name in ("cat.jpg", "coffee.jpg", "rocket.jpg")]
+
+def map_lines(page) -> list[str]:
+    page.locator("#lychee-explain-text li").first.wait_for(timeout=MAP_TIMEOUT_MS)
+    return page.locator("#lychee-explain-text li").all_inner_texts()
+
+
+def test_why_this_score_shows_number_one_beside_its_map_with_a_line_per_strongest_region(any_page):
+    page = any_page
+    upload(page, PHOTOS)
+    keep_every_score(page)
+    captions = run_and_wait(page, "a cat's face, close up")
+    button = page.locator("#lychee-explain-button")
+    first = captions[0].split("\n")[1]
+    page.wait_for_function("text => document.querySelector('#lychee-explain-button').innerText.trim() === text",
+                           arg=f"Why this score? · #1 {first}")
+    assert not page.locator("#lychee-explain-slider").is_visible()  # nothing is scored before it is asked
+    button.click()
+    lines = map_lines(page)
+    assert 1 <= len(lines) <= 3
+    assert all(re.fullmatch(r"covering the [a-z-]+ area \(row \d, column \d\) (lowers|raises) the score by [\d.e-]+",
+                            line) for line in lines)
+    assert page.locator("#lychee-explain-text strong").inner_text().startswith(f"{first}: score ")
+    assert page.locator("#lychee-explain-slider img").count() == 2  # the image as scored, and its map
+    page.evaluate("document.getElementById('lychee-explain').scrollIntoView()")  # the map and its lines in view
+    page.wait_for_timeout(400)
+    screenshot(page, "5-why-this-score")
+
+
+def test_an_image_chosen_in_the_ranked_gallery_is_the_one_explained(page):
+    upload(page, PHOTOS)
+    keep_every_score(page)
+    captions = run_and_wait(page, "a rocket")
+    page.locator("#lychee-ranked .thumbnail-item").nth(2).click()
+    third = captions[2].split("\n")[1]
+    page.wait_for_function("name => document.querySelector('#lychee-explain-button').innerText.endsWith(name)",
+                           arg=f"#3 {third}")
+    page.keyboard.press("Escape")  # close the gallery's preview
+    page.click("#lychee-explain-button")
+    map_lines(page)
+    assert page.locator("#lychee-explain-text strong").inner_text().startswith(f"{third}: score ")
+
+
+def test_the_map_speaks_chinese_after_the_language_switch(page):
+    upload(page, PHOTOS[:2])
+    keep_every_score(page)
+    run_and_wait(page, "a cup of coffee")
+    page.click("#lychee-explain-button")
+    map_lines(page)
+    page.get_by_text("中文", exact=True).click()
+    page.wait_for_function("document.querySelector('#lychee-explain-button').innerText.startsWith('为什么是这个分数')")
+    lines = page.locator("#lychee-explain-text li").all_inner_texts()
+    assert lines and all(line.startswith("遮住") and "分数" in line for line in lines)
+    page.evaluate("document.getElementById('lychee-explain').scrollIntoView()")
+    page.wait_for_timeout(400)
+    page.viewport_name = "desktop"
+    screenshot(page, "6-why-this-score-zh")
+
+
+def test_the_precise_preset_shows_number_one_s_map_unasked(page):
+    upload(page, PHOTOS)
+    page.locator("#lychee-controls input[role=listbox], #lychee-controls .wrap input").first.click()
+    page.get_by_role("option", name="Precise pick").click()
+    keep_every_score(page)  # the tiny model's random scores may sit below the preset's 8.0
+    page.fill("#lychee-query textarea", "a rocket on its launch pad")
+    page.click("#lychee-run")
+    ranked_captions(page)
+    assert len(map_lines(page)) >= 1  # no click: the run itself made #1's map
+    assert page.locator("#lychee-explain-slider img").count() == 2

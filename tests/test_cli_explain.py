@@ -59,8 +59,8 @@ def test_an_image_query_explains_without_text(capsys, tiny_checkpoint):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["a cat", CAT, "--grid", "0"], "--grid: must be N or RxC"),
-    (["a cat", CAT, "--grid", "3x"], "--grid: must be N or RxC"),
+    (["a cat", CAT, "--grid", "0"], "--grid: grid must be N (N x N cells)"),
+    (["a cat", CAT, "--grid", "3x"], "--grid: grid must be N (N x N cells)"),
     (["a cat", CAT, "--grid", "12"], "grid must be a whole number N"),
     (["a cat", CAT, "--grid", "20x2"], "(11 rows x 16 columns)"),
     (["", CAT], "the query is empty"),

@@ -50,3 +50,12 @@ def test_the_batching_benchmark_runs_on_the_tiny_checkpoint(capsys):
     assert max(auto["max_abs_diff_vs_card"], single["max_abs_diff_vs_card"]) <= 0.05
     assert {"ratio_median", "ratio_min", "ratio_max"} <= auto["cpu"].keys()
     assert "| auto |" in capsys.readouterr().out
+
+
+def test_the_explain_benchmark_runs_on_the_tiny_checkpoint(capsys):
+    from benchmarks import explain_cost
+
+    rows = explain_cost.main(["--size", "tiny", "--visual-tokens", "16", "--repeats", "1"])
+    assert [r["forward_passes"] for r in rows] == [r["grid"][0] * r["grid"][1] + 1 for r in rows]
+    assert all(r["map_s"] > 0 and r["score_s"] > 0 and r["gpu_7b_estimate"]["map_tflop"] > 0 for r in rows)
+    assert "| cat.jpg (sample photo) |" in capsys.readouterr().out

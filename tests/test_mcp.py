@@ -39,7 +39,7 @@ def call_rerank_urls(demo_url: str, arguments: dict) -> dict:
 def test_the_url_tool_is_listed_with_every_argument_described_and_rerank_is_not(demo_url):
     tools = with_session(demo_url, lambda session: session.list_tools())
     by_name = {tool.name: tool for tool in tools.tools}
-    assert set(by_name) == {"rerank_urls", "calibrate"}
+    assert set(by_name) == {"rerank_urls", "calibrate", "explain_url"}
     schema = by_name["rerank_urls"].inputSchema
     assert schema["required"] == ["query", "image_urls"]
     assert set(schema["properties"]) == {"query", "image_urls", "preset", "score_threshold", "top_k", "instruction",

@@ -1,8 +1,9 @@
 """The web demo's API routes: ``/rerank`` (uploaded files, for ``gradio_client``) and
 ``/rerank_urls`` (image URLs; the documented route, also an MCP tool), which answer with
 :meth:`lychee.report.Report.to_dict`, and ``/calibrate`` (labelled scores in, a threshold
-out: :meth:`lychee.calibration.Calibration.to_dict`; also an MCP tool). All refuse bad input
-with both languages' words."""
+out: :meth:`lychee.calibration.Calibration.to_dict`; also an MCP tool), and ``/explain`` (an uploaded
+image) and ``/explain_url`` (an image URL; also an MCP tool), which answer with an occlusion map's
+JSON and overlay. All refuse bad input with both languages' words."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from .. import calibration
 from ..documents import text_label
+from ..explain import Explanation
 from ..limits import Limits
 from ..messages import UserError, printable
 from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..url_images import fetch_images, url_label
 from .components import UploadedFile
+from .explaining import ExplainJob, accept_explain, explain
 from .service import Form, Job, ModelSlot, accept, rerank
 
 log = logging.getLogger(__name__)
@@ -194,3 +198,94 @@ class RerankApi:
 
     def _answer(self, job: Job) -> dict[str, Any]:
         return rerank(job, self.slot, score=self.score).report.to_dict()
+
+
+# /explain's parameters in the order clients send them (undocumented: gradio_client knows no names).
+EXPLAIN_PARAMETERS: dict[str, Callable[[], gr.components.Component]] = {
+    "query": lambda: gr.Textbox(label="query"),
+    "image": lambda: gr.File(label="image"),
+    "query_image": lambda: gr.File(label="query_image"),
+    "instruction": lambda: gr.Textbox("", label="instruction"),
+    "grid": lambda: gr.Textbox("", label="grid"),
+    "max_side": lambda: gr.Number(DEFAULT_MAX_SIDE, label="max_side"),
+}
+
+
+class ExplainApi:
+    """``/explain`` (an uploaded image, for ``gradio_client``) and ``/explain_url`` (a URL or ``data:``
+    URI; documented, and the MCP tool): the occlusion map's JSON (``Explanation.to_dict``) and its
+    overlay as a PNG. ``explain`` is the (GPU-wrapped) map of an accepted job."""
+
+    def __init__(self, slot: ModelSlot, explain: Callable[[ExplainJob], Explanation]) -> None:
+        self.slot = slot
+        self.limits: Limits = slot.limits
+        self.make_map = explain
+
+    def wire(self) -> None:
+        """Hidden components and the two routes; call inside the page's ``gr.Blocks``."""
+        with gr.Column(visible=False):
+            inputs = [make() for make in EXPLAIN_PARAMETERS.values()]
+            url_inputs = [gr.Textbox(label="query"), gr.Textbox(label="image_url"),
+                          gr.Textbox("", label="query_image_url"), gr.Textbox("", label="instruction"),
+                          gr.Textbox("", label="grid"), gr.Number(DEFAULT_MAX_SIDE, label="max_side")]
+            outputs = [gr.JSON(label="explanation"), gr.Image(type="pil", format="png", label="overlay")]
+        # As /rerank: raw values, judged by lychee's validators; hidden from MCP and the API page.
+        gr.on([], self.explain, inputs=inputs, outputs=outputs, api_name="explain", concurrency_id="gpu",
+              preprocess=False, api_visibility="undocumented")
+        gr.on([], self.explain_url, inputs=url_inputs, outputs=outputs, api_name="explain_url",
+              concurrency_id="fetch", concurrency_limit=self.limits.fetch_concurrency)
+
+    def explain(self, *values: Any) -> tuple[dict[str, Any], Image.Image]:
+        """Why does this uploaded image get its score? The file-upload twin of :meth:`explain_url`."""
+        given = dict(zip(EXPLAIN_PARAMETERS, values))
+        try:
+            (path,), (name,) = uploaded_files([given["image"]]) if given["image"] else ((None,), (None,))
+            references, reference_names = uploaded_files([given["query_image"]] if given["query_image"] else None)
+            job = accept_explain(given["query"], path, self.limits, instruction=given["instruction"],
+                                 query_image=next(iter(references), None),
+                                 query_image_label=next(iter(reference_names), None), grid=given["grid"],
+                                 max_side=given["max_side"], label=name)
+            return self._answer(job)
+        except UserError as exc:
+            raise refuse(exc) from None
+
+    def explain_url(self, query: str, image_url: str, query_image_url: str = "", instruction: str = "",
+                    grid: str = "", max_side: float = DEFAULT_MAX_SIDE) -> tuple[dict[str, Any], Image.Image]:
+        """Why does this image get its score? An occlusion map: each cell of a grid over the image is blurred
+        over in turn and the copy scored again with lychee-rerank-mm.
+
+        Returns JSON with schema_version 1 - "score" (0-10, the image's own score), "grid" [rows, cols],
+        "cells" (each: row, col, box [left, top, right, bottom] in the scored image's pixels, masked_score,
+        delta = score - masked_score: positive where the region carries the match, negative where it argues
+        against it), "image_size", "method" ("occlusion"), "fill" ("blur"), "blur_radius", "forward_passes",
+        "query_kind", "model" - and the overlay: the image under a red (supports) / blue (against) heat map.
+
+        Args:
+            query: What the image should show, in Chinese, English or both; may be "" when query_image_url is given.
+            image_url: The image to explain: a data: URI (data:image/png;base64,...) or a public http(s) URL.
+            query_image_url: Optional reference image for an image query: a data: URI or public URL; "" for none.
+            instruction: Optional task instruction for the model (at most 500 characters); "" = the default.
+            grid: "" for 16-36 cells as square as the image allows, "N" for N x N, "RxC" for R rows of C cells;
+                each cell costs one forward pass, at most 100 cells.
+            max_side: Longest image side in pixels before scoring (a whole number, 64-4096).
+        """
+        try:
+            for field, value in (("image_url", image_url), ("query_image_url", query_image_url)):
+                if not isinstance(value, str | None):
+                    raise UserError("not_text", field=field, value=repr(value)[:80])
+            if not image_url:
+                raise UserError("no_image")
+            (image,) = fetch_images([image_url], self.limits)
+            reference = None
+            if query_image_url:
+                (reference,) = fetch_images([query_image_url], self.limits)
+            job = accept_explain(query, image, self.limits, instruction=instruction, query_image=reference,
+                                 query_image_label=url_label(query_image_url, 0) if reference else None, grid=grid,
+                                 max_side=max_side, label=url_label(image_url, 0))
+            return self._answer(job)
+        except UserError as exc:
+            raise refuse(exc) from None
+
+    def _answer(self, job: ExplainJob) -> tuple[dict[str, Any], Image.Image]:
+        explanation = explain(job, self.slot, make=self.make_map)
+        return explanation.to_dict(), explanation.overlay()

@@ -29,10 +29,11 @@ from ..messages import UserError
 from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
-from .api import RerankApi
+from .api import ExplainApi, RerankApi
 from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
-from .gpu import GpuScoring
+from .explaining import button_label, chosen_result, explain, page_job, slider_images, summary_markdown
+from .gpu import GpuExplaining, GpuScoring
 from .i18n import Language, text
 from .mcp_json import json_tools
 from .rest_routes import RestApi
@@ -152,7 +153,8 @@ class RerankDemo:
         # under way so its progress and results come in the language of the moment; and runs cancelled.
         self.languages: dict[str, Language] = {}
         self.cancelled: set[str] = set()
-        self.score_on_gpu = GpuScoring(slot, language=self.language, stopped=self.cancelled.__contains__)
+        self.score_on_gpu = GpuScoring(slot, language=self.languages.get, stopped=self.cancelled.__contains__)
+        self.explain_on_gpu = GpuExplaining(slot)
         self.calibrate = CalibratePanel(self.tr, DEFAULT_LANGUAGE)
 
     def language(self, session: str, fallback: Language = DEFAULT_LANGUAGE) -> Language:
@@ -168,7 +170,7 @@ class RerankDemo:
     def build(self) -> gr.Blocks:
         with Blocks(title="Lychee Rerank MM", delete_cache=(DOWNLOADS_KEPT_S, DOWNLOADS_KEPT_S)) as demo:
             self.shown = gr.State(None)   # the Shown result, once a run has succeeded
-            self.outcome = gr.State(None)  # its outcome alone, for the Calibrate panel
+            self.outcome = gr.State(None)  # its outcome alone, for the Calibrate and explanation panels
             self.alerted = gr.State(())   # the last run's alerts, re-rendered when the language changes
             with gr.Row(elem_id="lychee-top"):
                 self.header = gr.Markdown(header_markdown(DEFAULT_LANGUAGE), elem_classes="lychee-header")
@@ -186,6 +188,7 @@ class RerankDemo:
                     self._build_results()
             RerankApi(self.slot, self.score_on_gpu).wire()
             RestApi(self.slot, self.score_on_gpu).wire(demo)
+            ExplainApi(self.slot, self.explain_on_gpu).wire()
             self._wire(demo)
         demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
         return demo
@@ -250,6 +253,7 @@ class RerankDemo:
         self.status = gr.HTML(status_html(text("status_idle", DEFAULT_LANGUAGE)), elem_id="lychee-status")
         self.progress = gr.HTML(elem_id="lychee-progress")
         self.winner = gr.HTML(elem_id="lychee-winner")
+        self._build_explanation()
         self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, height="auto", fit_columns=False,
                               object_fit="cover", interactive=False, elem_id="lychee-ranked",
                               elem_classes="lychee-ranked")
@@ -268,6 +272,35 @@ class RerankDemo:
         self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
                         self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
+    def _build_explanation(self) -> None:
+        """"Why this score?" under the #1 card: for #1, or the image chosen in the ranked gallery, the
+        image as scored beside its occlusion map (a slider), and one line per strongest region."""
+        self.explain_choice = gr.State(None)  # position in the ranked gallery of the chosen image; None: #1
+        self.explanation = gr.State(None)
+        with gr.Column(visible=False, elem_id="lychee-explain") as self.explain_box:
+            self.explain_button = gr.Button(button_label(None, DEFAULT_LANGUAGE), size="sm",
+                                            elem_id="lychee-explain-button")
+            self.explain_hint = self.tr(gr.Markdown, {"value": "explain_hint"}, elem_classes="lychee-explain-hint")
+            self.explain_slider = self.tr(gr.ImageSlider, {"label": "explain_slider_label"}, type="pil",
+                                          interactive=False, visible=False, buttons=["fullscreen"], max_height=380,
+                                          elem_id="lychee-explain-slider")
+            self.explain_text = gr.Markdown(elem_id="lychee-explain-text")
+        self.explain_parts = [self.explain_choice, self.explanation, self.explain_box, self.explain_button,
+                              self.explain_slider, self.explain_text]
+
+    def _wire_explanation(self) -> None:
+        """Choosing an image in the ranked gallery retargets the button; the button makes the map in
+        the scoring queue. (A run resets the map, or makes #1's itself under a preset that asks.)"""
+        made = [self.explanation, self.explain_slider, self.explain_text]
+        self.ranked.select(self.choose, inputs=[self.lang, self.outcome], outputs=[self.explain_choice,
+                                                                                   self.explain_button], **PRIVATE)
+        self.explain_button.click(self.explain, inputs=[self.lang, self.outcome, self.explain_choice], outputs=made,
+                                  show_progress_on=[self.explain_text], api_visibility="private",
+                                  concurrency_id="gpu")
+        self.lang.change(self.relabel_explanation, inputs=[self.lang, self.outcome, self.explain_choice,
+                                                           self.explanation],
+                         outputs=[self.explain_button, self.explain_text], **PRIVATE)
+
     def _wire(self, demo: gr.Blocks) -> None:
         form = {self.lang, self.images, self.captions, *self.form_fields.values()}
         run_triggers = [self.run_button.click, self.query.submit]
@@ -275,7 +308,8 @@ class RerankDemo:
         buttons = [self.run_button, self.cancel_button]
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
         running = gr.on(run_triggers, self.run, inputs=form,
-                        outputs=[*buttons, self.shown, self.outcome, self.alerts, self.alerted, *self.results],
+                        outputs=[*buttons, self.shown, self.outcome, self.alerts, self.alerted, *self.results,
+                                 *self.explain_parts],
                         show_progress_on=[self.progress], api_visibility="private", concurrency_id="gpu")
         running.then(self.end, outputs=buttons, **PRIVATE)
         ranked = running.success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
@@ -284,13 +318,15 @@ class RerankDemo:
         # The ranking rules over the stored scores: no model call. What the scores depend on marks them stale.
         ranking_inputs = [self.preset, self.threshold, self.top_k, self.tie_epsilon, self.normalize]
         restyle = {"fn": self.restyle, "inputs": {self.shown, *form},
-                   "outputs": [self.shown, self.outcome, self.preset_info, *self.results], **PRIVATE}
+                   "outputs": [self.shown, self.outcome, self.preset_info, self.explain_choice, self.explain_button,
+                               *self.results], **PRIVATE}
         gr.on([c.change for c in ranking_inputs], **restyle)
         ranked.then(**restyle)  # a slider moved while the run was under way applies to its results
         scoring_inputs = [self.query, self.instruction, self.max_side, self.reference, self.images,
                           self.captions]
         gr.on([c.change for c in scoring_inputs], self.mark_stale, inputs={self.shown, *form}, outputs=[self.status],
               **PRIVATE)
+        self._wire_explanation()
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
                                                         self.preset_info, self.alerts]
         if self.examples is not None:
@@ -378,7 +414,7 @@ class RerankDemo:
         alerts: tuple[Alert, ...]
         try:
             job = accept(form, images, self.limits, texts=texts)
-            outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, session))
+            outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, lang, session))
         except UserError as exc:
             alerts = (("cancelled" if exc.key == "cancelled" else "error", exc),)
             yield {self.alerts: alerts_html(alerts, self.language(session)), self.alerted: alerts}
@@ -389,7 +425,49 @@ class RerankDemo:
         yield (self.render(outcome, lang, raw_open=bool(chosen and chosen.raw_output_expanded))
                | self.render_downloads(outcome)
                | {self.shown: Shown(outcome, scored_with(form, images, texts)), self.outcome: outcome,
-                  self.alerts: alerts_html(alerts, lang), self.alerted: alerts})
+                  self.alerts: alerts_html(alerts, lang), self.alerted: alerts}
+               | self.explanation_after_run(outcome, lang, progress))
+
+    def explanation_after_run(self, outcome: RerankOutcome, lang: Language, progress: Any) -> dict[Any, Any]:
+        """A new run: the button on #1 (the box shown when there is one) and no map yet - or, under a
+        preset that asks for it (``precise``), #1's map at once, in the same job."""
+        top = chosen_result(outcome, None)
+        updates = {self.explain_choice: None, self.explanation: None,
+                   self.explain_box: gr.update(visible=top is not None), self.explain_button: button_label(top, lang),
+                   self.explain_slider: gr.update(value=None, visible=False), self.explain_text: ""}
+        preset = outcome.request.settings.preset
+        if top is not None and preset is not None and preset.explain_top:
+            updates |= self.explain(lang, outcome, None, progress)
+        return updates
+
+    def choose(self, lang: Language, outcome: RerankOutcome | None, selected: gr.SelectData) -> dict[Any, Any]:
+        """An image chosen in the ranked gallery becomes the one the button explains."""
+        return {self.explain_choice: selected.index,
+                self.explain_button: button_label(chosen_result(outcome, selected.index), lang)}
+
+    def explain(self, lang: Language, outcome: RerankOutcome | None, choice: int | None,
+                progress: gr.Progress = gr.Progress()  # noqa: B008 - how gradio asks for a progress bar
+                ) -> dict[Any, Any]:
+        """The button: the chosen ranked image's (else #1's) occlusion map beside the image, and its lines."""
+        result = chosen_result(outcome, choice)
+        if result is None:
+            return {self.explanation: gr.skip()}
+        job = page_job(outcome, result)
+        progress(0.0, desc=text("progress_explaining", lang))  # the copies are counted once the grid is known
+        try:
+            explanation = explain(job, self.slot, make=lambda accepted: self.explain_on_gpu(accepted, lang))
+        except UserError as exc:
+            gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
+            return {self.explanation: gr.skip()}
+        return {self.explanation: explanation,
+                self.explain_slider: gr.update(value=slider_images(explanation), visible=True),
+                self.explain_text: summary_markdown(explanation, lang)}
+
+    def relabel_explanation(self, lang: Language, outcome: RerankOutcome | None, choice: int | None,
+                            explanation: Any) -> dict[Any, Any]:
+        """The language switch: the button and the map's lines in ``lang``."""
+        return {self.explain_button: button_label(chosen_result(outcome, choice), lang),
+                self.explain_text: summary_markdown(explanation, lang) if explanation is not None else ""}
 
     def cancel(self, lang: Language, request: gr.Request) -> dict[Any, Any]:
         """Cancel: the job stops at its next progress report; the last good results stay."""
@@ -411,7 +489,9 @@ class RerankDemo:
             return info  # e.g. a preset that sets the values already in force
         outcome = shown.outcome.reranked(settings)
         return (info | self.render(outcome, lang, note=self.note(shown, values, text("reranked_note", lang)))
-                | self.render_downloads(outcome) | {self.shown: Shown(outcome, shown.inputs), self.outcome: outcome})
+                | self.render_downloads(outcome) | {self.shown: Shown(outcome, shown.inputs), self.outcome: outcome}
+                # The ranked gallery's order changed: the button explains the new #1 until another is chosen.
+                | {self.explain_choice: None, self.explain_button: button_label(chosen_result(outcome, None), lang)})
 
     def note(self, shown: Shown, values: dict[Any, Any], otherwise: str = "") -> str:
         """The stale-results warning when the scores no longer match the inputs, else ``otherwise``."""

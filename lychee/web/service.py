@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import protocol
 from ..backends import default_backend
-from ..backends.base import StageProgress
+from ..backends.base import Progress, StageProgress
 from ..documents import DocumentTexts, prepare_texts
 from ..images import ImageSource
 from ..limits import Limits
@@ -268,18 +268,31 @@ class ModelSlot:
         ``progress(stage, done, total)`` follows decoding and scoring. The next report past
         ``limits.request_timeout_s``, or after ``stop()`` turned true, raises ``UserError``.
         """
-        deadline = time.monotonic() + self.limits.request_timeout_s
+        guard = self.deadline(stop=stop)
 
         def report(stage: str, done: int, total: int) -> None:
-            if stop is not None and stop():
-                raise UserError("cancelled")
-            if time.monotonic() > deadline:
-                raise UserError("timeout", seconds=self.limits.request_timeout_s)
+            guard(done, total)
             if progress:
                 progress(stage, done, total)
 
         return self.get().score_request(job.request, job.images, texts=job.texts, labels=job.labels,
                                         stages=report)
+
+    def deadline(self, progress: Progress | None = None, *, stop: Callable[[], bool] | None = None) -> Progress:
+        """A progress callback that passes reports on to ``progress`` and, past
+        ``limits.request_timeout_s`` from now, raises ``UserError('timeout')`` instead - or
+        ``UserError('cancelled')`` once ``stop()`` is true."""
+        deadline = time.monotonic() + self.limits.request_timeout_s
+
+        def report(done: int, total: int) -> None:
+            if stop is not None and stop():
+                raise UserError("cancelled")
+            if time.monotonic() > deadline:
+                raise UserError("timeout", seconds=self.limits.request_timeout_s)
+            if progress:
+                progress(done, total)
+
+        return report
 
 
 @dataclass(frozen=True)

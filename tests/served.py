@@ -32,6 +32,17 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def rerank_urls(url: str, query: str, urls: list[str]) -> dict:
+    """One ``/rerank_urls`` call to the app at ``url`` through a real ``gradio_client``."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    try:
+        return client.predict(query, urls, api_name="/rerank_urls")
+    finally:
+        client.close()
+
+
 def _status_kb(pid: int, field: str) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))

@@ -14,8 +14,9 @@ from PIL import Image
 
 from benchmarks.load_test import serve_app
 
-from .served import peak_rss_mb, reset_peak, rss_mb
+from .served import peak_rss_mb, rerank_urls, reset_peak, rss_mb
 
+QUERY = "a grey ramp"
 pytestmark = pytest.mark.timeout(300)
 
 WIDTH, HEIGHT = 10_000, 5_000  # 50 MP: 100 MB decoded at 16 bits, 200 MB as float
@@ -42,23 +43,13 @@ def server(tiny_checkpoint):
         yield running
 
 
-def rerank_urls(url: str, urls: list[str]) -> dict:
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
-    try:
-        return client.predict("a grey ramp", urls, api_name="/rerank_urls")
-    finally:
-        client.close()
-
-
 def test_huge_decoded_images_are_bounded_per_image_and_per_request(server):
     sixteen_bit, floats = encoded("I;16"), encoded("F")
     assert len(sixteen_bit) < 1_000_000 and len(floats) < 2_000_000
-    rerank_urls(server.url, [sixteen_bit])  # warm: the model loaded, one such image decoded once
+    rerank_urls(server.url, QUERY, [sixteen_bit])  # warm: the model loaded, one such image decoded once
     before = rss_mb(server.pid)
     reset_peak(server.pid)
-    result = rerank_urls(server.url, [floats] + [sixteen_bit] * SIXTEEN_BIT)
+    result = rerank_urls(server.url, QUERY, [floats] + [sixteen_bit] * SIXTEEN_BIT)
     growth = peak_rss_mb(server.pid) - before
     print(f"{SIXTEEN_BIT} 16-bit + 1 float 50 MP image: peak resident memory +{growth:.0f} MB")
     (refused,) = result["errors"]

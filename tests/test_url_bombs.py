@@ -18,8 +18,9 @@ import pytest
 from benchmarks.load_test import serve_app
 
 from .conftest import make_image
-from .served import peak_rss_mb, reset_peak, rss_mb
+from .served import peak_rss_mb, rerank_urls, reset_peak, rss_mb
 
+QUERY = "a green square"
 pytestmark = pytest.mark.timeout(300)
 
 UNPACKED = 256 * 2 ** 20
@@ -77,23 +78,13 @@ def server(tiny_checkpoint):
         yield running
 
 
-def rerank_urls(url: str, urls: list[str]) -> dict:
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
-    try:
-        return client.predict("a green square", urls, api_name="/rerank_urls")
-    finally:
-        client.close()
-
-
 def test_compression_bombs_are_per_image_errors_with_memory_flat(server, bomb_port):
     good = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    rerank_urls(server.url, [good])  # warm: the model is loaded before measuring
+    rerank_urls(server.url, QUERY, [good])  # warm: the model is loaded before measuring
     before = rss_mb(server.pid)
     reset_peak(server.pid)
     bombs = [f"http://bombs.example:{bomb_port}/{encoding}.png" for encoding in ("br", "gzip", "deflate")]
-    result = rerank_urls(server.url, [*bombs, good])
+    result = rerank_urls(server.url, QUERY, [*bombs, good])
     growth = peak_rss_mb(server.pid) - before
     print(f"compression bombs: peak resident memory +{growth:.0f} MB")
     errors = {e["source"]: e["error"] for e in result["errors"]}

@@ -30,7 +30,7 @@ def print_table(data: dict) -> None:
     if data["errors"]:
         print(f"errors ({len(data['errors'])}):")
         for r in data["errors"]:
-            print(f"#{r['rank']:<5}{'-':>7}  {r['error']}")
+            print(f"#{r['rank']:<5}{'-':>7}  {r['source']}: {r['error']}")
     model = data["model"]
     if data["query_image"]:
         print(f"query: {data['query_kind']} ({data['query_image']}{' + text' if data['query'] else ''})")

@@ -575,9 +575,8 @@ def score_label_rows(reranker: LycheeReranker, rows: Sequence[LabelRow], *, inst
         for row, record in zip(members, records):
             if record.error is None:
                 scored.append(replace(row, score=record.raw_score))
-            else:  # the row's line names the image: drop the message's "image N 'path': "
-                bad.append(BadRow(row.file, row.line,
-                                  record.error.removeprefix(f"image {record.index + 1} '{record.source}': ")))
+            else:
+                bad.append(BadRow(row.file, row.line, record.error))
     return scored, bad
 
 

@@ -30,13 +30,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from . import protocol
 from .limits import Limits, env_name
-from .messages import UserError, printable
+from .messages import Message, UserError, printable
 from .settings import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,18 @@ _SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "G
 
 
 class ImageLoadError(ValueError):
-    """An image could not be used; the message says why."""
+    """An image could not be used: :attr:`message` says why, in either language (``str()``: English)."""
+
+    def __init__(self, key: str, **params: Any) -> None:
+        self.message = Message(key, params)
+        super().__init__(str(self.message))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled by key (a ZeroGPU worker gets refused downloads)
+        return _load_error, (self.message.key, dict(self.message.params))
+
+
+def _load_error(key: str, params: dict[str, Any]) -> ImageLoadError:
+    return ImageLoadError(key, **params)
 
 
 def source_label(source: ImageSource, index: int) -> str:
@@ -85,20 +97,20 @@ def _amount(size: int) -> str:
 
 
 def _too_large(size: int, limits: Limits) -> ImageLoadError:
-    return ImageLoadError(f"file is {_amount(size)}, above the limit of {_amount(limits.max_file_bytes)} "
-                          f"({env_name('max_file_bytes')})")
+    return ImageLoadError("image_file_too_large", size=_amount(size), limit=_amount(limits.max_file_bytes),
+                          variable=env_name("max_file_bytes"))
 
 
 def _read_bytes(path: Path, limits: Limits) -> bytes:
     try:
         if not path.is_file():
-            raise ImageLoadError("file not found" if not path.exists() else "not a file")
+            raise ImageLoadError("image_file_missing" if not path.exists() else "image_not_a_file")
         size = path.stat().st_size
         if size > limits.max_file_bytes:
             raise _too_large(size, limits)  # refused without reading it
         return path.read_bytes()
     except OSError as exc:
-        raise ImageLoadError(f"cannot read the file ({exc.strerror or exc})") from None
+        raise ImageLoadError("image_file_unreadable", reason=exc.strerror or str(exc)) from None
 
 
 def _open(source: ImageSource, limits: Limits) -> Image.Image:
@@ -107,7 +119,7 @@ def _open(source: ImageSource, limits: Limits) -> Image.Image:
         return source
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else _read_bytes(Path(source), limits)
     if not data:
-        raise ImageLoadError("empty file (0 bytes)")
+        raise ImageLoadError("image_empty_file")
     if len(data) > limits.max_file_bytes:
         raise _too_large(len(data), limits)
     try:
@@ -115,23 +127,23 @@ def _open(source: ImageSource, limits: Limits) -> Image.Image:
     except Image.DecompressionBombError:
         raise
     except Exception:  # noqa: BLE001 - each format plugin fails its own way on a damaged header
-        raise ImageLoadError(f"not a readable image ({_unidentified(data)})") from None
+        raise ImageLoadError("image_not_readable", detail=_unidentified(data)) from None
 
 
-def _unidentified(data: bytes) -> str:
+def _unidentified(data: bytes) -> Message:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "damaged WEBP header"
+        return Message("image_damaged_header", {"format": "WEBP"})
     kind = next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
-    return f"damaged {kind} header" if kind else "unknown format, or not an image"
+    return Message("image_damaged_header", {"format": kind}) if kind else Message("image_unknown_format")
 
 
 def _check_pixels(image: Image.Image, limits: Limits) -> None:
     width, height = image.size
     if width < 1 or height < 1:
-        raise ImageLoadError(f"image has no pixels ({width}x{height})")
+        raise ImageLoadError("image_no_pixels", width=width, height=height)
     if width * height > limits.max_image_pixels:
-        raise ImageLoadError(f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the limit of "
-                             f"{limits.max_image_pixels / 1e6:.0f} MP ({env_name('max_image_pixels')})")
+        raise ImageLoadError("image_too_many_pixels", width=width, height=height, mp=f"{width * height / 1e6:.0f}",
+                             limit=f"{limits.max_image_pixels / 1e6:.0f}", variable=env_name("max_image_pixels"))
 
 
 def decoded_bytes(image: Image.Image) -> int:
@@ -142,9 +154,9 @@ def decoded_bytes(image: Image.Image) -> int:
 def _check_decoded_bytes(image: Image.Image, limits: Limits) -> int:
     size = decoded_bytes(image)
     if size > limits.max_decoded_bytes:
-        raise ImageLoadError(f"image would take {_amount(size)} in memory decoded ({image.width}x{image.height} "
-                             f"{image.mode}), above the limit of {_amount(limits.max_decoded_bytes)} "
-                             f"({env_name('max_decoded_bytes')})")
+        raise ImageLoadError("image_too_much_memory", size=_amount(size), width=image.width, height=image.height,
+                             mode=image.mode, limit=_amount(limits.max_decoded_bytes),
+                             variable=env_name("max_decoded_bytes"))
     return size
 
 
@@ -303,11 +315,11 @@ def _decode(image: Image.Image, max_side: int, budget: PixelBudget | None) -> Im
     return _padded_to_model_shape(_flatten(_to_rgb_or_rgba(image)))
 
 
-def _describe(exc: Exception, image_format: str | None) -> str:
+def _describe(exc: Exception, image_format: str | None) -> Message | str:
     text = str(exc).strip().rstrip(".")
     if "truncated" in text.lower():
-        return f"truncated {image_format or 'file'}"
-    return f"{image_format + ': ' if image_format else ''}{text or type(exc).__name__}"
+        return Message("image_truncated", {"format": image_format}) if image_format else Message("image_truncated_file")
+    return f"{image_format + ': ' if image_format else ''}{text or type(exc).__name__}"  # Pillow's own words
 
 
 def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE, limits: Limits | None = None,
@@ -323,8 +335,7 @@ def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE, limits:
         raise source
     limits = limits or Limits()
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, Image.Image)):
-        raise ImageLoadError(f"unsupported input type {type(source).__name__}; "
-                             "give a file path, bytes or a PIL image")
+        raise ImageLoadError("image_bad_type", type=type(source).__name__)
     image_format = None
     try:
         image = _open(source, limits)
@@ -338,10 +349,10 @@ def load_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE, limits:
     except ImageLoadError:
         raise
     except Image.DecompressionBombError:
-        raise ImageLoadError(f"image dimensions are far above the limit of {limits.max_image_pixels / 1e6:.0f} MP "
-                             f"({env_name('max_image_pixels')}); refused as a decompression bomb") from None
+        raise ImageLoadError("image_bomb", limit=f"{limits.max_image_pixels / 1e6:.0f}",
+                             variable=env_name("max_image_pixels")) from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on malformed input
-        raise ImageLoadError(f"not a readable image ({_describe(exc, image_format)})") from None
+        raise ImageLoadError("image_not_readable", detail=_describe(exc, image_format)) from None
 
 
 def load_query_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
@@ -351,4 +362,4 @@ def load_query_image(source: ImageSource, *, max_side: int = DEFAULT_MAX_SIDE,
     try:
         return load_image(source, max_side=max_side, limits=limits, budget=budget)
     except ImageLoadError as exc:
-        raise UserError("bad_query_image", reason=str(exc)) from None
+        raise UserError("bad_query_image", reason=exc.message) from None

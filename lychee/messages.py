@@ -34,8 +34,10 @@ def _messages() -> dict[str, dict[str, str]]:
 
 
 def message(key: str, lang: Language, **params: Any) -> str:
-    """The message ``key`` in ``lang`` with ``{placeholders}`` filled from ``params``."""
-    return _messages()[key][lang].format(**params)
+    """The message ``key`` in ``lang`` with ``{placeholders}`` filled from ``params``; a
+    parameter that is itself a :class:`Message` (a cause inside a refusal) is said in ``lang`` too."""
+    said = {name: value.text(lang) if isinstance(value, Message) else value for name, value in params.items()}
+    return _messages()[key][lang].format(**said)
 
 
 def bilingual(key: str, **params: Any) -> str:
@@ -67,14 +69,22 @@ class InputWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class Notice:
-    """Something the reranker changed in a request and the user should know about."""
+class Message:
+    """A message by key, said in either language when it is shown (``str()``: English)."""
 
     key: str
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def text(self, lang: Language) -> str:
         return message(self.key, lang, **self.params)
+
+    def __str__(self) -> str:
+        return self.text("en")
+
+
+@dataclass(frozen=True)
+class Notice(Message):
+    """Something the reranker changed in a request and the user should know about."""
 
     def to_dict(self) -> dict[str, str]:
         """``{"code": key, "message": "English / 中文"}``, as the web API reports it."""

@@ -25,9 +25,10 @@ ordered by the same rules, so a caller can show what was filtered and why.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from .messages import Language, Message
 from .settings import DEFAULT_TIE_EPSILON, Settings
 
 WinnerStrength = Literal["close", "clear", "dominant"]
@@ -45,7 +46,13 @@ class ScoredImage:
     source: str
     raw_score: float
     raw_output: str
-    error: str | None = None
+    error: str | None = None  # why it failed, in English: the API's and the CLI's words
+    failure: Message | None = field(default=None, compare=False)  # the same, said in either language
+
+    @classmethod
+    def failed(cls, index: int, source: str, failure: Message, raw_output: str = "") -> ScoredImage:
+        """A record of an image that could not be scored, and why."""
+        return cls(index, source, 0.0, raw_output, str(failure), failure)
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,17 @@ class RerankResult:
     tied: bool
     raw_output: str
     error: str | None
+    failure: Message | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable record."""
-        return asdict(self)
+        """Plain JSON-serialisable record (``error`` in English)."""
+        record = asdict(self)
+        del record["failure"]
+        return record
+
+    def error_text(self, lang: Language) -> str | None:
+        """Why it failed, in ``lang`` (None when it did not)."""
+        return self.failure.text(lang) if self.failure is not None else self.error
 
 
 def normalized_scores(raw_scores: Sequence[float]) -> list[float]:
@@ -100,7 +114,7 @@ def _ordered(items: Sequence[tuple[float, ScoredImage]], tie_epsilon: float,
     return [
         RerankResult(rank=first_rank + i, index=r.index, source=r.source, score=score,
                      raw_score=r.raw_score if r.error is None else 0.0, tied=tied,
-                     raw_output=r.raw_output, error=r.error)
+                     raw_output=r.raw_output, error=r.error, failure=r.failure)
         for i, (score, r, tied) in enumerate(ranked)
     ]
 

@@ -19,7 +19,7 @@ from .documents import DocumentTexts, prepare_texts, text_label
 from .explain import Explanation, occlusion
 from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source_label
 from .limits import Limits
-from .messages import InputWarning, Notice, UserError, printable
+from .messages import InputWarning, Message, Notice, UserError, printable
 from .parsing import parse_score
 from .ranking import RerankResult, ScoredImage
 from .request import Query, Request, build_request, prepare_query
@@ -184,18 +184,17 @@ class LycheeReranker:
             source_label(s, start + i) if s is not None else text_label(t) if t else f"document {start + i + 1}"
             for i, (s, t) in enumerate(zip(images, texts))]
 
-        def problem(i: int, cause: object) -> str:
-            kind = "image" if images[i] is not None else "document"
-            message = f"{kind} {start + i + 1} '{names[i]}': {cause}"
-            log.warning("%s", printable(message))
-            return message
+        def failed(i: int, cause: Message, raw_output: str = "") -> ScoredImage:
+            log.warning("%s", printable(f"{'image' if images[i] is not None else 'document'}s[{start + i}] "
+                                        f"'{names[i]}': {cause}"))
+            return ScoredImage.failed(start + i, names[i], cause, raw_output)
 
         loaded: dict[int, Image.Image | None] = {}
-        errors: dict[int, str] = {}
+        errors: dict[int, ScoredImage] = {}
         with_image = [i for i, source in enumerate(images) if source is not None]
         for i, outcome in zip(with_image, self._load_all([images[i] for i in with_image], max_side, decoded)):
             if isinstance(outcome, ImageLoadError):
-                errors[i] = problem(i, outcome)
+                errors[i] = failed(i, outcome.message)
             else:
                 loaded[i] = outcome
         for i, source in enumerate(images):
@@ -203,17 +202,18 @@ class LycheeReranker:
                 if texts[i]:
                     loaded[i] = None  # a text-only document: nothing for the vision tower
                 else:
-                    errors[i] = problem(i, "no image and no text")
+                    errors[i] = failed(i, Message("document_empty"))
         loaded = dict(sorted(loaded.items()))
         outputs = self._score_loaded(query.text, query.instruction, query.image, loaded, lenient_parsing, progress,
                                      total=len(images), already_done=len(errors), texts=texts)
         records = []
         for i in range(len(images)):
             if i in errors:
-                records.append(ScoredImage(start + i, names[i], 0.0, "", errors[i]))
+                records.append(errors[i])
                 continue
             value, raw_output, cause = outputs[i]
-            records.append(ScoredImage(start + i, names[i], value, raw_output, cause and problem(i, cause)))
+            records.append(failed(i, cause, raw_output) if cause
+                           else ScoredImage(start + i, names[i], value, raw_output))
         return records
 
     def scored_image(self, source: ImageSource, max_side: int | None = None) -> Image.Image:
@@ -244,7 +244,7 @@ class LycheeReranker:
     def _score_loaded(self, query: str, instruction: str | None, reference: Image.Image | None,
                       loaded: dict[int, Image.Image | None],
                       lenient: bool, progress: Progress | None, *, total: int,
-                      already_done: int, texts: Sequence[str]) -> dict[int, tuple[float, str, str | None]]:
+                      already_done: int, texts: Sequence[str]) -> dict[int, tuple[float, str, Message | None]]:
         def report(done: int, _: int) -> None:
             if progress:
                 progress(already_done + done, total)
@@ -304,7 +304,7 @@ class LycheeReranker:
         try:
             scored = self.scored_image(image, max_side)
         except ImageLoadError as exc:
-            raise UserError("bad_image", reason=str(exc)) from None
+            raise UserError("bad_image", reason=exc.message) from None
         reference = query.image  # the backend fits it to the pixel budget, as it does for every query
         messages = protocol.rerank_messages(query.text, query.instruction, query_image=reference is not None)
 
@@ -380,7 +380,7 @@ class LycheeReranker:
         documents = None if texts is None else prepare_texts(texts, self.limits)
         warn(request.notices + (documents.notices if documents else ()))
         records = self.score_request(request, images, texts=documents, labels=labels, progress=progress)
-        failures = [r.error for r in records if r.error]
+        failures = [f"images[{r.index}] '{r.source}': {r.error}" for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
         return ranking.split_with(records, settings)[0]
@@ -407,18 +407,18 @@ def _candidates(images: Sequence[ImageSource | None] | None,
             list(documents.texts) if documents is not None else [""] * count)
 
 
-def _relevance(p_yes: float | Exception) -> tuple[float, str, str | None]:
+def _relevance(p_yes: float | Exception) -> tuple[float, str, Message | None]:
     """(score, raw output, error) of one image in logit mode."""
     if isinstance(p_yes, Exception):
-        return 0.0, "", f"model error: {p_yes}"
+        return 0.0, "", Message("model_error", {"detail": str(p_yes)})
     return 10.0 * p_yes, f"p(yes)={p_yes:.4f} p(no)={1 - p_yes:.4f}", None
 
 
-def _parsed(text: str | Exception, lenient: bool) -> tuple[float, str, str | None]:
+def _parsed(text: str | Exception, lenient: bool) -> tuple[float, str, Message | None]:
     """(score, raw output, error) of one image in generate mode: the score read from the answer."""
     if isinstance(text, Exception):
-        return 0.0, "", f"model error: {text}"
+        return 0.0, "", Message("model_error", {"detail": str(text)})
     value = parse_score(text, lenient=lenient)
     if value is None:
-        return 0.0, text, "could not read a 0-10 score in the model's answer"
+        return 0.0, text, Message("score_unreadable")
     return value, text, None

@@ -117,8 +117,8 @@ class ImageBudget:
     def take(self, size: int) -> None:
         """Count ``size`` more bytes; ``ImageLoadError`` (and nothing counted) when they do not fit."""
         if self.used + size > self.limit:
-            raise ImageLoadError(f"the request's images together hold more than {self.limit:,} bytes, the limit "
-                                 f"({env_name('max_request_image_bytes')}); send fewer or smaller images")
+            raise ImageLoadError("url_request_budget", limit=f"{self.limit:,}",
+                                 variable=env_name("max_request_image_bytes"))
         self.used += size
 
     def give_back(self, size: int) -> None:
@@ -129,16 +129,16 @@ def decode_data_uri(uri: str, limits: Limits, budget: ImageBudget | None = None)
     """The bytes of a ``data:`` URI; ``ImageLoadError`` if it is malformed or over a size limit."""
     match = _DATA_URI.fullmatch(uri.strip())
     if match is None or not match["b64"]:
-        raise ImageLoadError("not a base64 data: URI (expected data:image/...;base64,...)")
+        raise ImageLoadError("url_not_data_uri")
     encoded = re.sub(r"\s+", "", match["data"])
     size = len(encoded) * 3 // 4
     if size > limits.max_file_bytes:
-        raise ImageLoadError(f"data URI holds more than {limits.max_file_bytes:,} bytes, the limit "
-                             f"({env_name('max_file_bytes')})")
+        raise ImageLoadError("url_data_too_large", limit=f"{limits.max_file_bytes:,}",
+                             variable=env_name("max_file_bytes"))
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise ImageLoadError("data URI is not valid base64") from None
+        raise ImageLoadError("url_bad_base64") from None
     if budget is not None:
         budget.take(len(data))
     return data
@@ -164,19 +164,19 @@ async def _public_address(host: str) -> str:
         literal = None
     if literal is not None:
         if not is_public_address(str(literal)):
-            raise ImageLoadError(f"refused URL: {host} is not a public address")
+            raise ImageLoadError("url_not_public", host=host)
         return str(literal)
     if not _HOST_NAME.fullmatch(host):
-        raise ImageLoadError(f"refused URL: {host[:80]!r} is not a valid host name")
+        raise ImageLoadError("url_bad_host", host=repr(host[:80]))
     try:
         addresses = await asyncio.wrap_future(_resolver.submit(resolve_host, host))
     except (OSError, UnicodeError):
-        raise ImageLoadError(f"refused URL: {host} does not resolve") from None
+        raise ImageLoadError("url_no_address", host=host) from None
     if not addresses:
-        raise ImageLoadError(f"refused URL: {host} does not resolve")
+        raise ImageLoadError("url_no_address", host=host)
     internal = [a for a in addresses if not is_public_address(a)]
     if internal:
-        raise ImageLoadError(f"refused URL: {host} resolves to {internal[0]}, not a public address")
+        raise ImageLoadError("url_resolves_internal", host=host, address=internal[0])
     return addresses[0]
 
 
@@ -186,8 +186,7 @@ def _decoder(encoding: str) -> Callable[[bytes, int], bytes]:
     if encoding in ("", "identity"):
         return lambda chunk, _: chunk
     if encoding not in _ZLIB_WBITS:
-        raise ImageLoadError(f"download refused: the server sent a {encoding[:20]}-compressed body; "
-                             "only uncompressed, gzip or deflate bodies are accepted")
+        raise ImageLoadError("url_encoding", encoding=encoding[:20])
     state = {"inflate": zlib.decompressobj(_ZLIB_WBITS[encoding]), "first": True}
 
     def decode(chunk: bytes, max_length: int) -> bytes:
@@ -198,7 +197,7 @@ def _decoder(encoding: str) -> Callable[[bytes, int], bytes]:
                 state["inflate"] = zlib.decompressobj(-zlib.MAX_WBITS)
                 state["first"] = False
                 return state["inflate"].decompress(chunk, max_length)
-            raise ImageLoadError("download failed: the compressed body is damaged") from None
+            raise ImageLoadError("url_damaged_body") from None
         finally:
             state["first"] = False
 
@@ -214,8 +213,8 @@ async def _read_body(response: httpx.Response, limits: Limits, budget: ImageBudg
             room = limits.max_file_bytes - len(body)
             data = decode(chunk, room + 1)
             if len(data) > room:
-                raise ImageLoadError(f"download is larger than {limits.max_file_bytes:,} bytes, the limit "
-                                     f"({env_name('max_file_bytes')})")
+                raise ImageLoadError("url_too_large", limit=f"{limits.max_file_bytes:,}",
+                                     variable=env_name("max_file_bytes"))
             budget.take(len(data))
             body += data
     except BaseException:
@@ -230,11 +229,11 @@ def _checked_url(url: str) -> tuple[httpx.URL, str]:
         parsed = httpx.URL(url)
         host = parsed.host  # decoded lazily: IDNA errors surface here
     except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors
-        raise ImageLoadError(f"refused URL: {str(exc)[:120]}") from None
+        raise ImageLoadError("url_invalid", reason=str(exc)[:120]) from None
     if parsed.scheme not in ("http", "https") or not host:
-        raise ImageLoadError(f"refused URL: only http, https and data: URLs are accepted, got {url[:80]!r}")
+        raise ImageLoadError("url_bad_scheme", url=repr(url[:80]))
     if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise ImageLoadError(f"refused URL: port {parsed.port} is not a valid port (1-65535)")
+        raise ImageLoadError("url_bad_port", port=parsed.port)
     return parsed, host
 
 
@@ -249,9 +248,9 @@ async def _download(url: str, limits: Limits, budget: ImageBudget) -> bytes:
                 url = urljoin(url, response.headers.get("location", ""))
                 continue
             if response.status_code != 200:
-                raise ImageLoadError(f"download failed: HTTP {response.status_code}")
+                raise ImageLoadError("url_http_status", status=response.status_code)
             return await _read_body(response, limits, budget)
-    raise ImageLoadError(f"refused URL: more than {MAX_REDIRECTS} redirects")
+    raise ImageLoadError("url_redirects", count=MAX_REDIRECTS)
 
 
 def _failure(exc: BaseException) -> ImageLoadError:
@@ -261,8 +260,8 @@ def _failure(exc: BaseException) -> ImageLoadError:
     if isinstance(first, ImageLoadError):
         return first
     log.info("download failed: %s: %s", type(first).__name__, printable(first))
-    kind = "connection failed" if isinstance(first, (OSError, httpx.TransportError)) else "download failed"
-    return ImageLoadError(f"download failed ({kind}: {type(first).__name__})")
+    key = "url_connection_failed" if isinstance(first, (OSError, httpx.TransportError)) else "url_download_failed"
+    return ImageLoadError(key, error=type(first).__name__)
 
 
 async def fetch_image(url: str, limits: Limits, budget: ImageBudget | None = None) -> bytes:
@@ -271,8 +270,8 @@ async def fetch_image(url: str, limits: Limits, budget: ImageBudget | None = Non
     :class:`ImageLoadError`."""
     budget = budget or ImageBudget(limits.max_request_image_bytes)
     if not isinstance(url, str) or not url.strip():
-        raise ImageLoadError("empty URL" if isinstance(url, str) or url is None else
-                             f"not a URL: {type(url).__name__}")
+        raise (ImageLoadError("url_empty") if isinstance(url, str) or url is None
+               else ImageLoadError("url_not_text", type=type(url).__name__))
     url = url.strip()
     if url[:5].lower() == "data:":
         return decode_data_uri(url, limits, budget)
@@ -303,8 +302,7 @@ def fetch_images(urls: Sequence[str], limits: Limits) -> list[bytes | ImageLoadE
             except ImageLoadError as exc:
                 return exc
             except TimeoutError:
-                return ImageLoadError(f"download took longer than {limits.url_timeout_s} s "
-                                      f"({env_name('url_timeout_s')}), the time all URLs of one request have together")
+                return ImageLoadError("url_timeout", seconds=limits.url_timeout_s, variable=env_name("url_timeout_s"))
 
         return await asyncio.gather(*(one(url) for url in urls))
 

@@ -92,7 +92,7 @@ def test_results_are_best_first_and_ties_keep_input_order(everything):
 def test_corrupt_image_is_an_error_record_and_the_rest_are_ranked(everything):
     (error,) = everything["errors"]
     assert error["source"] == "corrupt.jpg" and error["score"] == 0.0
-    assert error["error"].startswith("image 6 'corrupt.jpg': not a readable image")
+    assert error["error"].startswith("not a readable image") and error["index"] == 5
     assert error["rank"] == 6
     assert all(r["error"] is None for r in everything["results"])
 

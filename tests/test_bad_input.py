@@ -66,7 +66,8 @@ def test_a_broken_image_gets_its_own_error_and_the_others_are_still_scored(stric
     with caplog.at_level(logging.WARNING):
         records = strict_reranker.score(QUERY, [GOOD, data, GOOD], labels=["a.png", "bad.jpg", "c.png"])
     assert [r.error is None for r in records] == [True, False, True]
-    assert records[1].error.startswith("image 2 'bad.jpg': ") and message in records[1].error
+    assert message in records[1].error and records[1].error == records[1].failure.text("en")
+    assert records[1].failure.text("zh") != records[1].error  # the page says it in Chinese too
     assert records[1].raw_score == 0.0
     assert records[0].raw_score == pytest.approx(records[2].raw_score, abs=1e-6) and records[0].raw_score > 0
     assert "bad.jpg" in caplog.text

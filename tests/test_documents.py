@@ -160,8 +160,8 @@ def test_a_bad_document_fails_alone(tiny_reranker, image_dir):
     pictures, texts = mixed()
     broken = str(image_dir / "corrupt.jpg")
     records = tiny_reranker.score(QUERY, [broken, None, *pictures[:2]], texts=["A title", None, *texts[:2]])
-    assert records[0].error == "image 1 'corrupt.jpg': not a readable image (truncated JPEG)"
-    assert records[1].error == "document 2 'document 2': no image and no text"
+    assert records[0].error == "not a readable image (truncated JPEG)"
+    assert records[1].error == "no image and no text" and records[1].failure.text("zh") == "既没有图片也没有文字"
     assert records[2].error is None and records[3].error is None
     ranked = tiny_reranker.rerank(QUERY, [broken, None, *pictures[:2]], texts=["A title", None, *texts[:2]])
     assert [r.index for r in ranked[-2:]] == [0, 1] and ranked[-1].score == 0.0

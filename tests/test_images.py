@@ -262,3 +262,23 @@ def test_decoding_waits_for_room_in_the_shared_budget():
     for thread in threads:
         thread.join()
     assert max(most) == 1  # 60 + 60 > 100: one at a time
+
+
+def test_a_load_error_is_said_in_either_language_and_survives_pickling():
+    import pickle
+
+    from lychee.images import load_query_image
+    from lychee.messages import UserError
+
+    jpeg = make_image(200, 150, (10, 20, 30), "JPEG")
+    truncated = jpeg[: len(jpeg) // 2]
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(truncated)
+    assert str(caught.value) == "not a readable image (truncated JPEG)"
+    assert caught.value.message.text("zh") == "不是可读取的图片(JPEG 文件不完整)"
+    again = pickle.loads(pickle.dumps(caught.value))  # a refused download crosses into the ZeroGPU worker
+    assert isinstance(again, ImageLoadError) and again.message == caught.value.message
+    with pytest.raises(UserError) as refused:  # the cause inside a refusal follows the refusal's language
+        load_query_image(b"")
+    assert refused.value.text("zh") == "参考图片无法使用:空文件(0 字节)。请换一张 JPEG、PNG 或 WebP 图片"
+    assert "empty file (0 bytes)" in refused.value.bilingual()

@@ -130,7 +130,8 @@ def test_broken_files_get_errors_and_the_rest_are_still_ranked(tiny_reranker, im
     assert {r.index: r.raw_score for r in results[:3]} == pytest.approx(
         {0: clean[0], 2: clean[1], 4: clean[2]}, abs=1e-6)
     errors = {r.source: r.error for r in results[3:]}
-    assert "truncated" in errors["corrupt.jpg"] and errors["corrupt.jpg"].startswith("image 2 'corrupt.jpg'")
+    assert errors["corrupt.jpg"] == "not a readable image (truncated JPEG)"
+    assert [r.index for r in results[3:]] == [1, 3, 5]  # the one numbering: position in the list given
     assert "not a readable image" in errors["notes.png"]
     assert "empty file" in errors["empty.jpg"]
     assert all(r.score == 0.0 for r in results[3:])
@@ -138,7 +139,7 @@ def test_broken_files_get_errors_and_the_rest_are_still_ranked(tiny_reranker, im
 
 
 def test_raise_on_error_raises_a_clear_exception(tiny_reranker, image_dir):
-    with pytest.raises(RerankError, match=r"1 of 2 images failed: image 2 'empty.jpg': empty file"):
+    with pytest.raises(RerankError, match=r"1 of 2 images failed: images\[1\] 'empty.jpg': empty file"):
         tiny_reranker.rerank(QUERY, [good_paths(image_dir)[0], str(image_dir / "empty.jpg")],
                              raise_on_error=True)
 

@@ -122,7 +122,7 @@ def test_a_refused_pair_becomes_that_images_error_and_the_others_are_scored(stan
     reranker = LycheeReranker(backend="vllm-server", server_url=url_of(stand_in))
     results = reranker.rerank("a red car", images(112, FAILING_WIDTH, 336))
     assert [(r.index, r.error is None) for r in results] == [(2, True), (0, True), (1, False)]
-    assert results[2].error == "image 2 'image 2': model error: the vLLM server answered 500: engine hiccup"
+    assert results[2].error == "model error: the vLLM server answered 500: engine hiccup"
 
 
 def test_a_server_that_is_down_is_a_clear_request_error_at_once():

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from lychee.limits import Limits
-from lychee.messages import LANGUAGES, UserError
+from lychee.messages import LANGUAGES, Message, UserError
 from lychee.ranking import ScoredImage
 from lychee.settings import resolve_settings
 from lychee.web import service
@@ -39,7 +39,8 @@ def fixed_scores(*scores: float | None):
         for i, (path, value) in enumerate(zip(accepted.images, scores)):
             name = Path(path).name
             if value is None:
-                records.append(ScoredImage(i, name, 0.0, "", f"image {i + 1} '{name}': not a readable image"))
+                records.append(ScoredImage.failed(i, name, Message("image_not_readable",
+                                                                   {"detail": Message("image_unknown_format")})))
             else:
                 records.append(ScoredImage(i, name, value, f"p(yes)={value / 10:.4f}"))
         return records

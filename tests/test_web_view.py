@@ -8,7 +8,7 @@ from datetime import datetime
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from lychee.messages import Notice, UserError
+from lychee.messages import Message, Notice, UserError
 from lychee.ranking import RerankResult, ScoredImage
 from lychee.report import Report
 from lychee.request import Query, Request
@@ -26,6 +26,7 @@ from lychee.web.view import (
     raw_output_rows,
     short_name,
     status_line,
+    table_note,
     table_rows,
     winner_card,
 )
@@ -34,10 +35,12 @@ MODEL = {"model": "tiny", "device": "cpu", "dtype": "fp32", "attention": "sdpa",
          "visual_tokens": "4-1280"}
 
 
-def result(rank: int, index: int, score: float, *, tied: bool = False, error: str | None = None,
+def result(rank: int, index: int, score: float, *, tied: bool = False, error: str | Message | None = None,
            raw_score: float | None = None) -> RerankResult:
     raw = score if raw_score is None else raw_score
-    return RerankResult(rank, index, f"img{index}.png", score, raw, tied, "" if error else "p(yes)=0.5", error)
+    failure = error if isinstance(error, Message) else None
+    return RerankResult(rank, index, f"img{index}.png", score, raw, tied, "" if error else "p(yes)=0.5",
+                        None if error is None else str(error), failure)
 
 
 def outcome(results, filtered_out=(), errors=(), *, image_paths: list[str] | None = None, preset: str | None = None,
@@ -75,26 +78,41 @@ def test_filtered_images_say_why_they_were_left_out():
     assert filtered_gallery(done, "zh")[1][1].endswith("\n低于门槛 5")
 
 
-def test_table_rows_list_results_then_failures_with_their_message():
+def test_table_rows_list_results_then_failures_with_their_message_in_the_pages_language(image_dir):
+    paths = [str(image_dir / "good0.png"), str(image_dir / "good1.png"), str(image_dir / "empty.jpg")]
     done = outcome([result(1, 0, 9.0, tied=True), result(2, 1, 8.98, tied=True)],
-                   errors=[result(3, 2, 0.0, error="image 3 'img2.png': empty file (0 bytes)")])
-    assert table_rows(done, "en") == [
+                   errors=[result(3, 2, 0.0, error=Message("image_empty_file"))], image_paths=paths)
+    rows = table_rows(done, "en")
+    assert [row[:1] + row[2:] for row in rows] == [
         ["1", "img0.png", "≈9.00", "9.0000", "≈ tied"],
         ["2", "img1.png", "≈8.98", "8.9800", "≈ tied"],
-        ["3", "img2.png", "0.00", "", "⚠ failed: image 3 'img2.png': empty file (0 bytes)"],
+        ["3", "img2.png", "0.00", "", "⚠ failed: empty file (0 bytes)"],
     ]
+    assert table_rows(done, "zh")[2][5] == "⚠ 失败:空文件(0 字节)"
+    # A small thumbnail per row, as scored; none for the image that could not be read.
+    assert all(row[1].startswith("data:image/jpeg;base64,") for row in rows[:2]) and rows[2][1] == ""
+
+
+def test_the_table_note_says_where_the_ranks_it_skips_are():
+    done = outcome([result(1, 0, 9.0)], [result(2, 1, 4.0), result(3, 3, 3.0)], [result(4, 2, 0.0, error="bad")],
+                   score_threshold=5.0)
+    assert [row[0] for row in table_rows(done, "en")] == ["1", "4"]
+    assert table_note(done, "en") == "Ranks 2–3 are under “Filtered out (2)” below; images that failed rank last."
+    assert table_note(done, "zh").startswith("第 2–3 名在下方“被过滤的图片(2)”中")
+    assert table_note(outcome([result(1, 0, 9.0)], [], [result(2, 2, 0.0, error="bad")]), "en") == ""
 
 
 def test_a_fixed_length_preset_fills_the_table_with_empty_slots():
     rows = table_rows(outcome([result(1, 0, 9.0)], preset="pipeline", top_k=3), "en")
     assert [row[0] for row in rows] == ["1", "2", "3"]
-    assert rows[1][4].startswith("— empty slot")
+    assert rows[1][5].startswith("— empty slot") and rows[1][1] == ""
 
 
 def test_raw_output_covers_every_image_in_rank_order():
-    done = outcome([result(1, 0, 9.0)], [result(2, 1, 2.0)], [result(3, 2, 0.0, error="bad")])
-    assert raw_output_rows(done) == [["1", "img0.png", "p(yes)=0.5"], ["2", "img1.png", "p(yes)=0.5"],
-                                     ["3", "img2.png", "bad"]]
+    done = outcome([result(1, 0, 9.0)], [result(2, 1, 2.0)], [result(3, 2, 0.0, error=Message("image_empty_file"))])
+    assert raw_output_rows(done, "en") == [["1", "img0.png", "p(yes)=0.5"], ["2", "img1.png", "p(yes)=0.5"],
+                                           ["3", "img2.png", "empty file (0 bytes)"]]
+    assert raw_output_rows(done, "zh")[2][2] == "空文件(0 字节)"
 
 
 def test_the_status_line_has_counts_time_throughput_device_and_dtype():

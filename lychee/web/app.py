@@ -64,7 +64,9 @@ from .view import (
     status_html,
     status_line,
     table_css,
+    table_datatypes,
     table_headers,
+    table_note,
     table_rows,
     table_widths,
     winner_card,
@@ -258,7 +260,9 @@ class RerankDemo:
                               object_fit="cover", interactive=False, elem_id="lychee-ranked",
                               elem_classes="lychee-ranked")
         self.table = self.tr(gr.Dataframe, {"label": "table_label"}, headers=table_headers(DEFAULT_LANGUAGE),
-                             interactive=False, wrap=True, column_widths=table_widths(), elem_id="lychee-table")
+                             interactive=False, wrap=True, column_widths=table_widths(), datatype=table_datatypes(),
+                             elem_id="lychee-table")
+        self.table_note = gr.Markdown(elem_classes="lychee-table-note")
         with gr.Accordion(text("filtered_label", DEFAULT_LANGUAGE, count=0), open=False) as self.filtered_box:
             self.filtered = gr.Gallery(columns=5, height="auto", fit_columns=False, object_fit="cover",
                                        interactive=False, show_label=False, elem_id="lychee-filtered")
@@ -269,8 +273,8 @@ class RerankDemo:
             self.json_file = self.tr(gr.DownloadButton, {"label": "json_button"}, visible=False, size="sm")
             self.csv_file = self.tr(gr.DownloadButton, {"label": "csv_button"}, visible=False, size="sm")
         self.calibrate.build()
-        self.results = [self.status, self.winner, self.ranked, self.table, self.filtered_box, self.filtered,
-                        self.raw_box, self.raw_table, self.json_file, self.csv_file]
+        self.results = [self.status, self.winner, self.ranked, self.table, self.table_note, self.filtered_box,
+                        self.filtered, self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
     def _build_explanation(self) -> None:
         """"Why this score?" under the #1 card: for #1, or the image chosen in the ranked gallery, the
@@ -360,6 +364,7 @@ class RerankDemo:
             return updates | {self.status: gr.update(value=status_html(text("status_idle", lang))),
                               self.filtered_box: gr.update(label=text("filtered_label", lang, count=0)),
                               self.table: gr.update(value={"headers": table_headers(lang), "data": []}),
+                              self.table_note: "",
                               self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": []})}
         report = outcome.report
         level = ["lychee-ranked", f"lychee-ranked--{winner_level(outcome)}"] if report.results else ["lychee-ranked"]
@@ -368,9 +373,11 @@ class RerankDemo:
             self.winner: gr.update(value=winner_card(outcome, lang)),
             self.ranked: gr.update(value=ranked_gallery(outcome), elem_classes=level),
             self.table: gr.update(value={"headers": table_headers(lang), "data": table_rows(outcome, lang)}),
+            self.table_note: table_note(outcome, lang),
             self.filtered_box: gr.update(label=text("filtered_label", lang, count=len(report.filtered_out))),
             self.filtered: gr.update(value=filtered_gallery(outcome, lang)),
-            self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": raw_output_rows(outcome)}),
+            self.raw_table: gr.update(value={"headers": raw_output_headers(lang),
+                                             "data": raw_output_rows(outcome, lang)}),
         }
 
     def render_downloads(self, outcome: RerankOutcome) -> dict[Any, Any]:

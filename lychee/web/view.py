@@ -11,6 +11,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+
+from PIL import Image
 
 from ..images import ImageLoadError, ImageSource, load_image
 from ..limits import Limits
@@ -21,7 +24,9 @@ from ..ranking import WEAK_MATCH_SCORE, RerankResult, matches_well
 from .i18n import Language, count_text, text
 from .service import RerankOutcome
 
-THUMBNAIL_SIDE = 320
+THUMBNAIL_SIDE = 320  # the #1 card's image
+ROW_THUMBNAIL_SIDE = 64  # a results table row's (shown at half that, sharp on a phone's screen)
+STILL_SIDE = 1024  # the still of an animated image in a gallery
 NAME_LIMIT = 19  # characters of a file name in a gallery caption; longer ones lose their middle
 WORD_SEPARATOR = {"zh": "、", "en": ", "}
 
@@ -54,14 +59,33 @@ def reason_text(result: RerankResult, outcome: RerankOutcome, lang: Language) ->
     return text("reason_beyond_top_k", lang, top_k=settings.top_k)
 
 
-def ranked_gallery(outcome: RerankOutcome) -> list[tuple[str, str]]:
-    """``(path, caption)`` for each ranked image, best first."""
-    return [(outcome.job.images[r.index], caption(r)) for r in outcome.report.results]
+@lru_cache(maxsize=256)
+def scored_frame(path: str) -> Image.Image | None:
+    """The frame of an animated image that was scored (its first), as a still; None for an image
+    that does not move (or cannot be read), which a gallery shows as it is."""
+    try:
+        with Image.open(path) as image:
+            if not getattr(image, "is_animated", False):
+                return None
+        return load_image(path, max_side=STILL_SIDE)
+    except Exception:  # noqa: BLE001 - a file Pillow cannot open is shown as it is
+        return None
 
 
-def filtered_gallery(outcome: RerankOutcome, lang: Language) -> list[tuple[str, str]]:
-    """``(path, caption + reason)`` for each image that was scored but left out."""
-    return [(outcome.job.images[r.index], f"{caption(r)}\n{reason_text(r, outcome, lang)}")
+def gallery_image(source: ImageSource) -> ImageSource | Image.Image:
+    """What a gallery shows for a candidate: the file, or the still of the frame scored when it moves."""
+    still = scored_frame(source) if isinstance(source, str) else None
+    return source if still is None else still
+
+
+def ranked_gallery(outcome: RerankOutcome) -> list[tuple[ImageSource | Image.Image, str]]:
+    """``(image, caption)`` for each ranked image, best first."""
+    return [(gallery_image(outcome.job.images[r.index]), caption(r)) for r in outcome.report.results]
+
+
+def filtered_gallery(outcome: RerankOutcome, lang: Language) -> list[tuple[ImageSource | Image.Image, str]]:
+    """``(image, caption + reason)`` for each image that was scored but left out."""
+    return [(gallery_image(outcome.job.images[r.index]), f"{caption(r)}\n{reason_text(r, outcome, lang)}")
             for r in outcome.report.filtered_out]
 
 
@@ -71,22 +95,25 @@ class Column:
 
     header: str                              # UI text key of its header
     width: str                               # of the table's width
-    cell: Callable[[RerankResult, Language], str]
+    cell: Callable[[RerankResult, RerankOutcome, Language], str]
     breaks_anywhere: bool = False            # names and messages may break anywhere; numbers only between words
+    datatype: str = "str"                    # how the table draws a cell: text, or "image" (a URL)
 
 
-def _status_cell(result: RerankResult, lang: Language) -> str:
+def _status_cell(result: RerankResult, _: RerankOutcome, lang: Language) -> str:
     if result.error:
-        return text("status_error", lang, error=result.error)
+        return text("status_error", lang, error=result.error_text(lang))
     return text("status_tied" if result.tied else "status_ok", lang)
 
 
 TABLE_COLUMNS = (
-    Column("col_rank", "15%", lambda r, _: str(r.rank)),
-    Column("col_image", "26%", lambda r, _: r.source, breaks_anywhere=True),
-    Column("col_score", "15%", lambda r, _: "0.00" if r.error else score_text(r)),
-    Column("col_raw_score", "19%", lambda r, _: "" if r.error else f"{r.raw_score:.4f}"),
-    Column("col_status", "25%", _status_cell, breaks_anywhere=True),
+    Column("col_rank", "11%", lambda r, *_: str(r.rank)),
+    Column("col_thumbnail", "13%", lambda r, o, _: thumbnail_uri(o.job.images[r.index], ROW_THUMBNAIL_SIDE),
+           datatype="image"),
+    Column("col_image", "24%", lambda r, *_: r.source, breaks_anywhere=True),
+    Column("col_score", "13%", lambda r, *_: "0.00" if r.error else score_text(r)),
+    Column("col_raw_score", "15%", lambda r, *_: "" if r.error else f"{r.raw_score:.4f}"),
+    Column("col_status", "24%", _status_cell, breaks_anywhere=True),
 )
 
 
@@ -98,6 +125,10 @@ def table_widths() -> list[str]:
     return [column.width for column in TABLE_COLUMNS]
 
 
+def table_datatypes() -> list[str]:
+    return [column.datatype for column in TABLE_COLUMNS]
+
+
 def table_css(table_id: str = "lychee-table") -> str:
     """The per-column line-breaking rules of the results table."""
     return "".join(f"#{table_id} td:nth-child({i}) span {{ overflow-wrap: anywhere; }}\n"
@@ -105,26 +136,37 @@ def table_css(table_id: str = "lychee-table") -> str:
 
 
 def _empty_slot(rank: int, lang: Language) -> list[str]:
-    return [str(rank), "", "", "", text("status_empty_slot", lang)]
+    said = {"col_rank": str(rank), "col_status": text("status_empty_slot", lang)}
+    return [said.get(column.header, "") for column in TABLE_COLUMNS]
 
 
 def table_rows(outcome: RerankOutcome, lang: Language) -> list[list[str]]:
     """The results, then (for a fixed-length preset) empty slots up to ``top_k``, then the failures."""
     report = outcome.report
-    rows = [[column.cell(r, lang) for column in TABLE_COLUMNS] for r in report.results]
+    rows = [[column.cell(r, outcome, lang) for column in TABLE_COLUMNS] for r in report.results]
     rows += [_empty_slot(rank, lang) for rank in range(len(rows) + 1, (report.slots or 0) + 1)]
-    return rows + [[column.cell(r, lang) for column in TABLE_COLUMNS] for r in report.errors]
+    return rows + [[column.cell(r, outcome, lang) for column in TABLE_COLUMNS] for r in report.errors]
 
 
 def raw_output_headers(lang: Language) -> list[str]:
     return [text(k, lang) for k in ("col_rank", "col_image", "col_raw_output")]
 
 
-def raw_output_rows(outcome: RerankOutcome) -> list[list[str]]:
-    """What the model said about every image, in rank order."""
+def raw_output_rows(outcome: RerankOutcome, lang: Language) -> list[list[str]]:
+    """What the model said about every image (or why it failed), in rank order."""
     report = outcome.report
     everything = report.results + report.filtered_out + report.errors
-    return [[str(r.rank), r.source, r.raw_output or r.error or ""] for r in everything]
+    return [[str(r.rank), r.source, r.raw_output or r.error_text(lang) or ""] for r in everything]
+
+
+def table_note(outcome: RerankOutcome, lang: Language) -> str:
+    """Where the ranks the table skips are: between its last scored row and its failed rows lie
+    the images under "Filtered out" ("" when the table's ranks have no gap)."""
+    report = outcome.report
+    if not (report.filtered_out and report.errors):
+        return ""
+    return text("table_note", lang, first=report.filtered_out[0].rank, last=report.filtered_out[-1].rank,
+                filtered=text("filtered_label", lang, count=len(report.filtered_out)))
 
 
 def status_line(outcome: RerankOutcome, lang: Language) -> str:
@@ -137,14 +179,25 @@ def status_line(outcome: RerankOutcome, lang: Language) -> str:
                 tokens=model.get("visual_tokens", "?"))
 
 
-def _thumbnail_uri(source: ImageSource) -> str:
+def _encoded_thumbnail(source: ImageSource, side: int) -> str:
     try:
-        image = load_image(source, max_side=THUMBNAIL_SIDE)
+        image = load_image(source, max_side=side)
     except ImageLoadError:
         return ""
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=85)
+    image.save(buffer, "JPEG", quality=85 if side > ROW_THUMBNAIL_SIDE else 75)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_thumbnail_of_file = lru_cache(maxsize=1024)(_encoded_thumbnail)  # a re-rank draws the same files again
+
+
+def thumbnail_uri(source: ImageSource | None, side: int = THUMBNAIL_SIDE) -> str:
+    """A JPEG ``data:`` URI of ``source`` at most ``side`` px a side, as scored (the first frame of an
+    animation); "" for no image or one that cannot be read. Files are encoded once."""
+    if source is None:
+        return ""
+    return (_thumbnail_of_file if isinstance(source, str) else _encoded_thumbnail)(source, side)
 
 
 def winner_level(outcome: RerankOutcome) -> str:
@@ -175,7 +228,7 @@ def winner_card(outcome: RerankOutcome, lang: Language) -> str:
         return f'<div class="lychee-winner lychee-winner--empty">{html.escape(message)}</div>'
     first, level = outcome.report.results[0], winner_level(outcome)
     note = text("winner_weak_note", lang, bar=f"{WEAK_MATCH_SCORE:g}") if level == "weak" else ""
-    thumbnail = _thumbnail_uri(outcome.job.images[first.index])
+    thumbnail = thumbnail_uri(outcome.job.images[first.index])
     image = f'<img class="lychee-winner__image" src="{thumbnail}" alt="">' if thumbnail else ""
     return (
         f'<div class="lychee-winner lychee-winner--{level}">{reference_figure(outcome, lang)}{image}'
@@ -192,7 +245,7 @@ def winner_card(outcome: RerankOutcome, lang: Language) -> str:
 def reference_figure(outcome: RerankOutcome, lang: Language) -> str:
     """The query image, captioned, for beside the #1 card ("" for a text query)."""
     reference = outcome.request.query.image
-    thumbnail = _thumbnail_uri(reference) if reference is not None else ""
+    thumbnail = thumbnail_uri(reference)
     if not thumbnail:
         return ""
     return (f'<figure class="lychee-winner__reference"><img src="{thumbnail}" alt="">'

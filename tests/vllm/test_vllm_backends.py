@@ -159,8 +159,8 @@ def test_the_instruction_reaches_every_backend(reference):
 def test_an_image_that_fails_to_load_is_an_error_record_and_never_reaches_vllm(request, backend, image_paths,
                                                                              reference):
     records = request.getfixturevalue(backend).score(QUERY, [image_paths[-1], image_paths[0]])
-    cause = reference[None][-1].error.split(": ", 1)[1]  # as the transformers backend says it
-    assert records[0].error == f"image 1 'corrupt.jpg': {cause}" and records[0].raw_score == 0.0
+    cause = reference[None][-1].error  # as the transformers backend says it
+    assert records[0].error == cause and records[0].raw_score == 0.0
     assert records[1].error is None and abs(records[1].raw_score - reference[None][0].raw_score) <= TOLERANCE
 
 

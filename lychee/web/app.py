@@ -206,12 +206,15 @@ class RerankDemo:
             # Takes the Rerank button's place while a run is under way.
             self.cancel_button = tr(gr.Button, {"value": "cancel_button"}, variant="stop", scale=0, min_width=110,
                                     visible=False, elem_id="lychee-cancel")
+        # Under the query, always there (so nothing moves when advice comes): what works in a query, or
+        # advice on its vague words.
+        self.hints = gr.Markdown(text("hints_cues", DEFAULT_LANGUAGE),
+                                 elem_classes=["lychee-hints", "lychee-hints--cues"], elem_id="lychee-hints")
         # A refused run or what cleaning changed: beside the box it is about, replaced by the next run.
         self.alerts = gr.HTML(elem_id="lychee-alerts")
         # Optional, right under the query: "images like this one"; the image's own toolbar clears it.
         self.reference = tr(ReferenceImage, {"label": "reference_label"}, type="filepath",
                             sources=["upload", "clipboard"], height=150, elem_id="lychee-reference")
-        self.hints = gr.Markdown(visible=False, elem_classes="lychee-hints")
         self.images = tr(gr.Gallery, {"label": "images_label"}, type="filepath", file_types=["image"],
                          interactive=True, columns=4, height=260, object_fit="cover", elem_id="lychee-images")
         self.samples = sample_images()
@@ -364,7 +367,7 @@ class RerankDemo:
             return updates | {self.status: gr.update(value=status_html(text("status_idle", lang))),
                               self.filtered_box: gr.update(label=text("filtered_label", lang, count=0)),
                               self.table: gr.update(value={"headers": table_headers(lang), "data": []}),
-                              self.table_note: "",
+                              self.table_note: gr.update(value=""),
                               self.raw_table: gr.update(value={"headers": raw_output_headers(lang), "data": []})}
         report = outcome.report
         level = ["lychee-ranked", f"lychee-ranked--{winner_level(outcome)}"] if report.results else ["lychee-ranked"]
@@ -373,7 +376,7 @@ class RerankDemo:
             self.winner: gr.update(value=winner_card(outcome, lang)),
             self.ranked: gr.update(value=ranked_gallery(outcome), elem_classes=level),
             self.table: gr.update(value={"headers": table_headers(lang), "data": table_rows(outcome, lang)}),
-            self.table_note: table_note(outcome, lang),
+            self.table_note: gr.update(value=table_note(outcome, lang)),
             self.filtered_box: gr.update(label=text("filtered_label", lang, count=len(report.filtered_out))),
             self.filtered: gr.update(value=filtered_gallery(outcome, lang)),
             self.raw_table: gr.update(value={"headers": raw_output_headers(lang),
@@ -564,8 +567,10 @@ def localize(keys: dict[str, str], lang: Language) -> dict[str, Any]:
 
 
 def show_hints(query: str, lang: Language, limits: Limits) -> dict[str, Any]:
+    """The hint panel: advice on the query's vague words, else the visual cues that work."""
     advice = hints_markdown(query, lang, limits.max_query_chars)
-    return gr.update(value=advice, visible=bool(advice))
+    return gr.update(value=advice or text("hints_cues", lang),
+                     elem_classes=["lychee-hints", "lychee-hints--advice" if advice else "lychee-hints--cues"])
 
 
 def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:

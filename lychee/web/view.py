@@ -97,7 +97,7 @@ class Column:
     width: str                               # of the table's width
     cell: Callable[[RerankResult, RerankOutcome, Language], str]
     breaks_anywhere: bool = False            # names and messages may break anywhere; numbers only between words
-    datatype: str = "str"                    # how the table draws a cell: text, or "image" (a URL)
+    datatype: str = "str"                    # how the table draws a cell: text, or "html"
 
 
 def _status_cell(result: RerankResult, _: RerankOutcome, lang: Language) -> str:
@@ -106,14 +106,35 @@ def _status_cell(result: RerankResult, _: RerankOutcome, lang: Language) -> str:
     return text("status_tied" if result.tied else "status_ok", lang)
 
 
+_NAME_BREAKS = re.compile(r"(?<=[_\-/\\])")
+
+
+def breakable_name(name: str) -> str:
+    """``name`` as HTML that wraps after ``_ - /`` first ("photographer_" / "name.png", never
+    "photographe" / "r.jpg"); only a part longer than its cell breaks inside."""
+    return "<wbr>".join(html.escape(part) for part in _NAME_BREAKS.split(name))
+
+
+def _score_cell(result: RerankResult, outcome: RerankOutcome) -> str:
+    """The 0-10 score; when normalising, the model's own score under it, small."""
+    if result.error:
+        return "0.00"
+    if not outcome.request.settings.normalize:
+        return html.escape(score_text(result))
+    return f"{html.escape(score_text(result))}<br><small>{result.raw_score:.2f}</small>"
+
+
+def _row_thumbnail(source: ImageSource | None) -> str:
+    uri = thumbnail_uri(source, ROW_THUMBNAIL_SIDE)
+    return f'<img class="lychee-row-thumbnail" src="{uri}" alt="">' if uri else ""
+
+
 TABLE_COLUMNS = (
-    Column("col_rank", "11%", lambda r, *_: str(r.rank)),
-    Column("col_thumbnail", "13%", lambda r, o, _: thumbnail_uri(o.job.images[r.index], ROW_THUMBNAIL_SIDE),
-           datatype="image"),
-    Column("col_image", "24%", lambda r, *_: r.source, breaks_anywhere=True),
-    Column("col_score", "13%", lambda r, *_: "0.00" if r.error else score_text(r)),
-    Column("col_raw_score", "15%", lambda r, *_: "" if r.error else f"{r.raw_score:.4f}"),
-    Column("col_status", "24%", _status_cell, breaks_anywhere=True),
+    Column("col_rank", "12%", lambda r, *_: str(r.rank)),
+    Column("col_thumbnail", "13%", lambda r, o, _: _row_thumbnail(o.job.images[r.index]), datatype="html"),
+    Column("col_image", "29%", lambda r, *_: breakable_name(r.source), breaks_anywhere=True, datatype="html"),
+    Column("col_score", "16%", lambda r, o, _: _score_cell(r, o), datatype="html"),
+    Column("col_status", "30%", _status_cell, breaks_anywhere=True),
 )
 
 
@@ -131,8 +152,14 @@ def table_datatypes() -> list[str]:
 
 def table_css(table_id: str = "lychee-table") -> str:
     """The per-column line-breaking rules of the results table."""
-    return "".join(f"#{table_id} td:nth-child({i}) span {{ overflow-wrap: anywhere; }}\n"
-                   for i, column in enumerate(TABLE_COLUMNS, start=1) if column.breaks_anywhere)
+    rules = []
+    for i, column in enumerate(TABLE_COLUMNS, start=1):
+        if column.breaks_anywhere:
+            # Gradio 6 draws the rows as a virtual list of divs (and one sizing row of tds).
+            cells = (f"#{table_id} td:nth-child({i})", f"#{table_id} .virtual-row > .body-cell:nth-child({i})")
+            rules.append(", ".join(f"{cell} {part}" for cell in cells for part in (".cell-wrap", "span"))
+                         + " { overflow-wrap: anywhere; }\n")
+    return "".join(rules)
 
 
 def _empty_slot(rank: int, lang: Language) -> list[str]:
@@ -259,7 +286,8 @@ def download_stem(query: str, when: datetime) -> str:
 
 
 def hints_markdown(query: str, lang: Language, max_chars: int = Limits.max_query_chars) -> str:
-    """Advice for vague words in ``query`` (empty when there are none); never blocks the query.
+    """Advice for vague words in ``query``, each naming visual cues instead (empty when there are
+    none); never blocks the query.
 
     Only the first ``max_chars`` characters count (the query limit: the model never sees more),
     so a huge text costs no more than a long query."""
@@ -271,7 +299,7 @@ def hints_markdown(query: str, lang: Language, max_chars: int = Limits.max_query
         words = [h.word for h in hints if h.category == category]
         if words:
             lines.append(text(f"hints_{category}", lang, words=WORD_SEPARATOR[lang].join(words)))
-    return "\n\n".join([*lines, text("hints_cues", lang)])
+    return "\n\n".join(lines)
 
 
 def status_html(message: str, *, note: str = "") -> str:

@@ -24,6 +24,15 @@ from .. import protocol
 from ..backends import default_backend
 from ..backends.base import Progress, StageProgress
 from ..documents import DocumentTexts, prepare_texts
+from ..download import (
+    DownloadProgress,
+    DownloadTracker,
+    download,
+    human_amount,
+    human_duration,
+    human_speed,
+    needs_download,
+)
 from ..images import ImageSource
 from ..limits import Limits
 from ..messages import Language, Notice, UserError
@@ -152,8 +161,26 @@ def failure_reason(model: str, exc: BaseException) -> str:
     return hide_paths((lines[0] if lines else type(exc).__name__).rstrip(".")[:300])
 
 
+def download_line(model: str, progress: DownloadProgress, lang: Language) -> str:
+    """The model line while ``model``'s weights download: bytes of the total, speed and time left
+    as far as they are known, or that it is starting while the total is not."""
+    if progress.total is None:
+        return text("model_download_starting", lang, model=model)
+    parts = [human_amount(progress.done, progress.total)]
+    if progress.speed:
+        parts.append(human_speed(progress.speed))
+    if progress.eta_s is not None:
+        units = (text("unit_hours", lang), text("unit_minutes", lang), text("unit_seconds", lang))
+        parts.append(text("download_time_left", lang, duration=human_duration(progress.eta_s, units)))
+    return text("model_downloading", lang, model=model, progress=" · ".join(parts))
+
+
 class ModelSlot:
     """The process's one reranker: loaded once, in a background thread, on first need.
+
+    A hub model that the local cache lacks is downloaded first (:mod:`lychee.download`), and
+    :attr:`download_progress` follows it; a local checkpoint, a cached model, ``HF_HUB_OFFLINE``
+    or a vLLM server goes straight to loading.
 
     Loading never raises here: a failure is kept and reported to every request as a
     :class:`UserError` that says how to fix it (``LYCHEE_MODEL``, or for ``vllm-server``
@@ -180,6 +207,7 @@ class ModelSlot:
         self._loaded = threading.Event()
         self._reranker: LycheeReranker | None = None
         self._error: UserError | None = None
+        self._download: DownloadTracker | None = None  # while the weights download
 
     @classmethod
     def for_space(cls, environ: Mapping[str, str] | None = None) -> ModelSlot:
@@ -208,6 +236,7 @@ class ModelSlot:
 
     def _load(self) -> None:
         try:
+            self._download_weights()
             self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits,
                                             max_pixels=self.limits.max_visual_tokens * protocol.PATCH_PIXELS ** 2,
                                             backend=self.backend, server_url=self.server_url)
@@ -223,6 +252,23 @@ class ModelSlot:
             log.exception("could not load the model %s", self.name)
         finally:
             self._loaded.set()
+
+    def _download_weights(self) -> None:
+        """Fetch a hub model the cache lacks into it, following the download; a failure raises
+        :class:`~lychee.download.DownloadError` (an ``OSError``: ``model_unavailable``)."""
+        if self.backend == "vllm-server" or not self.model or not needs_download(self.model):
+            return
+        self._download = DownloadTracker()
+        try:
+            download(self.model, self._download)
+        finally:
+            self._download = None
+
+    @property
+    def download_progress(self) -> DownloadProgress | None:
+        """How far the weights' download has got while it runs; None before, after or without one."""
+        tracker = self._download
+        return tracker.progress() if tracker is not None else None
 
     @property
     def settled(self) -> bool:
@@ -243,8 +289,12 @@ class ModelSlot:
         return self._reranker
 
     def status_line(self, lang: Language) -> str:
-        """What is loaded (model, device, dtype, pixel budget), that it is loading, or why it failed."""
+        """What is loaded (model, device, dtype, pixel budget), how far its download has got, that it
+        is loading, or why it failed."""
         if not self.settled:
+            progress = self.download_progress
+            if progress is not None:
+                return download_line(self.name, progress, lang)
             return text("model_loading", lang, model=self.name)
         if self._reranker is None:
             return "❌ " + self._error.text(lang)

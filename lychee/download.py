@@ -226,13 +226,15 @@ def human_duration(seconds: float, units: tuple[str, str, str] = ("h", "min", "s
     return f"{minutes} {minute} {secs} {second}" if minutes else f"{secs} {second}"
 
 
-def summary(progress: DownloadProgress) -> str:
-    """The download in one English line, for logs: ``3.2 / 16.6 GB · 48 MB/s · 4 min 40 s left``."""
+def summary(progress: DownloadProgress, time_left: Callable[[float], str] = lambda s: f"{human_duration(s)} left",
+            starting: str = "starting") -> str:
+    """The download in one line: ``3.2 / 16.6 GB · 48 MB/s · 4 min 40 s left`` (English, for logs,
+    unless ``time_left`` says the seconds left another way), or ``starting`` while the total is unknown."""
     if progress.total is None:
-        return "starting"
+        return starting
     parts = [human_amount(progress.done, progress.total)]
     if progress.speed:
         parts.append(human_speed(progress.speed))
     if progress.eta_s is not None:
-        parts.append(f"{human_duration(progress.eta_s)} left")
+        parts.append(time_left(progress.eta_s))
     return " · ".join(parts)

@@ -16,6 +16,7 @@ from lychee.settings import Settings, get_preset
 from lychee.web.service import Job, RerankOutcome
 from lychee.web.view import (
     alerts_html,
+    breakable_name,
     caption,
     download_stem,
     filtered_gallery,
@@ -84,13 +85,24 @@ def test_table_rows_list_results_then_failures_with_their_message_in_the_pages_l
                    errors=[result(3, 2, 0.0, error=Message("image_empty_file"))], image_paths=paths)
     rows = table_rows(done, "en")
     assert [row[:1] + row[2:] for row in rows] == [
-        ["1", "img0.png", "≈9.00", "9.0000", "≈ tied"],
-        ["2", "img1.png", "≈8.98", "8.9800", "≈ tied"],
-        ["3", "img2.png", "0.00", "", "⚠ failed: empty file (0 bytes)"],
+        ["1", "img0.png", "≈9.00", "≈ tied"],
+        ["2", "img1.png", "≈8.98", "≈ tied"],
+        ["3", "img2.png", "0.00", "⚠ failed: empty file (0 bytes)"],
     ]
-    assert table_rows(done, "zh")[2][5] == "⚠ 失败:空文件(0 字节)"
+    assert table_rows(done, "zh")[2][4] == "⚠ 失败:空文件(0 字节)"
     # A small thumbnail per row, as scored; none for the image that could not be read.
-    assert all(row[1].startswith("data:image/jpeg;base64,") for row in rows[:2]) and rows[2][1] == ""
+    assert all(row[1].startswith('<img class="lychee-row-thumbnail" src="data:image/jpeg;base64,') for row in rows[:2])
+    assert rows[2][1] == ""
+
+
+def test_a_name_wraps_after_its_separators_and_is_escaped():
+    assert breakable_name("red_trail-shoe/<b>.jpg") == "red_<wbr>trail-<wbr>shoe/<wbr>&lt;b&gt;.jpg"
+
+
+def test_the_score_cell_shows_the_models_own_score_under_a_normalised_one():
+    normalised = outcome([result(1, 0, 10.0, raw_score=6.123)], normalize=True)
+    assert table_rows(normalised, "en")[0][3] == "10.00<br><small>6.12</small>"
+    assert table_rows(outcome([result(1, 0, 6.123)]), "en")[0][3] == "6.12"
 
 
 def test_the_table_note_says_where_the_ranks_it_skips_are():
@@ -105,7 +117,7 @@ def test_the_table_note_says_where_the_ranks_it_skips_are():
 def test_a_fixed_length_preset_fills_the_table_with_empty_slots():
     rows = table_rows(outcome([result(1, 0, 9.0)], preset="pipeline", top_k=3), "en")
     assert [row[0] for row in rows] == ["1", "2", "3"]
-    assert rows[1][5].startswith("— empty slot") and rows[1][1] == ""
+    assert rows[1][4].startswith("— empty slot") and rows[1][1] == ""
 
 
 def test_raw_output_covers_every_image_in_rank_order():
@@ -218,3 +230,17 @@ def test_alerts_are_titled_by_kind_in_the_page_language():
     notice = alerts_html((("notice", Notice("query_truncated", {"length": 1200, "limit": 1000})),), "zh")
     assert "输入已调整" in notice and "1200" in notice and "lychee-alert--notice" in notice
     assert alerts_html((), "en") == ""
+
+
+def test_an_animated_image_is_shown_at_the_frame_that_was_scored(tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (40, 40), color) for color in ((250, 0, 0), (0, 250, 0), (0, 0, 250))]
+    gif = tmp_path / "blink.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    still = tmp_path / "still.png"
+    frames[1].save(still)
+    shown = ranked_gallery(outcome([result(1, 0, 9.0), result(2, 1, 8.0)], image_paths=[str(gif), str(still)]))
+    first, second = shown[0][0], shown[1][0]
+    assert isinstance(first, Image.Image) and first.getpixel((20, 20))[0] > 200  # the first frame: red
+    assert second == str(still)  # an image that does not move is shown as it is

@@ -24,15 +24,7 @@ from .. import protocol
 from ..backends import default_backend
 from ..backends.base import Progress, StageProgress
 from ..documents import DocumentTexts, prepare_texts
-from ..download import (
-    DownloadProgress,
-    DownloadTracker,
-    download,
-    human_amount,
-    human_duration,
-    human_speed,
-    needs_download,
-)
+from ..download import DownloadProgress, DownloadTracker, download, human_duration, needs_download, summary
 from ..images import ImageSource
 from ..limits import Limits
 from ..messages import Language, Notice, UserError
@@ -166,13 +158,9 @@ def download_line(model: str, progress: DownloadProgress, lang: Language) -> str
     as far as they are known, or that it is starting while the total is not."""
     if progress.total is None:
         return text("model_download_starting", lang, model=model)
-    parts = [human_amount(progress.done, progress.total)]
-    if progress.speed:
-        parts.append(human_speed(progress.speed))
-    if progress.eta_s is not None:
-        units = (text("unit_hours", lang), text("unit_minutes", lang), text("unit_seconds", lang))
-        parts.append(text("download_time_left", lang, duration=human_duration(progress.eta_s, units)))
-    return text("model_downloading", lang, model=model, progress=" · ".join(parts))
+    units = (text("unit_hours", lang), text("unit_minutes", lang), text("unit_seconds", lang))
+    said = summary(progress, lambda s: text("download_time_left", lang, duration=human_duration(s, units)))
+    return text("model_downloading", lang, model=model, progress=said)
 
 
 class ModelSlot:

@@ -198,12 +198,16 @@ def test_enter_in_the_query_box_runs_the_ranking(page, image_dir):
     assert len(ranked_captions(page)) == 2
 
 
-def test_the_language_switch_changes_labels_and_gradio_words(page):
-    assert page.inner_text("#lychee-run") == "Rerank"
+def test_the_language_switch_changes_labels_and_gradio_words(page, image_dir):
+    upload(page, sorted(image_dir.glob("good*.png"))[:2])
+    assert page.inner_text("#lychee-run") == "Rerank" and "Drop Image Here" in page.inner_text("#lychee-reference")
     page.get_by_text("中文", exact=True).click()
     page.wait_for_function("document.querySelector('#lychee-run').innerText === '开始排序'")
     assert "查询描述" in page.inner_text("#lychee-query")
     page.get_by_text("使用 Gradio 构建").wait_for()  # the footer follows Gradio's own locale
+    # Gradio's own upload prompt follows too, and the uploads stay.
+    page.wait_for_function("/拖放/.test(document.querySelector('#lychee-reference').innerText)")
+    assert page.locator("#lychee-images .thumbnail-item").count() == 2
 
 
 def test_a_reference_image_alone_is_a_query_and_is_shown_beside_number_one(any_page, image_dir):

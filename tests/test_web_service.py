@@ -259,3 +259,15 @@ def test_a_stopped_job_ends_at_its_next_report(slot, image_dir):
     with pytest.raises(UserError) as caught:
         slot.score(accept(Form("a cat"), [str(image_dir / "good0.png")], slot.limits), stop=lambda: True)
     assert caught.value.key == "cancelled"
+
+
+def test_a_map_that_cannot_be_made_says_why_beside_its_button_in_the_pages_language(slot, mixed_outcome):
+    from lychee.web.app import RerankDemo
+
+    demo = RerankDemo(slot)
+    demo.build()
+    updates = demo.explain("zh", mixed_outcome, None)  # #1 is a.png, a file that is not there
+    said = updates[demo.explain_alert]
+    assert 'lychee-alert--error" role="alert"' in said and "找不到文件" in said
+    relabelled = demo.relabel_explanation("en", mixed_outcome, None, None, updates[demo.explain_alerted])
+    assert "file not found" in relabelled[demo.explain_alert]

@@ -83,7 +83,7 @@ PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('z
 # UI-only events: no API, no queue, and quick, so no progress animation either.
 PRIVATE: dict[str, Any] = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 # A run brings the results' top edge into view when it starts and when it ends (on a phone they sit
-# below the controls), unless the query is empty: then the error toast is all there is to see.
+# below the controls), unless the query is empty: then the alert under the query box is all there is to see.
 SHOW_RESULTS_JS = """(query, reference) => {
   const results = document.getElementById('lychee-results');
   const top = results.getBoundingClientRect().top;
@@ -292,21 +292,24 @@ class RerankDemo:
                                           interactive=False, visible=False, buttons=["fullscreen"], max_height=380,
                                           elem_id="lychee-explain-slider")
             self.explain_text = gr.Markdown(elem_id="lychee-explain-text")
+            # Why no map came (e.g. a request over the GPU limit), in the page's language, beside the button.
+            self.explain_alerted = gr.State(())
+            self.explain_alert = gr.HTML(elem_id="lychee-explain-alert")
         self.explain_parts = [self.explain_choice, self.explanation, self.explain_box, self.explain_button,
-                              self.explain_slider, self.explain_text]
+                              self.explain_slider, self.explain_text, self.explain_alerted, self.explain_alert]
 
     def _wire_explanation(self) -> None:
         """Choosing an image in the ranked gallery retargets the button; the button makes the map in
         the scoring queue. (A run resets the map, or makes #1's itself under a preset that asks.)"""
-        made = [self.explanation, self.explain_slider, self.explain_text]
+        made = [self.explanation, self.explain_slider, self.explain_text, self.explain_alerted, self.explain_alert]
         self.ranked.select(self.choose, inputs=[self.lang, self.outcome], outputs=[self.explain_choice,
                                                                                    self.explain_button], **PRIVATE)
         self.explain_button.click(self.explain, inputs=[self.lang, self.outcome, self.explain_choice], outputs=made,
                                   show_progress_on=[self.explain_text], api_visibility="private",
                                   concurrency_id="gpu")
         self.lang.change(self.relabel_explanation, inputs=[self.lang, self.outcome, self.explain_choice,
-                                                           self.explanation],
-                         outputs=[self.explain_button, self.explain_text], **PRIVATE)
+                                                           self.explanation, self.explain_alerted],
+                         outputs=[self.explain_button, self.explain_text, self.explain_alert], **PRIVATE)
 
     def _wire(self, demo: gr.Blocks) -> None:
         form = {self.lang, self.images, self.captions, *self.form_fields.values()}
@@ -343,7 +346,11 @@ class RerankDemo:
                                                 inputs=[self.lang], outputs=[self.query], **PRIVATE)
         self.lang.change(self.relabel, inputs={self.shown, self.alerted, *form},
                          outputs=list(dict.fromkeys(relabelled + self.results)), **PRIVATE)
-        self.lang.change(None, inputs=[self.lang], js=GRADIO_LOCALE_JS, **PRIVATE)
+        # Gradio's upload prompts take their words when drawn: drawn again, they follow the new locale.
+        uploads = [self.reference, self.images]
+        (self.lang.change(None, inputs=[self.lang], js=GRADIO_LOCALE_JS, **PRIVATE)
+         .then(lambda: dict.fromkeys(uploads, gr.update(visible=False)), outputs=uploads, **PRIVATE)
+         .then(lambda: dict.fromkeys(uploads, gr.update(visible=True)), outputs=uploads, **PRIVATE))
         self.query.change(lambda query, lang: {self.hints: show_hints(query, lang, self.limits)},
                           inputs=[self.query, self.lang], outputs=[self.hints], **PRIVATE)
         self.preset.input(self.apply_preset, inputs=[self.preset], outputs=[self.threshold, self.top_k, self.raw_box],
@@ -444,7 +451,8 @@ class RerankDemo:
         top = chosen_result(outcome, None)
         updates = {self.explain_choice: None, self.explanation: None,
                    self.explain_box: gr.update(visible=top is not None), self.explain_button: button_label(top, lang),
-                   self.explain_slider: gr.update(value=None, visible=False), self.explain_text: ""}
+                   self.explain_slider: gr.update(value=None, visible=False), self.explain_text: "",
+                   self.explain_alerted: (), self.explain_alert: ""}
         preset = outcome.request.settings.preset
         if top is not None and preset is not None and preset.explain_top:
             updates |= self.explain(lang, outcome, None, progress)
@@ -467,17 +475,20 @@ class RerankDemo:
         try:
             explanation = explain(job, self.slot, make=lambda accepted: self.explain_on_gpu(accepted, lang))
         except UserError as exc:
-            gr.Warning(exc.text(lang), title=text("toast_error_title", lang))
-            return {self.explanation: gr.skip()}
+            alerts: tuple[Alert, ...] = (("error", exc),)
+            return {self.explanation: gr.skip(), self.explain_alerted: alerts,
+                    self.explain_alert: alerts_html(alerts, lang)}
         return {self.explanation: explanation,
                 self.explain_slider: gr.update(value=slider_images(explanation), visible=True),
-                self.explain_text: summary_markdown(explanation, lang)}
+                self.explain_text: summary_markdown(explanation, lang), self.explain_alerted: (),
+                self.explain_alert: ""}
 
     def relabel_explanation(self, lang: Language, outcome: RerankOutcome | None, choice: int | None,
-                            explanation: Any) -> dict[Any, Any]:
-        """The language switch: the button and the map's lines in ``lang``."""
+                            explanation: Any, alerts: tuple[Alert, ...]) -> dict[Any, Any]:
+        """The language switch: the button, the map's lines and why no map came, in ``lang``."""
         return {self.explain_button: button_label(chosen_result(outcome, choice), lang),
-                self.explain_text: summary_markdown(explanation, lang) if explanation is not None else ""}
+                self.explain_text: summary_markdown(explanation, lang) if explanation is not None else "",
+                self.explain_alert: alerts_html(alerts, lang)}
 
     def cancel(self, lang: Language, request: gr.Request) -> dict[Any, Any]:
         """Cancel: the job stops at its next progress report; the last good results stay."""

@@ -51,6 +51,7 @@ from .service import (
     rerank,
     scored_with,
 )
+from .sessions import SessionBoard
 from .view import (
     Alert,
     alerts_html,
@@ -153,14 +154,13 @@ class RerankDemo:
         self.localized: list[tuple[Any, dict[str, str]]] = []  # (component, argument -> UI text key)
         # Per browser session (Gradio's session hash): the language it shows now, read while a run is
         # under way so its progress and results come in the language of the moment; and runs cancelled.
-        self.languages: dict[str, Language] = {}
-        self.cancelled: set[str] = set()
-        self.score_on_gpu = GpuScoring(slot, language=self.languages.get, stopped=self.cancelled.__contains__)
+        self.sessions = SessionBoard()
+        self.score_on_gpu = GpuScoring(slot, language=self.sessions.language, stopped=self.sessions.cancelled)
         self.explain_on_gpu = GpuExplaining(slot)
         self.calibrate = CalibratePanel(self.tr, DEFAULT_LANGUAGE)
 
     def language(self, session: str, fallback: Language = DEFAULT_LANGUAGE) -> Language:
-        return self.languages.get(session, fallback)
+        return self.sessions.language(session) or fallback
 
     # -- layout -----------------------------------------------------------------------------
     def tr(self, factory: Callable[..., Any], keys: dict[str, str], **kwargs: Any) -> Any:
@@ -420,8 +420,9 @@ class RerankDemo:
         Everything is rendered in the language the page shows when the run ends."""
         yield self.begin()
         session = request.session_hash or ""
-        self.languages.setdefault(session, values[self.lang])
-        self.cancelled.discard(session)
+        if self.sessions.language(session) is None:
+            self.sessions.set_language(session, values[self.lang])
+        self.sessions.start_run(session)
         form, images = self.form(values), self.candidates(values)
         texts = caption_lines(values[self.captions], len(images))
         # "0 / N images" from the first moment, not Gradio's bare timer.
@@ -492,7 +493,7 @@ class RerankDemo:
 
     def cancel(self, lang: Language, request: gr.Request) -> dict[Any, Any]:
         """Cancel: the job stops at its next progress report; the last good results stay."""
-        self.cancelled.add(request.session_hash or "")
+        self.sessions.cancel(request.session_hash or "")
         alerts: tuple[Alert, ...] = (("cancelled", UserError("cancelled")),)
         return self.end() | {self.alerts: alerts_html(alerts, lang), self.alerted: alerts}
 
@@ -531,7 +532,7 @@ class RerankDemo:
     def relabel(self, values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
         """The language switch: every label, hint and message, and the last result, in the new language."""
         lang, shown, form = values[self.lang], values[self.shown], self.form(values)
-        self.languages[request.session_hash or ""] = lang
+        self.sessions.set_language(request.session_hash or "", lang)
         updates = {component: localize(keys, lang) for component, keys in self.localized}
         updates |= {self.header: header_markdown(lang), self.model_status: self.slot.status_line(lang),
                     self.hints: show_hints(form.query or "", lang, self.limits),
@@ -569,8 +570,7 @@ class RerankDemo:
 
     def forget(self, request: gr.Request) -> None:
         """A closed page: its session's language and cancel flag go."""
-        self.languages.pop(request.session_hash or "", None)
-        self.cancelled.discard(request.session_hash or "")
+        self.sessions.forget(request.session_hash or "")
 
 
 def localize(keys: dict[str, str], lang: Language) -> dict[str, Any]:

@@ -46,8 +46,8 @@ class GpuCall:
 
     ``tell(stage, done, total)`` shows progress (``stage`` None: ``progress_text``) in the page's
     language of the moment, ``language(session)`` (else ``lang``); ``stopped()`` is true once the
-    session cancelled the run. Off ZeroGPU both are read live; in ZeroGPU's forked worker they are
-    as they were when the call began. Create it before the app launches (ZeroGPU registers GPU
+    session cancelled the run. Both are read live, in ZeroGPU's forked worker too when they read a
+    :class:`~lychee.web.sessions.SessionBoard`. Create it before the app launches (ZeroGPU registers GPU
     functions then)."""
 
     def __init__(self, slot: ModelSlot, work: Callable[[Any, Tell, Callable[[], bool]], T],

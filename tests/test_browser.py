@@ -94,6 +94,13 @@ def wait_until_results_top_is_in_view(page) -> None:
     }""")
 
 
+# Whether the boxes of the first elements matching two selectors overlap.
+OVERLAPS_JS = """([a, b]) => {
+  const r = document.querySelector(a).getBoundingClientRect(), s = document.querySelector(b).getBoundingClientRect();
+  return r.left < s.right && s.left < r.right && r.top < s.bottom && s.top < r.bottom;
+}"""
+
+
 def test_uploaded_images_are_ranked_into_a_captioned_gallery_and_a_table(page, image_dir):
     upload(page, sorted(image_dir.glob("good*.png"))[:4])
     keep_every_score(page)
@@ -311,6 +318,11 @@ def test_progress_advances_and_cancel_takes_the_place_of_rerank_and_stops_the_jo
     assert not page.locator("#lychee-run").is_visible()  # no second run while this one is under way
     page.wait_for_function(r"""() => /\b[1-4]\/6 images/.test(document.querySelector('#lychee-progress').innerText)""")
     assert "Scoring" in page.inner_text("#lychee-progress")  # moving, well before the end
+    # Stage, bar and count each on their own line, in the page's font.
+    assert not page.evaluate(OVERLAPS_JS, ["#lychee-progress .progress-text", "#lychee-progress .progress-bar-wrap"])
+    assert not page.evaluate(OVERLAPS_JS, ["#lychee-progress .progress-text", "#lychee-progress .progress-level-inner"])
+    assert "mono" not in page.evaluate(
+        "getComputedStyle(document.querySelector('#lychee-progress .progress-level-inner')).fontFamily").lower()
     screenshot(page, "6-progress")
     page.click("#lychee-cancel")
     page.locator("#lychee-alerts .lychee-alert--cancelled").wait_for()
@@ -347,18 +359,52 @@ def test_a_zh_switch_in_the_middle_of_a_run_leaves_every_visible_string_chinese(
     screenshot(page, "8-zh-after-switch")
 
 
-def test_nothing_is_clipped_on_a_phone(browser, demo_url, image_dir):
-    context, page = open_page(browser, demo_url, "phone")
-    page.viewport_name = "phone"
-    upload(page, sorted(image_dir.glob("good*.png"))[:4])
+@pytest.mark.parametrize("viewport", list(VIEWPORTS))
+def test_nothing_is_clipped_or_covered(browser, demo_url, image_dir, tmp_path, viewport):
+    context, page = open_page(browser, demo_url, viewport)
+    page.viewport_name = viewport
+    # The query's placeholder fits in the empty box.
+    assert page.evaluate("""() => { const box = document.querySelector('#lychee-query textarea');
+        box.value = box.placeholder; const fits = box.scrollHeight <= box.clientHeight + 1; box.value = '';
+        return fits; }""")
+    long_name = tmp_path / "a_long_name_of_the_photographer_and_place.png"
+    long_name.write_bytes((image_dir / "good0.png").read_bytes())
+    upload(page, [long_name, *sorted(image_dir.glob("good*.png"))[1:4]])
+    # The candidate gallery's toolbar (shown once it holds images) leaves its label readable.
+    assert not page.evaluate(OVERLAPS_JS, ["#lychee-images [data-testid=block-label]",
+                                           "#lychee-images .icon-button-wrapper"])
     keep_every_score(page)
     run_and_wait(page, "a red square")
+    page.locator("#lychee-table .virtual-row").first.wait_for()
     clipped = page.evaluate("""() => [...document.querySelectorAll(
-        '#lychee-table th span, #lychee-run, #lychee-query textarea')]
+        '#lychee-table th span, #lychee-table .body-cell .cell-wrap, #lychee-table .body-cell span, #lychee-run')]
         .filter((el) => el.scrollWidth > el.clientWidth + 1).map((el) => el.outerHTML.slice(0, 80))""")
-    screenshot(page, "9-phone-table")
+    # A long name wraps between its parts, never inside a word ("photographe" / "r.png"): the
+    # character before each line break the browser made.
+    broken_after = page.evaluate("""() => {
+      const cell = [...document.querySelectorAll('#lychee-table .virtual-row .body-cell:nth-child(3)')]
+        .find((c) => c.innerText.includes('photographer'));
+      const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+      let top = null, last = '';
+      const breaks = [];
+      while (walker.nextNode()) {
+        const node = walker.currentNode;
+        for (let i = 0; i < node.length; i++) {
+          const range = document.createRange();
+          range.setStart(node, i); range.setEnd(node, i + 1);
+          const rect = range.getClientRects()[0];
+          if (!rect) continue;
+          if (top !== null && rect.top > top + 2) breaks.push(last);
+          top = rect.top; last = node.data[i];
+        }
+      }
+      return breaks;
+    }""")
+    screenshot(page, "9-table")
     context.close()
     assert clipped == []
+    assert set(broken_after) <= {"_"}, broken_after
+    assert broken_after or viewport == "desktop"  # on a phone the name does not fit on one line
 
 
 def test_captions_from_the_file_names_are_scored_with_their_images(any_page, image_dir, tiny_checkpoint):

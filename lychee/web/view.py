@@ -162,8 +162,9 @@ def table_css(table_id: str = "lychee-table") -> str:
     return "".join(rules)
 
 
-def _empty_slot(rank: int, lang: Language) -> list[str]:
-    said = {"col_rank": str(rank), "col_status": text("status_empty_slot", lang)}
+def _empty_slot(lang: Language) -> list[str]:
+    # No rank: the ranks after the results belong to the images under "Filtered out" (see table_note).
+    said = {"col_rank": "—", "col_status": text("status_empty_slot", lang)}
     return [said.get(column.header, "") for column in TABLE_COLUMNS]
 
 
@@ -171,7 +172,7 @@ def table_rows(outcome: RerankOutcome, lang: Language) -> list[list[str]]:
     """The results, then (for a fixed-length preset) empty slots up to ``top_k``, then the failures."""
     report = outcome.report
     rows = [[column.cell(r, outcome, lang) for column in TABLE_COLUMNS] for r in report.results]
-    rows += [_empty_slot(rank, lang) for rank in range(len(rows) + 1, (report.slots or 0) + 1)]
+    rows += [_empty_slot(lang) for _ in range(len(rows), report.slots or 0)]
     return rows + [[column.cell(r, outcome, lang) for column in TABLE_COLUMNS] for r in report.errors]
 
 

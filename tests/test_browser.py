@@ -213,7 +213,7 @@ def test_the_language_switch_changes_labels_and_gradio_words(page, image_dir):
     assert "查询描述" in page.inner_text("#lychee-query")
     page.get_by_text("使用 Gradio 构建").wait_for()  # the footer follows Gradio's own locale
     # Gradio's own upload prompt follows too, and the uploads stay.
-    page.wait_for_function("/拖放/.test(document.querySelector('#lychee-reference').innerText)")
+    page.wait_for_function("/拖放/.test(document.querySelector('#lychee-reference')?.innerText)")  # drawn again
     assert page.locator("#lychee-images .thumbnail-item").count() == 2
 
 
@@ -400,6 +400,7 @@ def test_nothing_is_clipped_or_covered(browser, demo_url, image_dir, tmp_path, v
       }
       return breaks;
     }""")
+    page.locator("#lychee-table").scroll_into_view_if_needed()
     screenshot(page, "9-table")
     context.close()
     assert clipped == []

@@ -59,3 +59,12 @@ def test_the_explain_benchmark_runs_on_the_tiny_checkpoint(capsys):
     assert [r["forward_passes"] for r in rows] == [r["grid"][0] * r["grid"][1] + 1 for r in rows]
     assert all(r["map_s"] > 0 and r["score_s"] > 0 and r["gpu_7b_estimate"]["map_tflop"] > 0 for r in rows)
     assert "| cat.jpg (sample photo) |" in capsys.readouterr().out
+
+
+def test_the_progress_cadence_benchmark_counts_every_image_through_both_stages(capsys):
+    from benchmarks import progress_cadence
+
+    figures = progress_cadence.main(["--size", "tiny", "--images", "3"])
+    out = capsys.readouterr().out
+    assert "decoding    3 reports" in out and "scoring " in out  # decoding reports every image
+    assert figures["decoding_first_s"] <= figures["scoring_first_s"] <= figures["total_s"]

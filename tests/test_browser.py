@@ -337,16 +337,16 @@ def test_progress_advances_and_cancel_takes_the_place_of_rerank_and_stops_the_jo
 
 ALLOWED_LATIN = {"good0", "good1", "good2", "good3", "good4", "good5", "png", "cpu", "fp32", "token", "top_k",
                  "score_threshold", "JSON", "CSV", "tiny", "qwen2", "vl", "transformers", "sdpa", "p", "yes", "no",
-                 "min", "max"}
+                 "min", "max", "corrupt", "jpg", "JPEG"}
 
 
 def test_a_zh_switch_in_the_middle_of_a_run_leaves_every_visible_string_chinese(slow_page, image_dir):
     page = slow_page
-    upload(page, sorted(image_dir.glob("good*.png")))
+    upload(page, [*sorted(image_dir.glob("good*.png")), image_dir / "corrupt.jpg"])  # one image fails
     keep_every_score(page)
     page.fill("#lychee-query textarea", "squares")
     page.click("#lychee-run")
-    page.wait_for_function("() => /\\d\\/6/.test(document.querySelector('#lychee-progress').innerText)")
+    page.wait_for_function("() => /\\d\\/7/.test(document.querySelector('#lychee-progress').innerText)")
     page.get_by_text("中文", exact=True).click()
     page.wait_for_function("() => /正在/.test(document.querySelector('#lychee-progress').innerText)")
     page.locator("#lychee-ranked .caption-label").first.wait_for(timeout=TIMEOUT_MS)
@@ -355,6 +355,7 @@ def test_a_zh_switch_in_the_middle_of_a_run_leaves_every_visible_string_chinese(
     shown = page.inner_text("#lychee-results") + page.inner_text("#lychee-query-row")
     latin = set(re.findall(r"[A-Za-z][A-Za-z0-9_]*", shown)) - ALLOWED_LATIN
     assert "张图片" in shown and "名次" in shown and "被过滤的图片" in shown
+    assert "失败:不是可读取的图片(JPEG 文件不完整)" in shown  # the failed image's row, in Chinese too
     assert not {w for w in latin if not re.fullmatch(r"tiny-qwen2\.5-vl\w*|[a-z]\w*\d\w*", w)}, latin
     screenshot(page, "8-zh-after-switch")
 

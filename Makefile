@@ -15,10 +15,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --editable .
 	touch $@
 
-# Debian's chromium for the browser tests, with CJK fonts so Chinese labels render in screenshots.
+# Debian's chromium for the browser tests, with CJK and emoji fonts so Chinese labels and the status icons render
+# in screenshots.
 browser:
-	@command -v chromium >/dev/null && dpkg -s fonts-noto-cjk >/dev/null 2>&1 || \
-		(apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk >/dev/null)
+	@command -v chromium >/dev/null && dpkg -s fonts-noto-cjk fonts-noto-color-emoji >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null)
 
 app: $(VENV)/.installed
 	$(PY) app.py

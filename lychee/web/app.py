@@ -264,7 +264,8 @@ class RerankDemo:
                               elem_classes="lychee-ranked")
         self.table = self.tr(gr.Dataframe, {"label": "table_label"}, headers=table_headers(DEFAULT_LANGUAGE),
                              interactive=False, wrap=True, column_widths=table_widths(), datatype=table_datatypes(),
-                             elem_id="lychee-table")
+                             # No copy button: it would copy the thumbnails' HTML; the CSV download has the data.
+                             buttons=["fullscreen"], elem_id="lychee-table")
         self.table_note = gr.Markdown(elem_classes="lychee-table-note")
         with gr.Accordion(text("filtered_label", DEFAULT_LANGUAGE, count=0), open=False) as self.filtered_box:
             self.filtered = gr.Gallery(columns=5, height="auto", fit_columns=False, object_fit="cover",

@@ -27,6 +27,19 @@ from lychee.web.service import ModelSlot
 from .throughput import synthetic_images
 
 
+def page_slot(folder: str, size: str, count: int) -> tuple[ModelSlot, list[str]]:
+    """A loaded model slot on the ``size`` random checkpoint (CPU, fp32) and ``count`` 1024x768 JPEGs
+    of :func:`~benchmarks.throughput.synthetic_images`, all saved under ``folder``: what a page run gets."""
+    checkpoint = build_random_checkpoint(Path(folder) / size, size, seed=0)
+    paths = []
+    for i, image in enumerate(synthetic_images(count, width=1024, height=768)):
+        paths.append(str(Path(folder) / f"image{i}.jpg"))
+        image.save(paths[-1], quality=90)
+    slot = ModelSlot(str(checkpoint), device="cpu", dtype="fp32", limits=Limits(max_images=count))
+    slot.get()
+    return slot, paths
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="mid", choices=("tiny", "mid"))
@@ -35,13 +48,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = build_random_checkpoint(Path(folder) / args.size, args.size, seed=0)
-        paths = []
-        for i, image in enumerate(synthetic_images(args.images, width=1024, height=768)):
-            paths.append(str(Path(folder) / f"image{i}.jpg"))
-            image.save(paths[-1], quality=90)
-        slot = ModelSlot(str(checkpoint), device="cpu", dtype="fp32", limits=Limits(max_images=args.images))
-        slot.get()
+        slot, paths = page_slot(folder, args.size, args.images)
         demo = RerankDemo(slot)
         demo.build()
         values = {demo.lang: "en", demo.images: [(p, None) for p in paths], demo.query: "a gradient under noise",

@@ -15,13 +15,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from lychee.limits import Limits
-from lychee.random_checkpoint import build_random_checkpoint
-from lychee.web.service import Form, ModelSlot, accept
+from lychee.web.service import Form, accept
 
-from .throughput import synthetic_images
+from .instant_rerank import page_slot
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -31,15 +28,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = build_random_checkpoint(Path(folder) / args.size, args.size, seed=0)
-        paths = []
-        for i, image in enumerate(synthetic_images(args.images, width=1024, height=768)):
-            paths.append(str(Path(folder) / f"image{i}.jpg"))
-            image.save(paths[-1], quality=90)
-        limits = Limits(max_images=args.images)
-        slot = ModelSlot(str(checkpoint), device="cpu", dtype="fp32", limits=limits)
-        slot.get()
-        job = accept(Form("a gradient under noise"), paths, limits)
+        slot, paths = page_slot(folder, args.size, args.images)
+        job = accept(Form("a gradient under noise"), paths, slot.limits)
         reports: list[tuple[float, str, int]] = []
         started = time.perf_counter()
         slot.score(job, progress=lambda stage, done, _: reports.append((time.perf_counter() - started, stage, done)))

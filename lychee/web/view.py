@@ -26,7 +26,7 @@ from .service import RerankOutcome
 
 THUMBNAIL_SIDE = 320  # the #1 card's image
 ROW_THUMBNAIL_SIDE = 64  # a results table row's (shown at half that, sharp on a phone's screen)
-STILL_SIDE = 1024  # the still of an animated image in a gallery
+STILL_SIDE = 512  # the still of an animated image in a gallery: at most 0.8 MB each, 128 kept (scored_frame)
 NAME_LIMIT = 19  # characters of a file name in a gallery caption; longer ones lose their middle
 WORD_SEPARATOR = {"zh": "、", "en": ", "}
 
@@ -59,7 +59,7 @@ def reason_text(result: RerankResult, outcome: RerankOutcome, lang: Language) ->
     return text("reason_beyond_top_k", lang, top_k=settings.top_k)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=128)
 def scored_frame(path: str) -> Image.Image | None:
     """The frame of an animated image that was scored (its first), as a still; None for an image
     that does not move (or cannot be read), which a gallery shows as it is."""

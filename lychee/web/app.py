@@ -208,8 +208,8 @@ class RerankDemo:
                                     visible=False, elem_id="lychee-cancel")
         # Under the query, always there (so nothing moves when advice comes): what works in a query, or
         # advice on its vague words.
-        self.hints = gr.Markdown(text("hints_cues", DEFAULT_LANGUAGE),
-                                 elem_classes=["lychee-hints", "lychee-hints--cues"], elem_id="lychee-hints")
+        hints = show_hints("", DEFAULT_LANGUAGE, self.limits)
+        self.hints = gr.Markdown(hints["value"], elem_classes=hints["elem_classes"], elem_id="lychee-hints")
         # A refused run or what cleaning changed: beside the box it is about, replaced by the next run.
         self.alerts = gr.HTML(elem_id="lychee-alerts")
         # Optional, right under the query: "images like this one"; the image's own toolbar clears it.

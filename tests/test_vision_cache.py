@@ -150,3 +150,15 @@ def test_image_digest_depends_on_the_pixels_and_the_shape_only():
     assert image_digest(changed) != image_digest(image)
     same_bytes = Image.frombytes("RGB", (24, 32), image.tobytes())
     assert image_digest(same_bytes) != image_digest(image)
+
+
+def test_no_forward_pass_keeps_an_autograd_graph(cached, image_dir):
+    """An image query, its candidates and an explanation leave only detached features in the cache: an entry
+    with a ``grad_fn`` would keep every activation of the vision tower alive for as long as it is cached."""
+    engine, images = cached.backend.engine, good_images(image_dir)
+    cached.score("", images[:2], query_image=images[2])
+    cached.explain("a cat", images[0], query_image=images[3], grid=2)
+    entries = list(engine.vision_cache._entries.values())
+    assert len(entries) >= 4
+    assert all(not e.embeds.requires_grad and e.embeds.grad_fn is None for e in entries)
+    assert not any(p.requires_grad for p in engine.model.parameters())

@@ -202,7 +202,9 @@ class Engine:
         """Wrap a model and processor already in memory (``load`` ends here; the benchmarks
         build a random 7B directly on the GPU)."""
         processor = prepare_processor(processor, model_id)
-        model.eval()
+        # Inference only: with no parameter asking for gradients, no forward pass anywhere (the
+        # query image's, an explanation's) can build an autograd graph and keep its activations.
+        model.eval().requires_grad_(False)
         yes_id = single_token_id(processor.tokenizer, protocol.YES_TOKEN) if need_yes_no else None
         no_id = single_token_id(processor.tokenizer, protocol.NO_TOKEN) if need_yes_no else None
         yes_minus_no = None
@@ -297,6 +299,7 @@ class Engine:
         with ThreadPoolExecutor(max_workers=max(1, min(len(images), os.cpu_count() or 1))) as pool:
             return [(digest, *settings) for digest in pool.map(image_digest, images)]
 
+    @torch.inference_mode()
     def image_features(self, images: Sequence[Image.Image]) -> list[VisionFeatures]:
         """Each image's vision-tower output; images in the vision cache skip processor and tower."""
         if not images:
@@ -307,9 +310,9 @@ class Engine:
         if missing:
             for i, computed in zip(missing, self._encode([images[i] for i in missing])):
                 features[i] = computed
-                if keys:  # a compact CPU copy: a view would keep the whole batch's output alive
+                if keys:  # a compact, detached CPU copy: a view would keep the whole batch's output alive
                     self.vision_cache.put(keys[i], VisionFeatures(computed.grid_thw,
-                                                                  computed.embeds.to("cpu", copy=True)))
+                                                                  computed.embeds.detach().to("cpu", copy=True)))
         return features
 
     def _encode(self, images: list[Image.Image]) -> list[VisionFeatures]:

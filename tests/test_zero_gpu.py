@@ -184,13 +184,21 @@ def test_a_job_past_its_gpu_deadline_gets_the_reservation_timeout_in_both_langua
 
 # -- GPU-only code paths, with stubs ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((7, 0), torch.float16),
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float32), ((7, 0), torch.float32),
                                                        ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_auto_dtype_follows_compute_capability_not_emulated_bf16_support(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true on a T4 too, emulated
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_dtype("auto", torch.device("cuda")) == expected
     assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
+
+
+def test_fp16_is_never_chosen_by_auto_and_warns_when_asked_for(caplog):
+    assert resolve_dtype("auto", torch.device("mps")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    with caplog.at_level("WARNING"):
+        assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
+    assert "overflow" in caplog.text and "bf16" in caplog.text
 
 
 def test_free_memory_counts_what_pytorch_keeps_cached_from_the_last_request(monkeypatch):

@@ -69,18 +69,24 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on a GPU of compute capability 8.0 (Ampere) or newer, fp16 on older
-    GPUs and on mps, fp32 on the CPU.
+    """``auto`` -> bf16 on a GPU of compute capability 8.0 (Ampere) or newer, fp32 everywhere else
+    (older GPUs, mps, the CPU).
 
-    ``torch.cuda.is_bf16_supported()`` is no guide: it is true on a T4 or V100 too, where bf16
-    is emulated and slow.
+    lychee-rerank-mm is trained in bf16, whose range fp16 lacks: its activations can overflow to
+    inf and give NaN scores. So fp16 is never chosen silently; asked for, it comes with a warning,
+    and a score that is not finite becomes that document's error. ``torch.cuda.is_bf16_supported()``
+    is no guide: it is true on a T4 or V100 too, where bf16 is emulated and slow.
     """
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+            return torch.bfloat16
+        return torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype == "fp16":
+        log.warning("fp16 asked for: the model is trained in bf16, and fp16's narrower range can overflow to "
+                    "inf/NaN; such a document gets an error instead of a score. Prefer bf16 (Ampere or newer) "
+                    "or fp32.")
     return DTYPES[dtype]
 
 

@@ -50,10 +50,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         path = str(build_random_checkpoint(Path(workdir) / args.size, args.size))
         for dtype in args.dtypes.split(","):
             reranker = LycheeReranker(path, device="cpu", dtype=dtype, vision_cache_bytes=0)
-            backend = reranker.backend
 
-            def run(share: bool) -> list[float]:
-                backend.share_prefix = share
+            def run(share: bool, reranker: LycheeReranker = reranker) -> list[float]:
+                reranker.backend.share_prefix = share
                 return [r.raw_score for r in reranker.score(QUERY, images, query_image=reference)]
 
             run(True)  # warm-up

@@ -154,7 +154,13 @@ def score_template(chat_template: str) -> str:
         '{%- set q = messages | selectattr("role", "eq", "query") | map(attribute="content") | first -%}'
         '{%- set d = messages | selectattr("role", "eq", "document") | map(attribute="content") | first -%}'
         "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
-        "<Instruct>: {{ instruction | default(" + repr(DEFAULT_INSTRUCTION) + ", true) }}"
+        # The default instruction follows the query's kind, as in rerank_messages: vLLM renders a query
+        # image as its placeholder, so an image query is one whose text holds it.
+        '{% set words = q | replace("<|vision_start|><|image_pad|><|vision_end|>", "") | trim %}'
+        '{% if "<|vision_start|>" not in q %}{% set fallback = ' + repr(DEFAULT_INSTRUCTIONS["text"]) + " %}"
+        "{% elif words %}{% set fallback = " + repr(DEFAULT_INSTRUCTIONS["image+text"]) + " %}"
+        "{% else %}{% set fallback = " + repr(DEFAULT_INSTRUCTIONS["image"]) + " %}{% endif %}"
+        "<Instruct>: {{ instruction | default(fallback, true) }}"
         "<Query>:{{ q }}\n<Document>:{{ d }}<|im_end|>\n<|im_start|>assistant\n"
     )
     return ('{%- if messages | selectattr("role", "eq", "document") | list | length > 0 -%}' + score

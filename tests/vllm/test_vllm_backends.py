@@ -218,6 +218,28 @@ def test_the_servers_rerank_route_scores_with_the_lychee_prompt(server_url, serv
     assert all(abs(scores[i] - reference[INSTRUCTION][i].raw_score) <= TOLERANCE for i in range(3))
 
 
+@pytest.mark.parametrize("text", ["", "at night"])
+def test_the_servers_rerank_route_gives_an_image_query_its_own_default_instruction(
+        server_url, server_reranker, transformers_reranker, image_paths, query_image, text):
+    """vLLM's own /v1/rerank with an image (+ text) query and no instruction scores as lychee's image query
+    does: the score template picks the image query's default instruction, not the text query's."""
+    from lychee.backends.vllm_server import png_data_uri
+    from lychee.images import load_image
+
+    budget = (server_reranker.backend.min_pixels, server_reranker.backend.max_pixels)
+
+    def part(path: str) -> dict:
+        return {"type": "image_url", "image_url": {"url": png_data_uri(load_image(path, budget=budget))}}
+
+    query = {"content": [part(query_image), *([{"type": "text", "text": text}] if text else [])]}
+    documents = [{"content": [part(p)]} for p in image_paths[:3]]
+    answer = httpx.post(f"{server_url}/v1/rerank", timeout=120, json={
+        "model": server_reranker.model_id, "query": query, "documents": documents})
+    scores = {r["index"]: 10 * r["relevance_score"] for r in answer.raise_for_status().json()["results"]}
+    expected = transformers_reranker.score(text, image_paths[:3], query_image=query_image)
+    assert all(abs(scores[i] - expected[i].raw_score) <= TOLERANCE for i in range(3))
+
+
 DOCUMENT_TEXTS = ["Trail running shoe, red mesh", "", "A gradient in blue and green", "红色的 sofa 上有一只猫",
                   "A long caption " * 20, "", "Noise", ""]
 

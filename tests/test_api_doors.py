@@ -157,7 +157,10 @@ def test_no_event_takes_a_file_record_that_is_not_an_upload(server, config, imag
 
 def test_a_bystander_is_answered_at_once_while_url_records_are_refused(server, config, images_port):
     events = [e for e in file_events(config) if e["queue"]]
-    bodies = [(e, call_with(config, e, record(f"http://127.0.0.1:{images_port}/slow.png"))) for e in events] * 5
+    started = time.perf_counter()
+    assert httpx.get(f"{server.url}/", timeout=30).status_code == 200
+    idle_s = time.perf_counter() - started  # this machine's own pace, shared as it may be
+    bodies = [(e, call_with(config, e, record(f"http://127.0.0.1:{images_port}/slow.png"))) for e in events] * 2
     threads = [threading.Thread(target=send, args=(server.url, e, body)) for e, body in bodies]
     for thread in threads:
         thread.start()
@@ -168,9 +171,9 @@ def test_a_bystander_is_answered_at_once_while_url_records_are_refused(server, c
     rerank_s = time.perf_counter() - started - info_s
     for thread in threads:
         thread.join()
-    print(f"bystander: the page in {info_s * 1000:.0f} ms, a rerank_urls in {rerank_s * 1000:.0f} ms "
-          f"during {len(bodies)} refused calls")
-    assert result["counts"]["results"] == 1 and info_s < 1.0 and rerank_s < 3.0
+    print(f"bystander: the page in {info_s * 1000:.0f} ms (idle: {idle_s * 1000:.0f} ms), a rerank_urls in "
+          f"{rerank_s * 1000:.0f} ms during {len(bodies)} refused calls")
+    assert result["counts"]["results"] == 1 and info_s < idle_s + 1.0 and rerank_s < 3.0
 
 
 def test_without_the_key_no_door_scores(server, config):

@@ -220,6 +220,27 @@ def _check_labels(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[list[fl
     return [float(s) for s in scores], [bool(label) for label in labels]
 
 
+def _check_queries(queries: Any, labels: int) -> None:
+    if not isinstance(queries, Sequence) or isinstance(queries, str):
+        raise UserError("calibration_bad_query", position=1, value=repr(queries)[:40])
+    if len(queries) != labels:
+        raise UserError("calibration_queries_length", queries=len(queries), labels=labels)
+    for i, query in enumerate(queries):
+        if not isinstance(query, str):
+            raise UserError("calibration_bad_query", position=i + 1, value=repr(query)[:40])
+
+
+def check_service_input(scores: Any, labels: Any, *, max_labels: int) -> None:
+    """What a served calibration refuses before any work: more than ``max_labels`` scores or labels,
+    and scores outside lychee's 0-10 (the library's :func:`calibrate` takes any finite scale)."""
+    for given in (scores, labels):
+        if isinstance(given, Sequence) and len(given) > max_labels:
+            raise UserError("calibration_too_many", limit=f"{max_labels:,}", count=f"{len(given):,}")
+    for i, score in enumerate(scores if isinstance(scores, Sequence) else ()):
+        if isinstance(score, int | float) and not isinstance(score, bool) and not 0 <= score <= 10:
+            raise UserError("calibration_score_range", position=i + 1, value=repr(score)[:40])
+
+
 def calibrate(scores: Sequence[float], labels: Sequence[bool], *,
               target_precision: float = DEFAULT_TARGET_PRECISION,
               queries: Sequence[str] | None = None) -> Calibration:
@@ -241,8 +262,8 @@ def calibrate(scores: Sequence[float], labels: Sequence[bool], *,
     """
     target_precision = check_target_precision(target_precision)
     scores, labels = _check_labels(scores, labels)
-    if queries is not None and len(queries) != len(labels):
-        raise UserError("calibration_queries_length", queries=len(queries), labels=len(labels))
+    if queries is not None:
+        _check_queries(queries, len(labels))
     relevant = sum(labels)
     ranked = sorted(zip(scores, labels), reverse=True)
     descending: list[ThresholdPoint] = []   # one per distinct score, highest first

@@ -58,6 +58,9 @@ class Limits:
     # longer ones ("ZeroGPU illegal duration"); its maximum is undocumented, 300 s as its staff state it.
     gpu_max_seconds: int = 300
     fetch_concurrency: int = 4        # LYCHEE_FETCH_CONCURRENCY: requests fetching image URLs at once (rerank_urls)
+    max_labels: int = 10_000          # LYCHEE_MAX_LABELS: labelled scores one /calibrate call takes
+    upload_client_bytes: int = 2_000_000_000  # LYCHEE_UPLOAD_CLIENT_BYTES: one client's uploads kept (an hour)
+    upload_total_bytes: int = 10_000_000_000  # LYCHEE_UPLOAD_TOTAL_BYTES: all uploads and Gradio's cache on disk
     max_request_image_bytes: int | None = None  # LYCHEE_MAX_REQUEST_IMAGE_BYTES: image bytes one request holds
     max_request_bytes: int | None = None  # LYCHEE_MAX_REQUEST_BYTES: body of one web request (HTTP 413 beyond)
     max_decoded_bytes: int | None = None  # LYCHEE_MAX_DECODED_BYTES: one image in memory, decoded
@@ -94,6 +97,14 @@ class Limits:
         """The largest upload request (multipart, to disk): ``max_images`` files at ``max_file_bytes``,
         plus room for each part's headers."""
         return self.max_images * (self.max_file_bytes + 2 ** 16)
+
+    @property
+    def max_json_values(self) -> int:
+        """The most JSON values (array items, object members) one API call may send: room for the
+        largest legal call (a gallery of ``max_images`` records, or ``max_labels`` labelled scores
+        with their queries). Parsed JSON takes ~100 bytes a value (three copies while a call waits),
+        far more than its text: this bounds what a body within the byte cap may cost."""
+        return 64 * self.max_images + 4 * self.max_labels + 4096
 
     def check_image_count(self, count: int) -> None:
         """Raise :class:`LimitExceeded` when ``count`` images are more than one request may hold."""

@@ -2,7 +2,9 @@
 
 ``python -m tests.served`` serves ``app.py``'s demo with one change: host names under
 :data:`TEST_DOMAIN` count as public hosts at 127.0.0.1, so test servers on loopback can
-stand for the internet. Every other address is judged as in production.
+stand for the internet - for lychee's fetcher, and for Gradio's own downloader (which
+fetches the address 127.0.0.1 itself, as it would a public host). Every other address is
+judged as in production.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def post(url: str, chunks: Iterable[bytes], *, content_type: str = "application/
 
 
 def main() -> None:
+    from gradio import processing_utils
+
     from lychee import ui, url_images
 
     judge = url_images._public_address
@@ -89,6 +93,7 @@ def main() -> None:
         return "127.0.0.1" if host.endswith(TEST_DOMAIN) else await judge(host)
 
     url_images._public_address = public_address
+    processing_utils.PUBLIC_HOSTNAME_WHITELIST.append("127.0.0.1")
     ui.main()
 
 

@@ -49,10 +49,9 @@ def test_a_text_file_named_jpg_as_reference_gets_the_bilingual_message_without_a
 
 
 def test_the_reference_input_is_drawn_as_gradios_image():
-    from lychee.web.components import ReferenceImage, UploadedFile
+    from lychee.web.components import ReferenceImage
 
     assert ReferenceImage(type="filepath").get_block_name() == "image"
-    assert UploadedFile().get_block_name() == "file"
 
 
 @pytest.mark.parametrize(("field", "key"), [("top_k", "bad_top_k"), ("max_side", "bad_max_side"),

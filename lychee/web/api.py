@@ -24,7 +24,6 @@ from ..messages import UserError, printable
 from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..url_images import fetch_images, url_label
-from .components import UploadedFile
 from .explaining import ExplainJob, accept_explain, explain
 from .service import Form, Job, ModelSlot, accept, rerank
 
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 # knows no names): each makes its hidden input component.
 RERANK_PARAMETERS: dict[str, Callable[[], gr.components.Component]] = {
     "query": lambda: gr.Textbox(label="query"),
-    "images": lambda: UploadedFile(file_count="multiple", label="images"),
+    "images": lambda: gr.File(file_count="multiple", label="images"),
     "preset": lambda: gr.Textbox("", label="preset"),
     "score_threshold": lambda: gr.Number(None, label="score_threshold"),
     "top_k": lambda: gr.Number(None, label="top_k"),
@@ -42,7 +41,7 @@ RERANK_PARAMETERS: dict[str, Callable[[], gr.components.Component]] = {
     "normalize": lambda: gr.Checkbox(False, label="normalize"),
     "tie_epsilon": lambda: gr.Number(DEFAULT_TIE_EPSILON, label="tie_epsilon"),
     "max_side": lambda: gr.Number(DEFAULT_MAX_SIDE, label="max_side"),
-    "query_image": lambda: UploadedFile(label="query_image"),
+    "query_image": lambda: gr.File(label="query_image"),
 }
 
 
@@ -179,7 +178,8 @@ class RerankApi:
         labels to trust) and "points" (precision, recall and F1 of score >= t for every distinct score t).
 
         Args:
-            scores: The 0-10 score of each labelled image (e.g. from /rerank results); null when a report is given.
+            scores: The 0-10 score of each labelled image (e.g. from /rerank results), at most 10,000
+                (LYCHEE_MAX_LABELS); null when a report is given.
             labels: With scores: true (relevant) or false per score. With a report: one entry per input image,
                 in input order, true, false or null (not labelled).
             report: The JSON result of /rerank or /rerank_urls (schema_version 4); null when scores are given.
@@ -189,6 +189,7 @@ class RerankApi:
         try:
             if (scores is None) == (report is None):
                 raise UserError("calibration_input")
+            calibration.check_service_input(scores, labels, max_labels=self.limits.max_labels)
             if report is not None:
                 scores, labels = calibration.report_scores(report, labels)
             return calibration.calibrate(scores, labels if labels is not None else [],

@@ -21,6 +21,7 @@ from typing import Any
 
 import gradio as gr
 from gradio.route_utils import API_PREFIX
+from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
 from ..body_limit import BodyLimit
@@ -32,6 +33,7 @@ from ..zero_gpu import on_zero_gpu
 from .api import ExplainApi, RerankApi
 from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
+from .doors import ApiDoors
 from .explaining import button_label, chosen_result, explain, page_job, slider_images, summary_markdown
 from .gpu import GpuJobs
 from .i18n import Language, text
@@ -52,6 +54,7 @@ from .service import (
     scored_with,
 )
 from .sessions import SessionBoard
+from .uploads import UploadQuota
 from .view import (
     Alert,
     alerts_html,
@@ -77,6 +80,8 @@ from .view import (
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
 DOWNLOADS_KEPT_S = 3600  # the page's JSON/CSV downloads, like Gradio's own cache (delete_cache below)
+# Under the upload quota, older uploads are pruned first, never ones this recent: a page re-runs on its files.
+UPLOADS_PRUNED_AFTER_S = 300
 DEFAULT_PRESET = "screening"
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
@@ -191,7 +196,9 @@ class RerankDemo:
             RestApi(self.slot, self.on_gpu.score).wire(demo)
             ExplainApi(self.slot, self.on_gpu.explain).wire()
             self._wire(demo)
-        demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
+        # api_open=False: every queued event goes through the queue (and its door checks), none by /run/.
+        demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency,
+                   api_open=False)
         return demo
 
     def _build_inputs(self) -> None:
@@ -598,13 +605,20 @@ def launch_options(limits: Limits) -> dict[str, Any]:
     answering in JSON (:mod:`lychee.web.mcp_json`).
     ``show_error`` sends the reason for a refused request to API clients too. Every request
     body is capped (``LYCHEE_MAX_REQUEST_BYTES``; uploads, which go to disk, at
-    ``Limits.max_upload_bytes``) before it is read.
+    ``Limits.max_upload_bytes``) before it is read; uploads are under disk quotas
+    (:mod:`lychee.web.uploads`); Gradio's API routes check key, JSON size, events and file records at
+    the door (:mod:`lychee.web.doors`).
     """
     body_limit = Middleware(BodyLimit, max_bytes=limits.max_request_bytes, variable=env_name("max_request_bytes"),
                             upload_max_bytes=limits.max_upload_bytes, upload_variable=UPLOAD_LIMIT_VARIABLES,
                             upload_paths=[f"{API_PREFIX}/upload"])
+    upload_quota = Middleware(UploadQuota, path=f"{API_PREFIX}/upload", folder=get_upload_folder,
+                              client_bytes=limits.upload_client_bytes, total_bytes=limits.upload_total_bytes,
+                              keep_s=DOWNLOADS_KEPT_S, min_age_s=UPLOADS_PRUNED_AFTER_S)
+    doors = Middleware(ApiDoors, max_json_values=limits.max_json_values)
     return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
-            "app_kwargs": {"middleware": [body_limit], "routes": rest_routes(), "lifespan": json_tools},
+            "app_kwargs": {"middleware": [body_limit, upload_quota, doors], "routes": rest_routes(),
+                           "lifespan": json_tools},
             "allowed_paths": [str(EXAMPLES_DIR / "images")],
             "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
 

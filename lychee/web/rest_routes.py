@@ -13,7 +13,6 @@ carries only a ticket; the job itself never leaves this process.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -36,12 +35,12 @@ from ..messages import UserError
 from ..ranking import ScoredImage
 from ..url_images import fetch_images, url_label
 from .api import with_documents
+from .doors import API_KEY_ENV_VAR, authorized, mark_internal
 from .rest import PATHS, RestError, RestRequest, document_urls_and_texts, parse_request, response
 from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV_VAR = "LYCHEE_API_KEY"
 WAIT_MARGIN_S = 60  # beyond LYCHEE_REQUEST_TIMEOUT_S: waiting in the queue and loading the model
 _APIS: weakref.WeakKeyDictionary[gr.Blocks, RestApi] = weakref.WeakKeyDictionary()
 
@@ -53,14 +52,6 @@ class Ticket:
     job: Job
     outcome: RerankOutcome | None = None
     error: UserError | None = None
-
-
-def authorized(request: Request, key: str | None) -> bool:
-    """No key configured, or ``Authorization: Bearer <key>`` (compared in constant time)."""
-    if not key:
-        return True
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
 
 
 class RestApi:
@@ -79,6 +70,7 @@ class RestApi:
         event = gr.on([], self.run_ticket, inputs=[ticket], outputs=None, api_visibility="private",
                       concurrency_id="gpu", show_progress="hidden")
         self.fn_index = event["id"]
+        mark_internal(blocks, self.fn_index)
         _APIS[blocks] = self
 
     def run_ticket(self, ticket: str) -> None:
@@ -141,7 +133,7 @@ class RestApi:
 
     async def endpoint(self, http: Request) -> JSONResponse:
         try:
-            if not authorized(http, os.environ.get(API_KEY_ENV_VAR)):
+            if not authorized(dict(http.scope["headers"]), os.environ.get(API_KEY_ENV_VAR)):
                 raise RestError(401, "rest_unauthorized")
             try:
                 body = json.loads(await http.body())

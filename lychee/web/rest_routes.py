@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .. import memory
 from ..json_body import read_json
 from ..messages import UserError
 from ..url_images import url_label
@@ -158,6 +159,8 @@ class RestApi:
         except RestError as exc:
             log.info("refused rerank request: %s", exc)
             return JSONResponse(exc.body(), status_code=exc.status)
+        finally:
+            memory.release_soon()  # a body of up to LYCHEE_MAX_REQUEST_BYTES, parsed, leaves the heap
 
 
 async def _endpoint(http: Request) -> JSONResponse:

@@ -3,8 +3,9 @@
 Freed memory stays with the process: glibc keeps freed heap pages in its arenas (one per thread
 that allocated, up to 8 x cores of them), and after one 100 MB request body the server held
 gigabytes it no longer used. :func:`limit_arenas` caps the arenas (``MALLOC_ARENA_MAX`` set from
-inside the process, before its threads start) and maps large blocks alone; :func:`release_soon` runs ``malloc_trim(0)`` on a
-thread of its own after a large request, at most once every :data:`TRIM_INTERVAL_S`.
+inside the process, before its threads start) and maps large blocks alone; :func:`release_soon`
+runs ``malloc_trim(0)`` on a thread of its own after a request, at most once every
+:data:`TRIM_INTERVAL_S`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 ARENAS = 2  # malloc arenas for the whole process; more only help allocation-bound thread pools
 MMAP_THRESHOLD = 4 * 2 ** 20  # blocks this large are mapped alone and go back to the system when freed
 TRIM_INTERVAL_S = 1.0
+TRIM_DELAY_S = 0.5  # the request that asked is answered and its objects are freed by then
 _M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameter numbers
 
 _trim_lock = threading.Lock()
@@ -67,7 +69,7 @@ def release_soon() -> None:
 
 def _trim_after_interval() -> None:
     global _pending, _last_trim
-    time.sleep(max(0.0, _last_trim + TRIM_INTERVAL_S - time.monotonic()))
+    time.sleep(max(TRIM_DELAY_S, _last_trim + TRIM_INTERVAL_S - time.monotonic()))
     with _trim_lock:
         _pending = False
     release()

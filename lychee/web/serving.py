@@ -57,7 +57,9 @@ class GuardedProtocol(H11Protocol):
         if len(self.connections) > max_connections():
             oldest = next((c for c in self.waiting if c is not self), None)
             if oldest is not None:
+                oldest._stop_waiting()
                 oldest.transport.close()
+                self.connections.discard(oldest)  # closing completes later; its place is free now
 
     def _await_headers(self) -> None:
         self._stop_waiting()

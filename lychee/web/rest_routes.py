@@ -20,6 +20,7 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -33,10 +34,10 @@ from starlette.routing import Route
 from .. import memory
 from ..json_body import read_json
 from ..messages import UserError
+from ..ranking import ScoredImage
 from ..url_images import url_label
 from .api import fetch_one, with_documents
 from .clients import client_key, in_parser, in_worker
-from .gpu import GpuScoring
 from .rest import PATHS, RestError, RestRequest, document_urls_and_texts, parse_request, response
 from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
 
@@ -67,7 +68,7 @@ def authorized(request: Request, key: str | None) -> bool:
 class RestApi:
     """The rerank routes of one app: wired into its Blocks (the queued event), served by :func:`routes`."""
 
-    def __init__(self, slot: ModelSlot, score: GpuScoring) -> None:
+    def __init__(self, slot: ModelSlot, score: Callable[[Job], list[ScoredImage]]) -> None:
         self.slot = slot
         self.limits = slot.limits
         self.score = score

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import BmpImagePlugin, ExifTags, IcoImagePlugin, Image, ImageOps, PngImagePlugin
 
 from . import protocol
 from .limits import Limits, env_name
@@ -57,9 +57,11 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _RESIZED_AS_THEY_ARE = frozenset({"L", "RGB", "RGBA"})  # scaling them before conversion changes no pixel
 # Bytes per pixel as Pillow holds each mode in memory (RGB takes 4, like RGBA); others take 4.
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+ICO_MAX_SIDE = 256  # the largest frame the ICO format can describe; a bitmap frame claiming more is damaged
 _BLOCK_PIXELS = 2 ** 20  # rows converted to 8 bits at a time: about 4 MB of float32
 
 # Leading bytes of the common formats, to tell a damaged image from a file that is no image.
+_ICO = b"\x00\x00\x01\x00"
 _SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
                b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
@@ -123,11 +125,38 @@ def _open(source: ImageSource, limits: Limits) -> Image.Image:
     if len(data) > limits.max_file_bytes:
         raise _too_large(len(data), limits)
     try:
-        return Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
+        if data[:4] == _ICO:
+            return _ico_frame(data)
+        return _icns_frame(Image.open(io.BytesIO(data)))
+    except (Image.DecompressionBombError, ImageLoadError):
         raise
     except Exception:  # noqa: BLE001 - each format plugin fails its own way on a damaged header
         raise ImageLoadError("image_not_readable", detail=_unidentified(data)) from None
+
+
+def _ico_frame(data: bytes) -> Image.Image:
+    """The frame of an ICO that Pillow would show (its largest), opened lazily at its real size.
+
+    Pillow's ICO plugin decodes that frame while opening the file, whatever its size: a PNG frame
+    says 256x256 in the directory and may be 9400x9400 inside. The PNG is opened here instead, so
+    every check and the decoding budget see its own size and mode."""
+    icon = IcoImagePlugin.IcoFile(io.BytesIO(data))
+    entry = icon.entry[icon.getentryindex(icon.entry[0].dim)]
+    frame = data[entry.offset:]
+    if frame[:8] == PngImagePlugin._MAGIC:
+        return Image.open(io.BytesIO(frame), formats=["PNG"])
+    width, height = BmpImagePlugin.DibImageFile(io.BytesIO(frame)).size
+    if width > ICO_MAX_SIDE or height // 2 > ICO_MAX_SIDE:  # the height counts the mask too
+        raise ImageLoadError("image_not_readable", detail=Message("image_damaged_header", {"format": "ICO"}))
+    return Image.open(io.BytesIO(data), formats=["ICO"])
+
+
+def _icns_frame(image: Image.Image) -> Image.Image:
+    """An ICNS image as the frame it decodes (a PNG inside is opened lazily, at its real size);
+    any other image as it is."""
+    if image.format != "ICNS":
+        return image
+    return image.icns.getimage(image.best_size)
 
 
 def _unidentified(data: bytes) -> Message:
@@ -151,13 +180,37 @@ def decoded_bytes(image: Image.Image) -> int:
     return image.width * image.height * _PIXEL_BYTES.get(image.mode, 4)
 
 
+def _copy_bytes(image: Image.Image) -> int:
+    """Bytes per pixel of the full-size copies :func:`_decode` makes before it scales ``image``:
+    8-bit greyscale for 16/32-bit and float; RGB for most other modes; RGBA for those with alpha
+    (La by way of LA), and then the premultiplied RGBa copy that Pillow resizes RGBA through."""
+    if image.mode in ("L", "RGB"):
+        return 0
+    if image.mode.startswith("I") or image.mode == "F":
+        return 1
+    if image.mode == "RGBA":
+        return 4
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        return 12 if image.mode == "La" else 8
+    return 4
+
+
+def decoding_bytes(image: Image.Image) -> int:
+    """The memory decoding ``image`` takes at its peak: its pixels decoded (:func:`decoded_bytes`)
+    and the full-size copies made of them (a palette PNG with transparency: 1 byte a pixel, then
+    4 as RGBA and 4 more as premultiplied RGBa to be resized)."""
+    return decoded_bytes(image) + image.width * image.height * _copy_bytes(image)
+
+
 def _check_decoded_bytes(image: Image.Image, limits: Limits) -> int:
+    """The bytes decoding ``image`` takes (:func:`decoding_bytes`); refused when its pixels alone
+    are over the per-image limit."""
     size = decoded_bytes(image)
     if size > limits.max_decoded_bytes:
         raise ImageLoadError("image_too_much_memory", size=_amount(size), width=image.width, height=image.height,
                              mode=image.mode, limit=_amount(limits.max_decoded_bytes),
                              variable=env_name("max_decoded_bytes"))
-    return size
+    return decoding_bytes(image)
 
 
 class DecodingBudget:

@@ -15,9 +15,12 @@ Space, so every URL is judged before a byte is read:
   output counted as it is produced; any other encoding (brotli, zstd) is refused, so a
   small compressed body can never unpack into gigabytes;
 - each body is cut off at ``LYCHEE_MAX_FILE_BYTES``, and all the images of one request
-  together at ``LYCHEE_MAX_REQUEST_IMAGE_BYTES``;
-- the URLs of one request are fetched concurrently under one deadline,
-  ``LYCHEE_URL_TIMEOUT_S``; other schemes (``file:``, ``ftp:``) are refused.
+  together at ``LYCHEE_MAX_REQUEST_IMAGE_BYTES``, counted as it is unpacked, a small piece at
+  a time (no download ever holds more than either);
+- the URLs of one request, its reference image's included, are fetched concurrently under one
+  deadline, ``LYCHEE_URL_TIMEOUT_S``, on the process's own fetch loop (:mod:`lychee.fetch_loop`:
+  at most ``LYCHEE_FETCH_CONCURRENCY`` requests at once, 2 per client); other schemes
+  (``file:``, ``ftp:``) are refused.
 
 Every refusal or failure, whatever raised it, is an :class:`~lychee.images.ImageLoadError`
 for that one image; the other images are still ranked. qwen-vl-utils' ``fetch_image`` is
@@ -33,8 +36,9 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urljoin, urlsplit
@@ -42,6 +46,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import httpx
 import safehttpx
 
+from .fetch_loop import FETCH_LOOP
 from .images import ImageLoadError
 from .limits import Limits, env_name
 from .messages import printable
@@ -50,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 PARALLEL_FETCHES = 16  # URLs of one request in flight at once
+DECODE_STEP_BYTES = 2 ** 16  # a compressed body is unpacked this much at a time, each piece counted
 RESOLVER_THREADS = 8   # system lookups in flight at once, for the whole process
 ACCEPT_ENCODING = "gzip, deflate"
 _DATA_URI = re.compile(r"data:(?P<type>[\w.+/-]*)(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,(?P<data>.*)",
@@ -180,43 +186,50 @@ async def _public_address(host: str) -> str:
     return addresses[0]
 
 
-def _decoder(encoding: str) -> Callable[[bytes, int], bytes]:
-    """``decode(chunk, max_length)`` for a ``Content-Encoding``: output stops at ``max_length``."""
+def _decoder(encoding: str) -> Callable[[bytes], Iterator[bytes]]:
+    """``decode(chunk)`` for a ``Content-Encoding``: the decoded bytes in pieces of at most
+    :data:`DECODE_STEP_BYTES`, so that each piece is counted before the next is made."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
-        return lambda chunk, _: chunk
+        return lambda chunk: iter((chunk,))
     if encoding not in _ZLIB_WBITS:
         raise ImageLoadError("url_encoding", encoding=encoding[:20])
     state = {"inflate": zlib.decompressobj(_ZLIB_WBITS[encoding]), "first": True}
 
-    def decode(chunk: bytes, max_length: int) -> bytes:
+    def inflate(data: bytes) -> bytes:
         try:
-            return state["inflate"].decompress(chunk, max_length)
+            return state["inflate"].decompress(data, DECODE_STEP_BYTES)
         except zlib.error:
             if encoding == "deflate" and state["first"]:  # some servers send raw deflate, without the zlib header
                 state["inflate"] = zlib.decompressobj(-zlib.MAX_WBITS)
                 state["first"] = False
-                return state["inflate"].decompress(chunk, max_length)
+                return state["inflate"].decompress(data, DECODE_STEP_BYTES)
             raise ImageLoadError("url_damaged_body") from None
         finally:
             state["first"] = False
+
+    def decode(chunk: bytes) -> Iterator[bytes]:
+        data = chunk
+        while data:
+            yield inflate(data)
+            data = state["inflate"].unconsumed_tail
 
     return decode
 
 
 async def _read_body(response: httpx.Response, limits: Limits, budget: ImageBudget) -> bytes:
-    """The decoded body, counted as it is decoded: cut off at the file limit and the request's budget."""
+    """The decoded body, counted piece by piece as it is decoded: cut off at the file limit and
+    the request's budget, so one download never holds more than either (plus one piece)."""
     decode = _decoder(response.headers.get("content-encoding", ""))
     body = bytearray()
     try:
         async for chunk in response.aiter_raw():
-            room = limits.max_file_bytes - len(body)
-            data = decode(chunk, room + 1)
-            if len(data) > room:
-                raise ImageLoadError("url_too_large", limit=f"{limits.max_file_bytes:,}",
-                                     variable=env_name("max_file_bytes"))
-            budget.take(len(data))
-            body += data
+            for data in decode(chunk):
+                if len(body) + len(data) > limits.max_file_bytes:
+                    raise ImageLoadError("url_too_large", limit=f"{limits.max_file_bytes:,}",
+                                         variable=env_name("max_file_bytes"))
+                budget.take(len(data))
+                body += data
     except BaseException:
         budget.give_back(len(body))
         raise
@@ -283,27 +296,51 @@ async def fetch_image(url: str, limits: Limits, budget: ImageBudget | None = Non
         raise _failure(exc) from None
 
 
-def fetch_images(urls: Sequence[str], limits: Limits) -> list[bytes | ImageLoadError]:
-    """Fetch every URL of one request, concurrently, all within one deadline
-    (``LYCHEE_URL_TIMEOUT_S``); each slot holds the bytes or why they could not be had."""
+def _deadline(limits: Limits, deadline: float | None) -> float:
+    return time.monotonic() + limits.url_timeout_s if deadline is None else deadline
+
+
+def fetch_images(urls: Sequence[str], limits: Limits, *, deadline: float | None = None,
+                 client: str = "") -> list[bytes | ImageLoadError]:
+    """Fetch every URL of one request, concurrently, all by one deadline (a ``time.monotonic()``
+    value; by default ``LYCHEE_URL_TIMEOUT_S`` from now: pass the same one to every call of a
+    request); each slot holds the bytes or why they could not be had. Runs on the process's
+    fetch loop (:mod:`lychee.fetch_loop`) while this thread waits; :class:`FetchBusy` when
+    ``client`` or the process has no place to fetch."""
+    return FETCH_LOOP.run(_fetch_all(urls, limits, _deadline(limits, deadline), client))
+
+
+async def fetch_images_async(urls: Sequence[str], limits: Limits, *, deadline: float | None = None,
+                             client: str = "") -> list[bytes | ImageLoadError]:
+    """:func:`fetch_images` for a caller on an event loop: it awaits, holding no thread."""
+    return await FETCH_LOOP.wait(_fetch_all(urls, limits, _deadline(limits, deadline), client))
+
+
+def _is_data_uri(url: object) -> bool:
+    return isinstance(url, str) and url.strip()[:5].lower() == "data:"
+
+
+async def _fetch_all(urls: Sequence[str], limits: Limits, deadline: float,
+                     client: str) -> list[bytes | ImageLoadError]:
     budget = ImageBudget(limits.max_request_image_bytes)
+    gate = asyncio.Semaphore(PARALLEL_FETCHES)
 
-    async def run() -> list[bytes | ImageLoadError]:
-        gate = asyncio.Semaphore(PARALLEL_FETCHES)
-        deadline = asyncio.get_running_loop().time() + limits.url_timeout_s
+    async def one(url: str) -> bytes | ImageLoadError:
+        try:
+            async with asyncio.timeout_at(deadline):
+                if _is_data_uri(url):
+                    return await fetch_image(url, limits, budget)  # no network: it never waits for a slot
+                async with gate:
+                    return await fetch_image(url, limits, budget)
+        except ImageLoadError as exc:
+            return exc
+        except TimeoutError:
+            return ImageLoadError("url_timeout", seconds=limits.url_timeout_s, variable=env_name("url_timeout_s"))
 
-        async def one(url: str) -> bytes | ImageLoadError:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    if isinstance(url, str) and url.strip()[:5].lower() == "data:":
-                        return await fetch_image(url, limits, budget)  # no network: it never waits for a slot
-                    async with gate:
-                        return await fetch_image(url, limits, budget)
-            except ImageLoadError as exc:
-                return exc
-            except TimeoutError:
-                return ImageLoadError("url_timeout", seconds=limits.url_timeout_s, variable=env_name("url_timeout_s"))
-
+    async def every() -> list[bytes | ImageLoadError]:
         return await asyncio.gather(*(one(url) for url in urls))
 
-    return asyncio.run(run())
+    if all(_is_data_uri(url) for url in urls):
+        return await every()
+    async with FETCH_LOOP.places.hold(client, limits.fetch_concurrency, deadline):
+        return await every()

@@ -1,12 +1,16 @@
 """Images small on disk but huge decoded: 16-bit and float pictures of 50 megapixels, a few
 hundred kB each, sent to a real app server process (the tiny checkpoint). The one over the
 decoded-bytes limit is refused, the others are decoded within the shared decoding budget and
-ranked, and the server's peak resident memory stays near that budget."""
+ranked, and the server's peak resident memory stays near that budget. Icons whose frame is far
+larger than their directory says and palette images that become RGBA are counted at what they
+decode to."""
 
 from __future__ import annotations
 
 import base64
 import io
+import struct
+import time
 
 import numpy as np
 import pytest
@@ -57,3 +61,36 @@ def test_huge_decoded_images_are_bounded_per_image_and_per_request(server):
     assert "200.0 MB in memory decoded (10000x5000 F)" in refused["error"]
     assert result["counts"]["results"] == SIXTEEN_BIT
     assert growth < MEMORY_BOUND_MB, f"peak resident memory grew by {growth:.0f} MB"
+
+
+SIDE = 6000  # 36 MP: as an ICO's PNG frame 144 MB decoded, 288 MB resized; as a transparent palette 324 MB
+CONTAINER_BOUND_MB = 420  # the largest decode (324 MB) and slack; counted by the header, two at once: ~650
+
+
+def icon_around_png(side: int) -> bytes:
+    """An ICO whose directory says 256x256 and whose one frame is a ``side`` x ``side`` PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (side, side), (10, 200, 30, 255)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22) + png
+
+
+def transparent_palette_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("P", (side, side), 3).save(buffer, "PNG", transparency=0)
+    return buffer.getvalue()
+
+
+def test_icons_and_transparent_palettes_are_counted_at_the_size_and_mode_they_decode_to(server):
+    icon, palette = (("data:image/png;base64," + base64.b64encode(data).decode())
+                     for data in (icon_around_png(SIDE), transparent_palette_png(SIDE)))
+    rerank_urls(server.url, QUERY, [icon, palette])  # warm: both decoded once
+    before = rss_mb(server.pid)
+    reset_peak(server.pid)
+    started = time.monotonic()
+    result = rerank_urls(server.url, QUERY, [icon, palette] * 3)
+    growth = peak_rss_mb(server.pid) - before
+    print(f"3 ICO ({SIDE}x{SIDE} PNG inside) + 3 transparent palette PNG: peak resident memory +{growth:.0f} MB "
+          f"in {time.monotonic() - started:.1f} s")
+    assert result["counts"]["results"] == 6, result["errors"]
+    assert growth < CONTAINER_BOUND_MB, f"peak resident memory grew by {growth:.0f} MB"

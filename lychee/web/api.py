@@ -8,6 +8,7 @@ JSON and overlay. All refuse bad input with both languages' words."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,11 +20,13 @@ from PIL import Image
 from .. import calibration
 from ..documents import text_label
 from ..explain import Explanation
+from ..images import ImageLoadError
 from ..limits import Limits
 from ..messages import UserError, printable
 from ..ranking import ScoredImage
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
-from ..url_images import fetch_images, url_label
+from ..url_images import fetch_images_async, url_label
+from .clients import client_key, in_worker
 from .explaining import ExplainJob, accept_explain, explain
 from .service import Form, Job, ModelSlot, accept, rerank
 
@@ -51,16 +54,31 @@ def refuse(exc: UserError) -> gr.Error:
     return gr.Error(exc.bilingual(), print_exception=False)
 
 
-def with_documents(job: Job, urls: Sequence[str], limits: Limits) -> Job:
+async def with_documents(job: Job, urls: Sequence[str], limits: Limits, *, deadline: float,
+                         client: str) -> Job:
     """``job`` with each document's image fetched from ``urls`` - the bytes, or the refusal - and its
-    name (the URL's file name). A document whose URL is "" has no image: a text alone, or, without a
-    text, a document that fails as having neither."""
+    name (the URL's file name), by the request's ``deadline``. A document whose URL is "" has no
+    image: a text alone, or, without a text, a document that fails as having neither."""
     texts = job.texts.texts if job.texts else ("",) * len(urls)
     wanted = [i for i, url in enumerate(urls) if url.strip()]
-    fetched = dict(zip(wanted, fetch_images([urls[i] for i in wanted], limits)))
+    images = await fetch_images_async([urls[i] for i in wanted], limits, deadline=deadline, client=client)
+    fetched = dict(zip(wanted, images))
     labels = [url_label(url, i) if i in fetched else text_label(texts[i]) if texts[i] else f"document {i + 1}"
               for i, url in enumerate(urls)]
     return replace(job, images=tuple(fetched.get(i) for i in range(len(urls))), labels=tuple(labels))
+
+
+async def fetch_one(url: str, limits: Limits, *, deadline: float, client: str) -> bytes | ImageLoadError:
+    """The image at ``url``, or why it could not be had, by the request's ``deadline``."""
+    (image,) = await fetch_images_async([url], limits, deadline=deadline, client=client)
+    return image
+
+
+def requester(request: gr.Request | None) -> str:
+    """The client of a Gradio event (:func:`~lychee.web.clients.client_key`); "" when called without one."""
+    if request is None:
+        return ""
+    return client_key(request.headers, request.client.host if request.client else None)
 
 
 def uploaded_files(files: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:
@@ -88,9 +106,9 @@ class RerankApi:
         # fail in Gradio 6.31; gradio_client still calls it. rerank_urls is the documented route.
         gr.on([], self.rerank, inputs=inputs, outputs=[output], api_name="rerank", concurrency_id="gpu",
               preprocess=False, api_visibility="undocumented")
-        # Fetching URLs takes no scoring slot: rerank_urls waits for one (ModelSlot.scoring) only to score.
-        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="fetch",
-               concurrency_limit=self.limits.fetch_concurrency)
+        # Fetching URLs takes no scoring slot, no queue place and no thread: rerank_urls awaits the fetch
+        # loop (its own bounds, lychee.fetch_loop), then a worker thread for the slot (ModelSlot.scoring).
+        gr.api(self.rerank_urls, api_name="rerank_urls", concurrency_id="fetch", concurrency_limit=None)
         gr.api(self.calibrate, api_name="calibrate")  # no model call: it never waits behind scoring
 
     def rerank(self, *values: Any) -> dict[str, Any]:
@@ -111,10 +129,11 @@ class RerankApi:
         except UserError as exc:
             raise refuse(exc) from None
 
-    def rerank_urls(self, query: str, image_urls: list[str], preset: str = "", score_threshold: float | None = None,
-                    top_k: int | None = None, instruction: str = "", normalize: bool = False,
-                    tie_epsilon: float = DEFAULT_TIE_EPSILON, max_side: int = DEFAULT_MAX_SIDE,
-                    query_image_url: str = "", texts: list[str] | None = None) -> dict[str, Any]:
+    async def rerank_urls(self, query: str, image_urls: list[str], preset: str = "",
+                          score_threshold: float | None = None, top_k: int | None = None, instruction: str = "",
+                          normalize: bool = False, tie_epsilon: float = DEFAULT_TIE_EPSILON,
+                          max_side: int = DEFAULT_MAX_SIDE, query_image_url: str = "", texts: list[str] | None = None,
+                          request: gr.Request = None) -> dict[str, Any]:
         """Score candidate documents - images given as URLs, texts, or both - against a query (text, an image,
         or both) with lychee-rerank-mm.
 
@@ -153,14 +172,16 @@ class RerankApi:
                 raise UserError("bad_texts", value=repr(texts)[:80])
             if not isinstance(query_image_url, str | None):
                 raise UserError("not_text", field="query_image_url", value=repr(query_image_url)[:80])
+            deadline, client = time.monotonic() + self.limits.url_timeout_s, requester(request)
             reference = None
             if query_image_url:
-                (reference,) = fetch_images([query_image_url], self.limits)
+                reference = await fetch_one(query_image_url, self.limits, deadline=deadline, client=client)
             form = Form(query, preset, score_threshold, top_k, instruction, normalize, tie_epsilon, max_side,
                         query_image=reference, query_image_label=url_label(query_image_url, 0) if reference else None)
             # Refuse bad settings before fetching the candidates.
-            job = accept(form, image_urls, self.limits, texts=texts)
-            return self._answer(with_documents(job, image_urls, self.limits))
+            job = await in_worker(accept, form, image_urls, self.limits, texts=texts)
+            job = await with_documents(job, image_urls, self.limits, deadline=deadline, client=client)
+            return await in_worker(self._answer, job)
         except UserError as exc:
             raise refuse(exc) from None
 
@@ -234,7 +255,7 @@ class ExplainApi:
         gr.on([], self.explain, inputs=inputs, outputs=outputs, api_name="explain", concurrency_id="gpu",
               preprocess=False, api_visibility="undocumented")
         gr.on([], self.explain_url, inputs=url_inputs, outputs=outputs, api_name="explain_url",
-              concurrency_id="fetch", concurrency_limit=self.limits.fetch_concurrency)
+              concurrency_id="fetch", concurrency_limit=None)  # as rerank_urls
 
     def explain(self, *values: Any) -> tuple[dict[str, Any], Image.Image]:
         """Why does this uploaded image get its score? The file-upload twin of :meth:`explain_url`."""
@@ -250,8 +271,9 @@ class ExplainApi:
         except UserError as exc:
             raise refuse(exc) from None
 
-    def explain_url(self, query: str, image_url: str, query_image_url: str = "", instruction: str = "",
-                    grid: str = "", max_side: float = DEFAULT_MAX_SIDE) -> tuple[dict[str, Any], Image.Image]:
+    async def explain_url(self, query: str, image_url: str, query_image_url: str = "", instruction: str = "",
+                          grid: str = "", max_side: float = DEFAULT_MAX_SIDE,
+                          request: gr.Request = None) -> tuple[dict[str, Any], Image.Image]:
         """Why does this image get its score? An occlusion map: each cell of a grid over the image is blurred
         over in turn and the copy scored again with lychee-rerank-mm.
 
@@ -276,14 +298,15 @@ class ExplainApi:
                     raise UserError("not_text", field=field, value=repr(value)[:80])
             if not image_url:
                 raise UserError("no_image")
-            (image,) = fetch_images([image_url], self.limits)
-            reference = None
-            if query_image_url:
-                (reference,) = fetch_images([query_image_url], self.limits)
-            job = accept_explain(query, image, self.limits, instruction=instruction, query_image=reference,
-                                 query_image_label=url_label(query_image_url, 0) if reference else None, grid=grid,
-                                 max_side=max_side, label=url_label(image_url, 0))
-            return self._answer(job)
+            deadline, client = time.monotonic() + self.limits.url_timeout_s, requester(request)
+            urls = [image_url, query_image_url] if query_image_url else [image_url]
+            image, *reference = await fetch_images_async(urls, self.limits, deadline=deadline, client=client)
+            reference = reference[0] if reference else None
+            job = await in_worker(accept_explain, query, image, self.limits, instruction=instruction,
+                                  query_image=reference,
+                                  query_image_label=url_label(query_image_url, 0) if reference else None, grid=grid,
+                                  max_side=max_side, label=url_label(image_url, 0))
+            return await in_worker(self._answer, job)
         except UserError as exc:
             raise refuse(exc) from None
 

@@ -24,12 +24,14 @@ from gradio.route_utils import API_PREFIX
 from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
+from .. import memory
 from ..body_limit import BodyLimit
 from ..limits import UPLOAD_LIMIT_VARIABLES, Limits, env_name
 from ..messages import UserError
 from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..zero_gpu import on_zero_gpu
+from . import serving
 from .api import ExplainApi, RerankApi
 from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
@@ -626,7 +628,10 @@ def launch_options(limits: Limits) -> dict[str, Any]:
 def main() -> None:
     """Serve the demo. On a ZeroGPU Space the model is placed on ``cuda`` before serving, as
     ZeroGPU requires; elsewhere it loads in the background and the page is up at once."""
+    memory.limit_arenas()  # before the model's and the server's threads start
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serving.quiet_repeats()
+    serving.apply()
     slot = ModelSlot.for_space()
     if on_zero_gpu():
         slot.load_now()

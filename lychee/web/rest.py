@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..fetch_loop import FetchBusy
 from ..limits import LimitExceeded
 from ..messages import UserError, bilingual
 from ..ranking import RerankResult
@@ -58,9 +59,10 @@ class RestError(Exception):
 
     @classmethod
     def refusing(cls, error: UserError) -> RestError:
-        """The HTTP refusal of a :class:`~lychee.messages.UserError`: 413 for a limit, 503 when the model
-        is not there, else 400 naming the field."""
-        status = 413 if isinstance(error, LimitExceeded) else 503 if error.key in MODEL_ERRORS else 400
+        """The HTTP refusal of a :class:`~lychee.messages.UserError`: 429 when there is no place to fetch
+        its URLs now, 413 for a limit, 503 when the model is not there, else 400 naming the field."""
+        status = (429 if isinstance(error, FetchBusy) else 413 if isinstance(error, LimitExceeded)
+                  else 503 if error.key in MODEL_ERRORS else 400)
         field = error.params.get("field") or FIELDS.get(error.key)
         return cls(status, error.key, param=field if status == 400 else None, **error.params)
 

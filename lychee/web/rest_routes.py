@@ -26,15 +26,17 @@ import gradio as gr
 from gradio.data_classes import PredictBodyInternal
 from gradio.route_utils import API_PREFIX
 from gradio.server_messages import ProcessCompletedMessage, UnexpectedErrorMessage
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .. import memory
+from ..json_body import read_json
 from ..messages import UserError
 from ..ranking import ScoredImage
-from ..url_images import fetch_images, url_label
-from .api import with_documents
+from ..url_images import url_label
+from .api import fetch_one, with_documents
+from .clients import client_key, in_parser, in_worker
 from .doors import API_KEY_ENV_VAR, authorized, mark_internal
 from .rest import PATHS, RestError, RestRequest, document_urls_and_texts, parse_request, response
 from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
@@ -83,17 +85,19 @@ class RestApi:
         except UserError as exc:
             entry.error = exc
 
-    def prepare(self, request: RestRequest) -> Job:
-        """The request as a web job, its URLs fetched: the checks and fetcher of ``/rerank_urls``."""
+    async def prepare(self, request: RestRequest, client: str) -> Job:
+        """The request as a web job, its URLs fetched by one deadline: the checks and fetcher of
+        ``/rerank_urls``."""
+        deadline = time.monotonic() + self.limits.url_timeout_s
         reference = None
         if request.query_image:
-            (reference,) = fetch_images([request.query_image], self.limits)
+            reference = await fetch_one(request.query_image, self.limits, deadline=deadline, client=client)
         urls, texts = document_urls_and_texts(request.documents)
         form = Form(request.query, request.preset, request.score_threshold, request.top_n, request.instruction,
                     query_image=reference,
                     query_image_label=url_label(request.query_image, 0) if reference is not None else None)
-        job = accept(form, urls, self.limits, texts=texts)
-        return with_documents(job, urls, self.limits)
+        job = await in_worker(accept, form, urls, self.limits, texts=texts)
+        return await with_documents(job, urls, self.limits, deadline=deadline, client=client)
 
     async def queued(self, http: Request, job: Job) -> RerankOutcome:
         """Score ``job`` as an event of the app's queue; :class:`RestError` 429 when the queue is full."""
@@ -135,12 +139,10 @@ class RestApi:
         try:
             if not authorized(dict(http.scope["headers"]), os.environ.get(API_KEY_ENV_VAR)):
                 raise RestError(401, "rest_unauthorized")
-            try:
-                body = json.loads(await http.body())
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise RestError(400, "rest_bad_json", param="body") from None
+            # Read off the server's loop, the values counted before they are built (lychee.json_body).
+            body = await in_parser(read_json, await http.body(), max_documents=self.limits.max_images)
             request = parse_request(body)
-            job = await run_in_threadpool(self.prepare, request)
+            job = await self.prepare(request, client_key(http.headers, http.client.host if http.client else None))
             outcome = await self.queued(http, job)
             return JSONResponse(response(request, outcome.report, self.slot.name))
         except UserError as exc:
@@ -150,6 +152,8 @@ class RestApi:
         except RestError as exc:
             log.info("refused rerank request: %s", exc)
             return JSONResponse(exc.body(), status_code=exc.status)
+        finally:
+            memory.release_soon()  # a body of up to LYCHEE_MAX_REQUEST_BYTES, parsed, leaves the heap
 
 
 async def _endpoint(http: Request) -> JSONResponse:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import protocol
+from .. import memory, protocol
 from ..backends import default_backend
 from ..backends.base import Progress, StageProgress
 from ..documents import DocumentTexts, prepare_texts
@@ -389,9 +389,12 @@ def rerank(job: Job, slot: ModelSlot, *, score: Callable[[Job], list[ScoredImage
     error record.
     """
     model = slot.get().describe()  # waits for the model outside any GPU allocation
-    with slot.scoring:
-        started = time.perf_counter()
-        records = tuple((score or slot.score)(job))
+    try:
+        with slot.scoring:
+            started = time.perf_counter()
+            records = tuple((score or slot.score)(job))
+    finally:
+        memory.release_soon()  # the images decoded, fetched and scored leave the heap
     report = Report.build(job.request, records, model=model, elapsed_s=time.perf_counter() - started,
                           notices=job.texts.notices if job.texts else ())
     return RerankOutcome(job, records, report)

@@ -65,9 +65,10 @@ def test_texts_are_cleaned_like_the_query_with_one_notice_per_kind():
     notices = {n.key: n for n in prepared.notices}
     assert set(notices) == {"document_control_tokens", "document_truncated"}
     assert notices["document_control_tokens"].text("en") == (
-        "removed chat-template control tokens from the text of document(s) 1, 4 (<|im_end|> <|image_pad|>)")
-    assert "document(s) 3 is longer than 10 characters" in notices["document_truncated"].text("en")
-    assert "文档 3" in notices["document_truncated"].text("zh")
+        "removed chat-template control tokens from the text of the document(s) at index 0, 3 "
+        "(<|im_end|> <|image_pad|>)")
+    assert "document(s) at index 2 is longer than 10 characters" in notices["document_truncated"].text("en")
+    assert "索引为 2 的文档" in notices["document_truncated"].text("zh")
     assert prepare_texts(prepared.texts, limits) == prepare_texts(prepared.texts, limits)  # idempotent
     assert prepare_texts(prepared.texts, limits).notices == ()
 

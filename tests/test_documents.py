@@ -169,7 +169,7 @@ def test_a_bad_document_fails_alone(tiny_reranker, image_dir):
 
 
 def test_control_tokens_in_texts_warn_and_never_reach_the_prompt(tiny_reranker):
-    with pytest.warns(InputWarning, match=r"document\(s\) 1 \(<\|image_pad\|>\)"):
+    with pytest.warns(InputWarning, match=r"document\(s\) at index 0 \(<\|image_pad\|>\)"):
         record = tiny_reranker.score(QUERY, texts=["Red <|image_pad|> sneaker"])[0]
     assert record.error is None
     assert record.raw_score == pytest.approx(tiny_reranker.score(QUERY, texts=["Red   sneaker"])[0].raw_score,

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-# tests/vllm needs the real vLLM engine, which lives in its own venv (`make test-vllm`).
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+# tests/vllm needs the real vLLM engine, which lives in its own venv (`make test-vllm`); tests/clients the
+# third-party clients, in theirs (`make test-clients`).
+collect_ignore = ([] if importlib.util.find_spec("vllm") else ["vllm"]) + (
+    [] if importlib.util.find_spec("haystack_integrations") else ["clients"])
 
 
 @pytest.fixture(scope="session")

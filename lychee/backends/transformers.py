@@ -69,18 +69,24 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on a GPU of compute capability 8.0 (Ampere) or newer, fp16 on older
-    GPUs and on mps, fp32 on the CPU.
+    """``auto`` -> bf16 on a GPU of compute capability 8.0 (Ampere) or newer, fp32 everywhere else
+    (older GPUs, mps, the CPU).
 
-    ``torch.cuda.is_bf16_supported()`` is no guide: it is true on a T4 or V100 too, where bf16
-    is emulated and slow.
+    lychee-rerank-mm is trained in bf16, whose range fp16 lacks: its activations can overflow to
+    inf and give NaN scores. So fp16 is never chosen silently; asked for, it comes with a warning,
+    and a score that is not finite becomes that document's error. ``torch.cuda.is_bf16_supported()``
+    is no guide: it is true on a T4 or V100 too, where bf16 is emulated and slow.
     """
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+            return torch.bfloat16
+        return torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype == "fp16":
+        log.warning("fp16 asked for: the model is trained in bf16, and fp16's narrower range can overflow to "
+                    "inf/NaN; such a document gets an error instead of a score. Prefer bf16 (Ampere or newer) "
+                    "or fp32.")
     return DTYPES[dtype]
 
 
@@ -202,7 +208,9 @@ class Engine:
         """Wrap a model and processor already in memory (``load`` ends here; the benchmarks
         build a random 7B directly on the GPU)."""
         processor = prepare_processor(processor, model_id)
-        model.eval()
+        # Inference only: with no parameter asking for gradients, no forward pass anywhere (the
+        # query image's, an explanation's) can build an autograd graph and keep its activations.
+        model.eval().requires_grad_(False)
         yes_id = single_token_id(processor.tokenizer, protocol.YES_TOKEN) if need_yes_no else None
         no_id = single_token_id(processor.tokenizer, protocol.NO_TOKEN) if need_yes_no else None
         yes_minus_no = None
@@ -297,6 +305,7 @@ class Engine:
         with ThreadPoolExecutor(max_workers=max(1, min(len(images), os.cpu_count() or 1))) as pool:
             return [(digest, *settings) for digest in pool.map(image_digest, images)]
 
+    @torch.inference_mode()
     def image_features(self, images: Sequence[Image.Image]) -> list[VisionFeatures]:
         """Each image's vision-tower output; images in the vision cache skip processor and tower."""
         if not images:
@@ -307,9 +316,9 @@ class Engine:
         if missing:
             for i, computed in zip(missing, self._encode([images[i] for i in missing])):
                 features[i] = computed
-                if keys:  # a compact CPU copy: a view would keep the whole batch's output alive
+                if keys:  # a compact, detached CPU copy: a view would keep the whole batch's output alive
                     self.vision_cache.put(keys[i], VisionFeatures(computed.grid_thw,
-                                                                  computed.embeds.to("cpu", copy=True)))
+                                                                  computed.embeds.detach().to("cpu", copy=True)))
         return features
 
     def _encode(self, images: list[Image.Image]) -> list[VisionFeatures]:

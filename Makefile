@@ -2,11 +2,13 @@
 # `make test-vllm` (the vLLM backends against the real vLLM engine on the CPU, in a venv of their own).
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
+CLIENTS_VENV ?= .venv-clients
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 VPY := $(VLLM_VENV)/bin/python
+CPY := $(CLIENTS_VENV)/bin/python
 
-.PHONY: app test test-vllm browser
+.PHONY: app test test-vllm test-clients browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +45,14 @@ $(VLLM_VENV)/.installed: requirements-vllm-test.txt
 # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache per engine; the tests' tiny checkpoint needs little.
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_CPU_KVCACHE_SPACE=2 PYTHONPATH=. $(VPY) -m pytest -p no:cacheprovider tests/vllm
+
+# Third-party rerank clients against the app's POST /v1/rerank, in their own venv (their pins clash with the
+# project's); the app they call runs in $(VENV).
+$(CLIENTS_VENV)/.installed: requirements-clients-test.txt
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CPY) -m pip install --quiet --upgrade pip
+	$(CPY) -m pip install --quiet -r requirements-clients-test.txt
+	touch $@
+
+test-clients: $(VENV)/.installed $(CLIENTS_VENV)/.installed
+	PYTHONPATH=. $(CPY) -m pytest -p no:cacheprovider tests/clients

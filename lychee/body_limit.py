@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
-from .messages import bilingual, printable
+from .messages import bilingual, error_body, printable
 from .messages import message as message_text
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ async def _refuse(scope: Scope, send: Send, key: str, params: dict[str, str]) ->
     """Answer 413 with the message ``key`` in both languages."""
     log.info("refused a request body on %s: %s", printable(scope.get("path", "")[:200]),
              message_text(key, "en", **params))
-    body = json.dumps({"error": bilingual(key, **params)}, ensure_ascii=False).encode()
+    body = json.dumps(error_body(bilingual(key, **params), key, 413), ensure_ascii=False).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json; charset=utf-8"),
                             (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})

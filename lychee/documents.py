@@ -37,12 +37,12 @@ class DocumentTexts:
 
 
 def _numbers(indices: Sequence[int]) -> str:
-    shown = ", ".join(str(i + 1) for i in indices[:LISTED_DOCUMENTS])
+    shown = ", ".join(str(i) for i in indices[:LISTED_DOCUMENTS])  # the index, as the API and reports give it
     return shown + (", ..." if len(indices) > LISTED_DOCUMENTS else "")
 
 
 def prepare_texts(texts: Sequence[str | None], limits: Limits) -> DocumentTexts:
-    """Each text cleaned like the query; one notice per kind of change, naming the documents (1-based).
+    """Each text cleaned like the query; one notice per kind of change, naming the documents by index.
 
     A text that is not a string (nor None) refuses the request: ``UserError('not_text')``.
     """

@@ -346,6 +346,19 @@ def visual_tokens(image: Image.Image, budget: PixelBudget) -> int:
     return width * height // protocol.PATCH_PIXELS ** 2
 
 
+def encoded_visual_tokens(data: bytes, budget: PixelBudget, max_side: int) -> int:
+    """The visual tokens of an encoded image as it is scored (its longer side capped at ``max_side``,
+    then fitted to ``budget``), read from its header alone: nothing is decoded. 0 for bytes that are
+    no image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = _capped(image.size, max_side)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 0
+    width, height = budget_size(width, height, budget)
+    return width * height // protocol.PATCH_PIXELS ** 2
+
+
 def fit_to_budget(image: Image.Image, budget: PixelBudget) -> Image.Image:
     """``image`` resampled to :func:`budget_size`; the image itself when it already has that size."""
     size = budget_size(image.width, image.height, budget)

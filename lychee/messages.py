@@ -45,6 +45,13 @@ def bilingual(key: str, **params: Any) -> str:
     return f"{message(key, 'en', **params)} / {message(key, 'zh', **params)}"
 
 
+def error_body(message: str, kind: str, status: int, param: str | None = None) -> dict[str, Any]:
+    """The JSON of an HTTP refusal that every dialect's clients read: vLLM's and OpenAI's ``{"error":
+    {"message", "type", "param", "code"}}``, and ``detail`` (the message), which Jina's clients
+    (LangChain, Haystack) and FastAPI's read."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}, "detail": message}
+
+
 class UserError(ValueError):
     """A problem the user can fix, named by ``key`` in ``data/messages.json``.
 

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import settings
 from PIL import Image
 
-# tests/vllm needs the real vLLM engine, which lives in its own venv (`make test-vllm`).
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+# tests/vllm needs the real vLLM engine, which lives in its own venv (`make test-vllm`); tests/clients the
+# third-party clients, in theirs (`make test-clients`).
+collect_ignore = ([] if importlib.util.find_spec("vllm") else ["vllm"]) + (
+    [] if importlib.util.find_spec("haystack_integrations") else ["clients"])
 
 # Property tests judge results, not speed: a machine busy with other work must not fail them on time.
 settings.register_profile("lychee", deadline=None)

@@ -303,7 +303,7 @@ def test_documents_rank_with_their_texts_beside_plain_image_paths(capsys, tiny_c
     assert by_index[2]["source"] == "“A green rectangle”"
     assert by_index[4]["error"] == "no image and no text" and by_index[4]["source"] == "document 5"
     assert [w["code"] for w in report["warnings"]] == ["document_control_tokens"]
-    assert "document(s) 3" in err
+    assert "document(s) at index 2" in err
     expected = tiny_reranker.score(QUERY, [str(tree / "c.JPG"), str(tree / "a.png"), None, str(tree / "b" / "d.webp")],
                                    texts=[None, "Red square, 48 px", "A green   rectangle", None])
     assert [by_index[i]["raw_score"] for i in range(4)] == pytest.approx([r.raw_score for r in expected], abs=1e-4)

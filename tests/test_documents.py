@@ -65,9 +65,10 @@ def test_texts_are_cleaned_like_the_query_with_one_notice_per_kind():
     notices = {n.key: n for n in prepared.notices}
     assert set(notices) == {"document_control_tokens", "document_truncated"}
     assert notices["document_control_tokens"].text("en") == (
-        "removed chat-template control tokens from the text of document(s) 1, 4 (<|im_end|> <|image_pad|>)")
-    assert "document(s) 3 is longer than 10 characters" in notices["document_truncated"].text("en")
-    assert "文档 3" in notices["document_truncated"].text("zh")
+        "removed chat-template control tokens from the text of the document(s) at index 0, 3 "
+        "(<|im_end|> <|image_pad|>)")
+    assert "document(s) at index 2 is longer than 10 characters" in notices["document_truncated"].text("en")
+    assert "索引为 2 的文档" in notices["document_truncated"].text("zh")
     assert prepare_texts(prepared.texts, limits) == prepare_texts(prepared.texts, limits)  # idempotent
     assert prepare_texts(prepared.texts, limits).notices == ()
 
@@ -168,7 +169,7 @@ def test_a_bad_document_fails_alone(tiny_reranker, image_dir):
 
 
 def test_control_tokens_in_texts_warn_and_never_reach_the_prompt(tiny_reranker):
-    with pytest.warns(InputWarning, match=r"document\(s\) 1 \(<\|image_pad\|>\)"):
+    with pytest.warns(InputWarning, match=r"document\(s\) at index 0 \(<\|image_pad\|>\)"):
         record = tiny_reranker.score(QUERY, texts=["Red <|image_pad|> sneaker"])[0]
     assert record.error is None
     assert record.raw_score == pytest.approx(tiny_reranker.score(QUERY, texts=["Red   sneaker"])[0].raw_score,

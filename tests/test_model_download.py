@@ -418,8 +418,8 @@ def test_a_first_start_shows_the_download_then_loads_and_a_second_downloads_noth
 def test_a_failed_download_ends_as_model_unavailable_with_its_reason(checkpoint_hub, tmp_path):
     lines = start(checkpoint_hub, tmp_path, "test-org/no-such-model")
     assert lines[-1]["error"] == "model_unavailable"
-    assert lines[-1]["en"].startswith("❌ the model test-org/no-such-model could not be loaded: the download from the "
-                                      "Hub failed: 404 Client Error. Repository Not Found")
+    assert lines[-1]["en"].startswith("❌ the model 'test-org/no-such-model' could not be loaded: the download "
+                                      "from the Hub failed: 404 Client Error. Repository Not Found")
     assert "LYCHEE_MODEL" in lines[-1]["zh"]
 
 

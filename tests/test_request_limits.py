@@ -65,7 +65,7 @@ def test_a_declared_body_over_the_cap_is_refused_before_it_is_read(server):
     status, body, _ = post(f"{server.url}/gradio_api/call/rerank_urls", [b'{"data": '],
                            content_length=1_000_000_000, timeout_s=10)
     assert status == 413
-    error = json.loads(body)["error"]
+    error = json.loads(body)["error"]["message"]
     assert "LYCHEE_MAX_REQUEST_BYTES" in error and "8,000,000" in error and "请求体" in error
 
 
@@ -94,7 +94,7 @@ def test_uploads_are_capped_at_the_images_a_request_may_hold(server):
     assert status == 200  # two files under the file limit: a request's worth
     content_type, chunks = multipart(4, 900_000)  # each file is fine, together they are more than 2 images
     status, body, _ = post(f"{server.url}/gradio_api/upload", chunks, content_type=content_type)
-    assert status == 413 and "LYCHEE_MAX_IMAGES x LYCHEE_MAX_FILE_BYTES" in json.loads(body)["error"]
+    assert status == 413 and "LYCHEE_MAX_IMAGES x LYCHEE_MAX_FILE_BYTES" in json.loads(body)["error"]["message"]
 
 
 def test_the_server_still_ranks_after_the_refusals(server):
@@ -109,5 +109,5 @@ def test_a_form_field_in_an_upload_is_cut_off_at_its_own_small_limit(server):
     chunks = [field, *(b"x" * 2 ** 16 for _ in range(24)), f"\r\n--{boundary}--\r\n".encode()]  # 1.5 MB, in no file
     status, body, _ = post(f"{server.url}/gradio_api/upload", chunks,
                            content_type=f"multipart/form-data; boundary={boundary}")
-    error = json.loads(body)["error"]
+    error = json.loads(body)["error"]["message"]
     assert status == 413 and f"a form field of the upload is larger than {MAX_FORM_FIELD_BYTES:,} bytes" in error

@@ -1,12 +1,12 @@
 """Serving :mod:`lychee.web.rest` on the app's own server, through the page's queue.
 
-``python app.py`` serves the page, Gradio's API and ``POST /v1/rerank`` (``/rerank``, ``/v2/rerank``)
-from one FastAPI app: the routes go in through ``launch(app_kwargs={"routes": ...})``, so they are
-matched before Gradio's own. A request is read, checked (``LYCHEE_API_KEY``, the body, the shapes)
-and its image URLs fetched - by the same safe fetcher and limits as ``/rerank_urls``, holding no
-scoring slot - in the route; then it is scored as an event of the page's queue (``gpu``, the page's
-concurrency limit and ``LYCHEE_QUEUE_SIZE``; 429 when full), so a ZeroGPU Space runs it under
-``spaces.GPU`` with the caller's own request headers, as it runs the page's events. The queued event
+``python app.py`` serves the page, Gradio's API and ``POST /v1/rerank`` (``/rerank``, ``/v2/rerank``,
+``/invocations``, and each under ``/image-urls``) from one FastAPI app: the routes go in through
+``launch(app_kwargs={"routes": ...})``, so they are matched before Gradio's own. A request is read, checked
+(``LYCHEE_API_KEY``, the body, the shapes) and its image URLs fetched - by the same safe fetcher and limits as
+``/rerank_urls``, holding no scoring slot - in the route; then it is scored as an event of the page's queue
+(``gpu``, the page's concurrency limit and ``LYCHEE_QUEUE_SIZE``; 429 when full), so a ZeroGPU Space runs it
+under ``spaces.GPU`` with the caller's own request headers, as it runs the page's events. The queued event
 carries only a ticket; the job itself never leaves this process.
 """
 
@@ -31,6 +31,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .. import memory
+from ..backends.tokens import token_counter
+from ..images import encoded_visual_tokens, visual_tokens
 from ..json_body import read_json
 from ..messages import UserError
 from ..ranking import ScoredImage
@@ -38,7 +40,17 @@ from ..url_images import url_label
 from .api import fetch_one, with_documents
 from .clients import client_key, in_parser, in_worker
 from .doors import API_KEY_ENV_VAR, authorized, mark_internal
-from .rest import PATHS, RestError, RestRequest, document_urls_and_texts, parse_request, response
+from .rest import (
+    IMAGE_URL_PREFIX,
+    PATHS,
+    RestError,
+    RestRequest,
+    cut_to_tokens,
+    document_urls_and_texts,
+    parse_request,
+    prompt_tokens,
+    response,
+)
 from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
 
 log = logging.getLogger(__name__)
@@ -85,19 +97,38 @@ class RestApi:
         except UserError as exc:
             entry.error = exc
 
-    async def prepare(self, request: RestRequest, client: str) -> Job:
-        """The request as a web job, its URLs fetched by one deadline: the checks and fetcher of
-        ``/rerank_urls``."""
+    async def prepare(self, request: RestRequest, client: str) -> tuple[RestRequest, Job]:
+        """The request cut to its token limits, and as a web job, its URLs fetched by one deadline: the
+        checks and fetcher of ``/rerank_urls``."""
         deadline = time.monotonic() + self.limits.url_timeout_s
+        request = await in_worker(lambda: cut_to_tokens(request, token_counter(self.slot.get().model_id),
+                                                        self.limits.max_query_chars))
         reference = None
         if request.query_image:
             reference = await fetch_one(request.query_image, self.limits, deadline=deadline, client=client)
         urls, texts = document_urls_and_texts(request.documents)
         form = Form(request.query, request.preset, request.score_threshold, request.top_n, request.instruction,
                     query_image=reference,
-                    query_image_label=url_label(request.query_image, 0) if reference is not None else None)
+                    query_image_label=url_label(request.query_image, 0) if reference is not None else None,
+                    **({"tie_epsilon": request.tie_epsilon} if request.tie_epsilon is not None else {}))
         job = await in_worker(accept, form, urls, self.limits, texts=texts)
-        return await with_documents(job, urls, self.limits, deadline=deadline, client=client)
+        return request, await with_documents(job, urls, self.limits, deadline=deadline, client=client)
+
+    def answer(self, request: RestRequest, outcome: RerankOutcome) -> dict:
+        """The response, its usage counted in the model's tokens."""
+        backend = self.slot.get().backend
+        budget, max_side = (backend.min_pixels, backend.max_pixels), outcome.request.settings.max_side
+
+        def image_tokens(source: object) -> int:
+            return encoded_visual_tokens(source, budget, max_side) if isinstance(source, bytes | bytearray) else 0
+
+        job = outcome.job
+        reference = job.request.query.image
+        tokens = prompt_tokens(request, outcome.records, token_counter(backend.model_id),
+                               [image_tokens(i) for i in job.images],
+                               visual_tokens(reference, budget) if reference is not None else 0)
+        return response(request, outcome.records, outcome.request.settings, model=self.slot.name, tokens=tokens,
+                        warnings=[n.to_dict() for n in outcome.report.warnings])
 
     async def queued(self, http: Request, job: Job) -> RerankOutcome:
         """Score ``job`` as an event of the app's queue; :class:`RestError` 429 when the queue is full."""
@@ -136,15 +167,17 @@ class RestApi:
             queue.pending_event_ids_session.pop(session, None)
 
     async def endpoint(self, http: Request) -> JSONResponse:
+        """Answer one rerank request in its dialect, or refuse it with a JSON error."""
         try:
             if not authorized(dict(http.scope["headers"]), os.environ.get(API_KEY_ENV_VAR)):
                 raise RestError(401, "rest_unauthorized")
             # Read off the server's loop, the values counted before they are built (lychee.json_body).
             body = await in_parser(read_json, await http.body(), max_documents=self.limits.max_images)
-            request = parse_request(body)
-            job = await self.prepare(request, client_key(http.headers, http.client.host if http.client else None))
+            request = parse_request(body, image_strings=http.url.path.startswith(IMAGE_URL_PREFIX))
+            request, job = await self.prepare(
+                request, client_key(http.headers, http.client.host if http.client else None))
             outcome = await self.queued(http, job)
-            return JSONResponse(response(request, outcome.report, self.slot.name))
+            return JSONResponse(await in_worker(self.answer, request, outcome))
         except UserError as exc:
             log.info("refused rerank request: %s", exc)
             error = RestError.refusing(exc)
@@ -165,4 +198,4 @@ async def _endpoint(http: Request) -> JSONResponse:
 
 def routes() -> list[Route]:
     """The rerank routes, for ``launch(app_kwargs={"routes": routes()})``."""
-    return [Route(path, _endpoint, methods=["POST"]) for path in PATHS]
+    return [Route(prefix + path, _endpoint, methods=["POST"]) for prefix in ("", IMAGE_URL_PREFIX) for path in PATHS]

@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -511,6 +511,11 @@ def _load_reranker(args: argparse.Namespace, limits: Limits, store: ScoreStore |
                          backend=args.backend, server_url=args.server_url, store=store)
 
 
+def _closing(store: ScoreStore | None) -> AbstractContextManager[object]:
+    """Closes the store after the run, so its file holds every score (the write-ahead log folded in)."""
+    return nullcontext() if store is None else closing(store)
+
+
 def _emit(args: argparse.Namespace, text: str) -> None:
     # A file name that is not UTF-8 reaches Python as lone surrogates: written as escapes, not a crash.
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -548,7 +553,8 @@ def _rank(args: argparse.Namespace) -> int:
 
     reranker = _load_reranker(args, limits, store)
     started = time.perf_counter()
-    with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
+    with _closing(store), tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr,
+                               disable=args.quiet) as bar:
         try:
             records = score_in_chunks(reranker, request, candidates, texts=texts, chunk_size=args.chunk_size,
                                       progress=lambda done, _: bar.update(done - bar.n))
@@ -627,7 +633,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     unscored = [r for r in labels.rows if r.score is None]
     if unscored:
         reranker = _load_reranker(args, limits, store)
-        with tqdm(total=len(unscored), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
+        with _closing(store), tqdm(total=len(unscored), unit="img", desc="scoring", file=sys.stderr,
+                                   disable=args.quiet) as bar:
             try:
                 scored, failed = score_label_rows(reranker, unscored, instruction=args.instruction,
                                                   chunk_size=args.chunk_size,

@@ -48,13 +48,17 @@ class StoreError(ValueError):
 
 @runtime_checkable
 class ScoreStore(Protocol):
-    """What :class:`~lychee.reranker.LycheeReranker` needs from a store of scores."""
+    """What :class:`~lychee.reranker.LycheeReranker` needs from a store of scores: a database of
+    another engine (e.g. a Postgres shared by replicas) serves through these three methods."""
 
     def get(self, keys: Sequence[str]) -> dict[str, float]:
         """The stored p(yes) of those ``keys`` that are stored (now the most recently used)."""
 
     def put(self, scores: Mapping[str, float]) -> None:
         """Store p(yes) under each key, replacing what a key held."""
+
+    def close(self) -> None:
+        """Let go of files and connections (a later call may open them again)."""
 
 
 def max_rows_from_env(environ: Mapping[str, str] | None = None) -> int:

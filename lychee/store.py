@@ -227,6 +227,23 @@ class SqliteStore:
             self._connection = None
 
 
+SPACE_DATA = Path("/data")  # a Hugging Face Space's persistent storage, when it has some
+OFF = ("off", "0", "none")
+
+
+def server_store_path(environ: Mapping[str, str] | None = None, *, space_data: Path = SPACE_DATA) -> Path | None:
+    """The web app's store file: ``$LYCHEE_STORE`` (``off`` for none); unset, on a Hugging Face Space
+    (``SPACE_ID``) with persistent storage mounted at ``/data``, ``/data/lychee-scores.sqlite``;
+    else none. A Space without persistent storage loses its disk at each restart, so it keeps no store."""
+    environ = os.environ if environ is None else environ
+    given = environ.get(STORE_ENV_VAR, "").strip()
+    if given:
+        return None if given.lower() in OFF else Path(given).expanduser()
+    if environ.get("SPACE_ID") and space_data.is_dir() and os.access(space_data, os.W_OK):
+        return space_data / "lychee-scores.sqlite"
+    return None
+
+
 def open_store(store: str | os.PathLike | ScoreStore | None) -> ScoreStore | None:
     """``store`` as a :class:`ScoreStore`: a path opens (or creates) a :class:`SqliteStore`;
     a store object is used as it is; None or ``""`` means no store."""

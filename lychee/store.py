@@ -25,9 +25,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STORE_ENV_VAR = "LYCHEE_STORE"
 MAX_ROWS_ENV_VAR = "LYCHEE_STORE_MAX_ROWS"
@@ -95,7 +96,7 @@ class SqliteStore:
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r}, max_rows={self.max_rows})"
 
-    def _guarded(self, work, *args):
+    def _guarded(self, work: Callable[..., T], *args: object) -> T:
         """``work(connection, *args)`` with SQLite's errors said as a :class:`StoreError` naming the file."""
         try:
             return work(self._connect(), *args)
@@ -276,5 +277,5 @@ def through_store(store: ScoreStore, keys: Sequence[str], score: Callable[[list[
         store.put(made)
     except StoreError as exc:
         log.warning("%s; %d scores not stored", exc, len(made))
-    return [fresh[i] if i in fresh else found[key] for i, key in enumerate(keys)], [i not in fresh for i in
-                                                                                     range(len(keys))]
+    values = [fresh[i] if i in fresh else found[key] for i, key in enumerate(keys)]
+    return values, [i not in fresh for i in range(len(keys))]

@@ -161,9 +161,16 @@ def _check_decoded_bytes(image: Image.Image, limits: Limits) -> int:
 
 
 class DecodingBudget:
-    """Bytes of images being decoded at once in this process; each decode waits for room."""
+    """Bytes of images being decoded at once in this process; each decode waits for room.
+
+    A fork (ZeroGPU's worker) copies the process as it is: a lock held by a thread that does not exist
+    in the child, bytes reserved by decodes that never finish there. The child starts afresh."""
 
     def __init__(self) -> None:
+        self._start()
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
         self._room = threading.Condition()
         self._in_use = 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -353,7 +354,8 @@ class LycheeReranker:
 
         def score_images(images: list[Image.Image], report: Progress | None) -> list[float | Exception]:
             outputs = self.backend.relevance(messages, images, report, query_image=reference)
-            return [p if isinstance(p, Exception) else _relevance(p)[0] for p in outputs]
+            judged = [_relevance(p) for p in outputs]
+            return [UserError(cause.key, **cause.params) if cause else score for score, _, cause in judged]
 
         return occlusion(scored, score_images, grid=grid, progress=progress, query=query.text,
                          source=label or source_label(image, 0), instruction=query.instruction, model=self.describe(),
@@ -451,9 +453,12 @@ def _candidates(images: Sequence[ImageSource | None] | None,
 
 
 def _relevance(p_yes: float | Exception) -> tuple[float, str, Message | None]:
-    """(score, raw output, error) of one image in logit mode."""
+    """(score, raw output, error) of one image in logit mode; a p(yes) that is not a finite number
+    (an fp16 overflow) is an error, never a NaN that would break the order and the JSON."""
     if isinstance(p_yes, Exception):
         return 0.0, "", Message("model_error", {"detail": str(p_yes)})
+    if not math.isfinite(p_yes):
+        return 0.0, f"p(yes)={p_yes}", Message("score_not_finite")
     return 10.0 * p_yes, f"p(yes)={p_yes:.4f} p(no)={1 - p_yes:.4f}", None
 
 

@@ -28,6 +28,9 @@ ENV_VAR = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU Spaces ("true")
 BASE_S = 20.0
 WEIGHT_BYTES_PER_S = 1e9
 PER_IMAGE_S = 0.5
+# Of BASE_S, what the work itself may use before its own deadline fires: the rest is left for CUDA's
+# start-up and the hand-offs before and after the call, so the platform's abort never comes first.
+WORK_SHARE_OF_BASE = 0.5
 
 
 def on_zero_gpu(environ: Mapping[str, str] | None = None) -> bool:
@@ -45,3 +48,11 @@ def gpu_seconds(images: int, weight_bytes: int) -> int:
 def images_within(seconds: int, weight_bytes: int) -> int:
     """How many images one call of at most ``seconds`` can score (0 when not even one fits)."""
     return max(0, math.floor((seconds - BASE_S - weight_bytes / WEIGHT_BYTES_PER_S) / PER_IMAGE_S))
+
+
+def work_seconds(reserved: int, weight_bytes: int) -> int:
+    """How long the work inside a call that reserved ``reserved`` seconds may run before it stops
+    itself: the reservation less a fresh worker's move of ``weight_bytes`` and part of the base
+    allowance (at least 1 s)."""
+    spare = BASE_S * (1 - WORK_SHARE_OF_BASE) + weight_bytes / WEIGHT_BYTES_PER_S
+    return max(1, math.floor(reserved - spare))

@@ -7,10 +7,15 @@ import io
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 # tests/vllm needs the real vLLM engine, which lives in its own venv (`make test-vllm`).
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+
+# Property tests judge results, not speed: a machine busy with other work must not fail them on time.
+settings.register_profile("lychee", deadline=None)
+settings.load_profile("lychee")
 
 
 @pytest.fixture(scope="session")

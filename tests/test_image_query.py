@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lychee import LycheeReranker, protocol
-from lychee.backends.transformers import Engine
+from lychee.backends.transformers import Engine, shared_length
 from lychee.images import fit_to_budget
 from lychee.messages import UserError
 
@@ -126,3 +126,53 @@ def test_generate_mode_refuses_image_queries(tiny_checkpoint):
     generator = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32", mode="generate")
     with pytest.raises(ValueError, match="image queries need mode='logit'"):
         generator.score("", candidates()[:1], query_image=REFERENCE)
+
+
+# -- the shared prefix: an image query's common beginning run once per request ----------------------
+
+MIXED_TEXTS = ["", "a rocket on its pad", "", "green", "a white mug of coffee"]
+
+
+def mixed_documents() -> tuple[list[Image.Image | None], list[str]]:
+    """Images, images with text and a text alone, so rows differ in kind as well as in size."""
+    images: list[Image.Image | None] = candidates()
+    images[4] = None
+    return images, MIXED_TEXTS
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("fp32", TOLERANCE), ("bf16", BF16_TOLERANCE)])
+@pytest.mark.parametrize("text", ["", "at night"])
+def test_scores_with_the_shared_prefix_equal_the_full_rows(tiny_checkpoint, dtype, tolerance, text):
+    reranker = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype=dtype, batch_size=3, vision_cache_bytes=0)
+    images, texts = mixed_documents()
+    shared = [r.raw_score for r in reranker.score(text, images, texts=texts, query_image=REFERENCE)]
+    reranker.backend.share_prefix = False
+    full = [r.raw_score for r in reranker.score(text, images, texts=texts, query_image=REFERENCE)]
+    assert max(abs(a - b) for a, b in zip(shared, full)) <= tolerance
+
+
+def test_the_shared_prefix_is_run_once_per_request_and_rows_run_only_their_rest(tiny_checkpoint, monkeypatch):
+    reranker = LycheeReranker(str(tiny_checkpoint), device="cpu", dtype="fp32", batch_size=2)
+    engine = reranker.backend.engine
+    made, rest_tokens = [], []
+    shared_prefix, forward = Engine.shared_prefix, Engine._forward
+    monkeypatch.setattr(Engine, "shared_prefix", lambda self, *a: made.append(1) or shared_prefix(self, *a))
+    monkeypatch.setattr(Engine, "_forward", lambda self, embeds, *a: rest_tokens.append(embeds.shape[1]) or forward(
+        self, embeds, *a))
+    images = candidates()
+    reranker.score("at night", images, query_image=REFERENCE)
+    reference_tokens = engine.visual_tokens(fit_to_budget(Image.open(REFERENCE).convert("RGB"), engine.pixel_budget))
+    prefix, *rests = rest_tokens
+    assert made == [1] and len(rests) == -(-len(images) // 2)  # one prefix, then one pass per batch
+    assert prefix > reference_tokens and all(rest < max(engine.visual_tokens(i) for i in images) + 32 for rest in rests)
+
+
+def test_the_shared_length_stops_before_a_candidate_image_and_the_last_token():
+    start = 7  # <|vision_start|>
+    query_image, candidate = [start, 9, 9, 8], [start, 9, 8]
+    with_images = [[1, 2, *query_image, 3, *candidate, 4], [1, 2, *query_image, 3, *candidate, 4]]
+    assert shared_length(with_images, start) == 7  # identical ids, but the candidates' features differ
+    with_texts = [[1, 2, *query_image, 3, 5, 6], [1, 2, *query_image, 3, 5, 7, 6]]
+    assert shared_length(with_texts, start) == 8   # up to where the texts part
+    assert shared_length([[1, 2, 3]], start) == 2  # one row: all but its last token
+    assert shared_length([[1, 2], [3, 2]], start) == 0

@@ -282,3 +282,37 @@ def test_a_load_error_is_said_in_either_language_and_survives_pickling():
         load_query_image(b"")
     assert refused.value.text("zh") == "参考图片无法使用:空文件(0 字节)。请换一张 JPEG、PNG 或 WebP 图片"
     assert "empty file (0 bytes)" in refused.value.bilingual()
+
+
+def test_a_forked_child_starts_with_the_decoding_budget_free():
+    """ZeroGPU forks its worker while other threads may be decoding: the child must not inherit bytes
+    reserved by decodes that will never finish there (it would wait for room forever)."""
+    import os
+    import threading
+
+    from lychee.images import DECODING
+
+    held, release = threading.Event(), threading.Event()
+
+    def decode_in_parent() -> None:
+        with DECODING.reserve(100, 100):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=decode_in_parent)
+    thread.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: a full-size reservation must get room at once
+        done = threading.Event()
+
+        def reserve() -> None:
+            with DECODING.reserve(100, 100):
+                done.set()
+
+        threading.Thread(target=reserve, daemon=True).start()
+        os._exit(0 if done.wait(5) else 1)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child waited for bytes reserved before the fork"

@@ -12,6 +12,7 @@ from PIL import Image
 
 from lychee import LycheeReranker, protocol
 from lychee.backends.vision_cache import VisionCache, VisionFeatures, cache_bytes, image_digest
+from lychee.messages import UserError
 
 from .conftest import make_image
 
@@ -150,3 +151,34 @@ def test_image_digest_depends_on_the_pixels_and_the_shape_only():
     assert image_digest(changed) != image_digest(image)
     same_bytes = Image.frombytes("RGB", (24, 32), image.tobytes())
     assert image_digest(same_bytes) != image_digest(image)
+
+
+def test_no_forward_pass_keeps_an_autograd_graph(cached, image_dir):
+    """An image query, its candidates and an explanation leave only detached features in the cache: an entry
+    with a ``grad_fn`` would keep every activation of the vision tower alive for as long as it is cached."""
+    engine, images = cached.backend.engine, good_images(image_dir)
+    cached.score("", images[:2], query_image=images[2])
+    cached.explain("a cat", images[0], query_image=images[3], grid=2)
+    entries = list(engine.vision_cache._entries.values())
+    assert len(entries) >= 4
+    assert all(not e.embeds.requires_grad and e.embeds.grad_fn is None for e in entries)
+    assert not any(p.requires_grad for p in engine.model.parameters())
+
+
+def test_a_score_that_is_not_finite_is_that_documents_error_and_the_rest_are_ranked(cached, image_dir):
+    """What an fp16 overflow gives - NaN features for one image - becomes that image's error, in both
+    languages; it sinks to the bottom and every other image keeps its score."""
+    engine, images = cached.backend.engine, good_images(image_dir)[:4]
+    clean = [r.raw_score for r in cached.score(QUERY, images)]
+    poisoned = cached.scored_image(images[1])
+    (key,) = engine._cache_keys([poisoned])
+    entry = engine.vision_cache.get(key)
+    engine.vision_cache.put(key, dataclasses.replace(entry, embeds=torch.full_like(entry.embeds, float("nan"))))
+    records = cached.score(QUERY, images)
+    assert records[1].raw_score == 0.0 and records[1].failure.key == "score_not_finite"
+    assert "fp16" in records[1].error and "溢出" in records[1].failure.text("zh")
+    assert [r.raw_score for i, r in enumerate(records) if i != 1] == pytest.approx(clean[:1] + clean[2:], abs=1e-5)
+    ranked = cached.rerank(QUERY, images)
+    assert ranked[-1].index == 1 and ranked[-1].error and all(r.error is None for r in ranked[:-1])
+    with pytest.raises(UserError, match="not a finite number"):
+        cached.explain(QUERY, images[1], grid=2)

@@ -28,6 +28,7 @@ from lychee import zero_gpu
 from lychee.backends import transformers as backend
 from lychee.backends.transformers import Engine, TransformersBackend, free_cuda_bytes, pick_attention, resolve_dtype
 from lychee.protocol import rerank_messages
+from lychee.web import explaining
 
 from .test_url_images import data_uri
 
@@ -127,22 +128,77 @@ def test_scoring_under_emulated_zero_gpu_matches_the_cpu_and_errors_keep_both_la
         assert seen[key] == pytest.approx(expected, abs=0.05), key
     # Only the first query ran the vision tower: the second query and the image query (whose reference is
     # one of the candidates) found every image in the vision cache.
-    assert seen["vision_tower_calls"] == [4]
+    # The explanation ran the tower once more, for its image's covered copies (one call per batch of copies).
+    assert seen["vision_tower_calls"][0] == 4 and len(seen["vision_tower_calls"]) >= 2
+    assert seen["gpu_functions"] == 1, "scoring and explaining must share one GPU function (one warm worker)"
+    expected_map = cpu.explain("a red square", images[1])
+    assert seen["explanation"]["grid"] == list(expected_map.grid)
+    assert seen["explanation"]["passes"] == expected_map.forward_passes <= explaining.DEFAULT_CELLS[2] + 1
+    assert seen["explanation"]["score"] == pytest.approx(expected_map.score, abs=0.05)
     assert (seen["crossed_error"]["gradio_error"], seen["crossed_error"]["key"]) == ("GpuUserError",
                                                                                      "model_unavailable")
     english, chinese = seen["crossed_error"]["message"].split(" / ", 1)
     assert "could not be loaded" in english and "无法加载" in chinese
 
 
+def test_explanations_are_scheduled_for_the_passes_of_the_default_grid_and_refused_in_passes(
+        tiny_checkpoint, device_api, tmp_path, image_dir):
+    from gradio_client import Client
+
+    image = data_uri((image_dir / "good0.png").read_bytes())
+    env = zero_gpu_env(device_api, tmp_path) | {"LYCHEE_GPU_MAX_SECONDS": "40"}
+    with serve_app(tiny_checkpoint, queue_size=4, environ=env, log_path=tmp_path / "app.log") as server:
+        client = Client(server.url, verbose=False)
+        with pytest.raises(Exception, match="No GPU was available"):
+            client.predict("a cat", image, api_name="/explain_url")
+        # The default grid's most cells (36) and the image: ceil(20 s + 0.24 MB at 1 GB/s + 37 x 0.5 s) = 39 s.
+        assert [int(p["durationSeconds"]) for p in device_api.paths("/schedule")] == [39]
+        with pytest.raises(Exception, match="forward passes") as refused:
+            client.predict("a cat", image, grid="7", api_name="/explain_url")  # 50 passes: 46 s, more than 40
+        assert "50 forward passes" in str(refused.value) and "images" not in str(refused.value)
+        assert len(device_api.paths("/schedule")) == 1, "an explanation over the limit must not be scheduled"
+
+
+def test_the_work_inside_a_zero_gpu_call_stops_before_its_reservation_ends():
+    weights = 16_600_000_000
+    for passes in (1, 16, 100, 500):
+        reserved = zero_gpu.gpu_seconds(passes, weights)
+        work = zero_gpu.work_seconds(reserved, weights)
+        # A fresh worker first moves the weights (16.6 s at 1 GB/s); the work's deadline leaves that and a margin.
+        assert 0 < work < reserved - weights / zero_gpu.WEIGHT_BYTES_PER_S
+        assert work >= zero_gpu.PER_IMAGE_S * passes  # ... and still the time planned for every pass
+    assert zero_gpu.work_seconds(1, weights) == 1
+
+
+def test_a_job_past_its_gpu_deadline_gets_the_reservation_timeout_in_both_languages(tiny_checkpoint, image_dir):
+    from lychee.messages import UserError
+    from lychee.web.service import Form, ModelSlot, accept
+
+    slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32")
+    job = accept(Form(query="a cat"), [str(image_dir / f"good{i}.png") for i in range(3)], slot.limits)
+    with pytest.raises(UserError) as stopped:
+        slot.score(job, seconds=0)
+    assert stopped.value.key == "gpu_timeout"
+    assert "reserved" in stopped.value.text("en") and "预留" in stopped.value.text("zh")
+
+
 # -- GPU-only code paths, with stubs ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((7, 0), torch.float16),
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float32), ((7, 0), torch.float32),
                                                        ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_auto_dtype_follows_compute_capability_not_emulated_bf16_support(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true on a T4 too, emulated
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_dtype("auto", torch.device("cuda")) == expected
     assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
+
+
+def test_fp16_is_never_chosen_by_auto_and_warns_when_asked_for(caplog):
+    assert resolve_dtype("auto", torch.device("mps")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    with caplog.at_level("WARNING"):
+        assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
+    assert "overflow" in caplog.text and "bf16" in caplog.text
 
 
 def test_free_memory_counts_what_pytorch_keeps_cached_from_the_last_request(monkeypatch):

@@ -17,6 +17,7 @@ their difference is taken, which quantises the score and makes it depend on the 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 from transformers.utils import is_flash_attn_2_available
 
 from .. import protocol
@@ -69,18 +70,24 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on a GPU of compute capability 8.0 (Ampere) or newer, fp16 on older
-    GPUs and on mps, fp32 on the CPU.
+    """``auto`` -> bf16 on a GPU of compute capability 8.0 (Ampere) or newer, fp32 everywhere else
+    (older GPUs, mps, the CPU).
 
-    ``torch.cuda.is_bf16_supported()`` is no guide: it is true on a T4 or V100 too, where bf16
-    is emulated and slow.
+    lychee-rerank-mm is trained in bf16, whose range fp16 lacks: its activations can overflow to
+    inf and give NaN scores. So fp16 is never chosen silently; asked for, it comes with a warning,
+    and a score that is not finite becomes that document's error. ``torch.cuda.is_bf16_supported()``
+    is no guide: it is true on a T4 or V100 too, where bf16 is emulated and slow.
     """
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+            return torch.bfloat16
+        return torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype == "fp16":
+        log.warning("fp16 asked for: the model is trained in bf16, and fp16's narrower range can overflow to "
+                    "inf/NaN; such a document gets an error instead of a score. Prefer bf16 (Ampere or newer) "
+                    "or fp32.")
     return DTYPES[dtype]
 
 
@@ -148,6 +155,33 @@ def token_activation_bytes(config: Any, *, dtype_bytes: int = 2) -> int:
     return dtype_bytes * max(language, visual)
 
 
+def shared_length(rows: Sequence[Sequence[int]], vision_start_id: int) -> int:
+    """How many leading token ids every row shares, cut before any row's second image (its candidate's
+    features differ from row to row although its placeholder ids do not) and short of every row's last
+    token (whose hidden state gives the score)."""
+    first = rows[0]
+    length = min(len(row) for row in rows) - 1
+    for row in rows:
+        length = min(length, next((i for i, (a, b) in enumerate(zip(first, row)) if a != b), length))
+        starts = [i for i, token in enumerate(row) if token == vision_start_id]
+        if len(starts) > 1:
+            length = min(length, starts[1])
+    return max(length, 0)
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """The beginning every row of a request shares, run once: its token ids, keys and values, and the
+    position its rows' rests start at."""
+
+    ids: tuple[int, ...]
+    cache: Any            # a DynamicCache of batch 1: per layer [1, kv heads, len(ids), head dim]
+    next_position: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class Engine:
     """A loaded checkpoint plus the settings that shape its inputs."""
@@ -202,7 +236,9 @@ class Engine:
         """Wrap a model and processor already in memory (``load`` ends here; the benchmarks
         build a random 7B directly on the GPU)."""
         processor = prepare_processor(processor, model_id)
-        model.eval()
+        # Inference only: with no parameter asking for gradients, no forward pass anywhere (the
+        # query image's, an explanation's) can build an autograd graph and keep its activations.
+        model.eval().requires_grad_(False)
         yes_id = single_token_id(processor.tokenizer, protocol.YES_TOKEN) if need_yes_no else None
         no_id = single_token_id(processor.tokenizer, protocol.NO_TOKEN) if need_yes_no else None
         yes_minus_no = None
@@ -297,6 +333,7 @@ class Engine:
         with ThreadPoolExecutor(max_workers=max(1, min(len(images), os.cpu_count() or 1))) as pool:
             return [(digest, *settings) for digest in pool.map(image_digest, images)]
 
+    @torch.inference_mode()
     def image_features(self, images: Sequence[Image.Image]) -> list[VisionFeatures]:
         """Each image's vision-tower output; images in the vision cache skip processor and tower."""
         if not images:
@@ -307,9 +344,9 @@ class Engine:
         if missing:
             for i, computed in zip(missing, self._encode([images[i] for i in missing])):
                 features[i] = computed
-                if keys:  # a compact CPU copy: a view would keep the whole batch's output alive
+                if keys:  # a compact, detached CPU copy: a view would keep the whole batch's output alive
                     self.vision_cache.put(keys[i], VisionFeatures(computed.grid_thw,
-                                                                  computed.embeds.to("cpu", copy=True)))
+                                                                  computed.embeds.detach().to("cpu", copy=True)))
         return features
 
     def _encode(self, images: list[Image.Image]) -> list[VisionFeatures]:
@@ -322,34 +359,50 @@ class Engine:
         embeds = self.model.get_image_features(patches, grids).pooler_output  # n x [t*h*w/4, hidden]
         return [VisionFeatures(tuple(grid), embed) for grid, embed in zip(grids.tolist(), embeds)]
 
-    def _text_inputs(self, prompts: Sequence[str], visual_tokens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """The tokenised prompts: in row i, ``prompts[i]`` with its k-th image placeholder widened to
-        ``visual_tokens[i][k]`` tokens."""
+    def _widened(self, prompts: Sequence[str], visual_tokens: Sequence[Sequence[int]]) -> list[str]:
+        """In row i, ``prompts[i]`` with its k-th image placeholder widened to ``visual_tokens[i][k]`` tokens."""
         placeholder = self.processor.image_token
         texts = []
         for prompt, row in zip(prompts, visual_tokens):
             pieces = prompt.split(placeholder)  # one more than the image parts
             texts.append("".join(piece + placeholder * n for piece, n in zip(pieces, row)) + pieces[-1])
-        tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
+        return texts
+
+    def _text_inputs(self, prompts: Sequence[str], visual_tokens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """The tokenised prompts, left-padded (:meth:`_widened`)."""
+        tokens = self.processor.tokenizer(self._widened(prompts, visual_tokens), padding=True, return_tensors="pt")
         input_ids = tokens["input_ids"].to(self.device)         # [batch, seq], left-padded
         return {"input_ids": input_ids, "attention_mask": tokens["attention_mask"].to(self.device),
                 "mm_token_type_ids": (input_ids == self.processor.image_token_id).long()}  # 1 = image token
 
+    def _features(self, images: Sequence[Image.Image | None]) -> list[VisionFeatures | None]:
+        """Each row's candidate image features (None for a text alone)."""
+        with_image = [i for i, image in enumerate(images) if image is not None]
+        features: list[VisionFeatures | None] = [None] * len(images)
+        for i, computed in zip(with_image, self.image_features([images[i] for i in with_image])):
+            features[i] = computed                              # [visual tokens_i, hidden]
+        return features
+
+    def _last_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` float32 z_yes - z_no from each row's last hidden state ``[batch, hidden]``."""
+        return hidden.float() @ self.yes_minus_no.to(hidden.device)
+
     @torch.inference_mode()
     def relevance_logits(self, prompt: str | Sequence[str], images: Sequence[Image.Image | None],
-                         query: VisionFeatures | None = None) -> torch.Tensor:
+                         query: VisionFeatures | None = None, prefix: SharedPrefix | None = None) -> torch.Tensor:
         """``[batch]`` float32 z_yes - z_no at each row's last position; p(yes) is its sigmoid.
 
         ``prompt``: one for every row, or one per row (documents that carry text). A row whose
         image is None is a text alone: its prompt has no candidate image part and it never
         reaches the vision tower. ``query``: the query image's features, computed once by the
         caller and shared by every row; each prompt then has the query image's part first.
+        ``prefix``: the rows' shared beginning already run (:meth:`shared_prefix`), so only each
+        row's rest goes through the language model.
         """
         prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
-        with_image = [i for i, image in enumerate(images) if image is not None]
-        features: list[VisionFeatures | None] = [None] * len(images)
-        for i, computed in zip(with_image, self.image_features([images[i] for i in with_image])):
-            features[i] = computed                              # [visual tokens_i, hidden]
+        features = self._features(images)
+        if prefix is not None:
+            return self._logits_after(prefix, prompts, query, features)
         rows = [[x for x in (query, f) if x is not None] for f in features]  # each row's images, in prompt order
         inputs = self._text_inputs(prompts, [[len(x.embeds) for x in row] for row in rows])
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])  # [batch, seq, hidden]
@@ -364,7 +417,76 @@ class Engine:
         # the grids, exactly as in a plain call; the embeddings come from inputs_embeds.
         hidden = self.model.model(**inputs, inputs_embeds=embeds, image_grid_thw=grids,
                                   use_cache=False).last_hidden_state[:, -1]  # [batch, hidden], final norm applied
-        return hidden.float() @ self.yes_minus_no.to(hidden.device)  # [batch]
+        return self._last_hidden(hidden)
+
+    # -- an image query's shared prefix --------------------------------------------------------------
+    # Every row of an image query starts with the same ~1,300 tokens: system, instruction, the query
+    # image and the query text. They are run through the language model once per request; each batch
+    # then runs only its rows' documents, attending to the prefix's keys and values (vLLM's prefix
+    # caching, by hand). Exact by construction: the prefix is the token ids the full rows share, cut
+    # before any candidate image, and positions continue where the prefix's end.
+
+    def _embedded(self, ids: torch.Tensor, images: Sequence[VisionFeatures]) -> torch.Tensor:
+        """Token embeddings of ``ids`` ``[batch, seq]`` with ``images``' features at the image tokens, in order."""
+        embeds = self.model.get_input_embeddings()(ids)          # [batch, seq, hidden]
+        if images:
+            embeds[ids == self.processor.image_token_id] = torch.cat(
+                [x.embeds.to(self.device) for x in images]).to(embeds.dtype)
+        return embeds
+
+    def _positions(self, ids: torch.Tensor, images: Sequence[VisionFeatures],
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[3, batch, seq]`` M-RoPE positions of ``ids`` from 0, the model's own arithmetic."""
+        grids = torch.tensor([x.grid_thw for x in images], device=self.device) if images else None
+        return self.model.model.get_rope_index(ids, (ids == self.processor.image_token_id).long(),
+                                               image_grid_thw=grids, attention_mask=mask)[0]
+
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> Any:
+        # transformers 5.24 names the argument ``cache``; 5.19 (vLLM's) ``past_key_values``.
+        return self.model.model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
+                                **{self._cache_argument: cache})
+
+    @property
+    def _cache_argument(self) -> str:
+        return "cache" if "cache" in inspect.signature(self.model.model.forward).parameters else "past_key_values"
+
+    @torch.inference_mode()
+    def shared_prefix(self, prompts: Sequence[str], query: VisionFeatures) -> SharedPrefix | None:
+        """The tokens that every row of ``prompts`` (one per kind of document) begins with, up to its
+        candidate image, run once with the query image's features; None if that is a token or less."""
+        placeholder = self.processor.image_token
+        widths = [[len(query.embeds)] + [1] * (p.count(placeholder) - 1) for p in prompts]  # the candidate's width
+        rows = self.processor.tokenizer(self._widened(prompts, widths))["input_ids"]       # does not change the prefix
+        length = shared_length(rows, self.model.config.vision_start_token_id)
+        if length < 2:
+            return None
+        ids = torch.tensor([rows[0][:length]], device=self.device)                         # [1, prefix]
+        cache, positions = DynamicCache(), self._positions(ids, [query])
+        self._forward(self._embedded(ids, [query]), positions, torch.ones_like(ids), cache)
+        return SharedPrefix(tuple(rows[0][:length]), cache, int(positions.max()) + 1)
+
+    def _logits_after(self, prefix: SharedPrefix, prompts: Sequence[str], query: VisionFeatures,
+                      features: Sequence[VisionFeatures | None]) -> torch.Tensor:
+        """:meth:`relevance_logits` of rows that begin with ``prefix``: only their rests are run, right-padded."""
+        rows = self.processor.tokenizer(self._widened(
+            prompts, [[len(query.embeds)] + ([len(f.embeds)] if f is not None else []) for f in features]))["input_ids"]
+        if any(tuple(row[:len(prefix)]) != prefix.ids for row in rows):
+            raise ValueError("a row does not begin with the shared prefix")
+        rests = [row[len(prefix):] for row in rows]
+        lengths = torch.tensor([len(rest) for rest in rests], device=self.device)
+        longest, pad = int(lengths.max()), self.processor.tokenizer.pad_token_id
+        ids = torch.tensor([rest + [pad] * (longest - len(rest)) for rest in rests],
+                           device=self.device)                  # [batch, longest rest], right-padded
+        mask = (torch.arange(longest, device=self.device) < lengths[:, None]).long()
+        images = [f for f in features if f is not None]
+        # The rests' positions continue from the prefix's: M-RoPE shifts every axis alike by what came before.
+        positions = self._positions(ids, images, mask) + prefix.next_position
+        batch = len(rows)
+        cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(batch, -1, -1, -1),
+                                              layer.values.expand(batch, -1, -1, -1)) for layer in prefix.cache.layers])
+        attention = torch.cat([torch.ones(batch, len(prefix), dtype=mask.dtype, device=self.device), mask], dim=1)
+        hidden = self._forward(self._embedded(ids, images), positions, attention, cache).last_hidden_state
+        return self._last_hidden(hidden[torch.arange(batch, device=self.device), lengths - 1])  # each row's last
 
     @torch.inference_mode()
     def generate(self, prompt: str, images: Sequence[Image.Image]) -> list[str]:
@@ -387,11 +509,12 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, engine: Engine, batch_size: int | None = None) -> None:
+    def __init__(self, engine: Engine, batch_size: int | None = None, *, share_prefix: bool = True) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.engine = engine
         self.batch_size = batch_size
+        self.share_prefix = share_prefix  # an image query's shared prefix run once per request
         self._lock = threading.Lock()
 
     @property
@@ -433,13 +556,17 @@ class TransformersBackend:
 
         def score(batch: list[Document]) -> list[float]:
             batch_prompts = [prompts[image is not None, text] for image, text in batch]
-            return self.engine.relevance_logits(batch_prompts, [image for image, _ in batch], query).sigmoid().tolist()
+            return self.engine.relevance_logits(batch_prompts, [image for image, _ in batch], query,
+                                                prefix).sigmoid().tolist()
 
-        with self._lock:  # the query image goes through the vision tower once, for every batch
+        with self._lock:  # the query image goes through the vision tower (and the prefix the model) once
             query = (self.engine.with_attention_fallback(
                 lambda: self.engine.image_features(budget_sized(self, [query_image]))[0])
                 if query_image is not None else None)
             query_tokens = len(query.embeds) if query is not None else 0
+            prefix = (self.engine.with_attention_fallback(lambda: self.engine.shared_prefix(list(prompts.values()),
+                                                                                             query))
+                      if query is not None and self.share_prefix else None)
 
             def cost(pair: Document) -> int:  # a row: its prompt's text, the query image's and its image's tokens
                 image, text = pair

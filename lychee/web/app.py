@@ -33,7 +33,7 @@ from .api import ExplainApi, RerankApi
 from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
 from .explaining import button_label, chosen_result, explain, page_job, slider_images, summary_markdown
-from .gpu import GpuExplaining, GpuScoring
+from .gpu import GpuJobs
 from .i18n import Language, text
 from .mcp_json import json_tools
 from .rest_routes import RestApi
@@ -155,8 +155,7 @@ class RerankDemo:
         # Per browser session (Gradio's session hash): the language it shows now, read while a run is
         # under way so its progress and results come in the language of the moment; and runs cancelled.
         self.sessions = SessionBoard()
-        self.score_on_gpu = GpuScoring(slot, language=self.sessions.language, stopped=self.sessions.cancelled)
-        self.explain_on_gpu = GpuExplaining(slot)
+        self.on_gpu = GpuJobs(slot, language=self.sessions.language, stopped=self.sessions.cancelled)
         self.calibrate = CalibratePanel(self.tr, DEFAULT_LANGUAGE)
 
     def language(self, session: str, fallback: Language = DEFAULT_LANGUAGE) -> Language:
@@ -188,9 +187,9 @@ class RerankDemo:
                     self._build_inputs()
                 with gr.Column(scale=7, min_width=340, elem_id="lychee-results"):
                     self._build_results()
-            RerankApi(self.slot, self.score_on_gpu).wire()
-            RestApi(self.slot, self.score_on_gpu).wire(demo)
-            ExplainApi(self.slot, self.explain_on_gpu).wire()
+            RerankApi(self.slot, self.on_gpu.score).wire()
+            RestApi(self.slot, self.on_gpu.score).wire(demo)
+            ExplainApi(self.slot, self.on_gpu.explain).wire()
             self._wire(demo)
         demo.queue(max_size=self.limits.queue_size, default_concurrency_limit=self.limits.concurrency)
         return demo
@@ -433,7 +432,7 @@ class RerankDemo:
         alerts: tuple[Alert, ...]
         try:
             job = accept(form, images, self.limits, texts=texts)
-            outcome = rerank(job, self.slot, score=lambda accepted: self.score_on_gpu(accepted, lang, session))
+            outcome = rerank(job, self.slot, score=lambda accepted: self.on_gpu.score(accepted, lang, session))
         except UserError as exc:
             alerts = (("cancelled" if exc.key == "cancelled" else "error", exc),)
             yield {self.alerts: alerts_html(alerts, self.language(session)), self.alerted: alerts}
@@ -475,7 +474,7 @@ class RerankDemo:
         job = page_job(outcome, result)
         progress(0.0, desc=text("progress_explaining", lang))  # the copies are counted once the grid is known
         try:
-            explanation = explain(job, self.slot, make=lambda accepted: self.explain_on_gpu(accepted, lang))
+            explanation = explain(job, self.slot, make=lambda accepted: self.on_gpu.explain(accepted, lang))
         except UserError as exc:
             alerts: tuple[Alert, ...] = (("error", exc),)
             return {self.explanation: gr.skip(), self.explain_alerted: alerts,

@@ -52,16 +52,22 @@ def accept_explain(query: str | None, image: ImageSource | None, limits: Limits,
 
 
 def passes_reserved(job: ExplainJob) -> int:
-    """Forward passes to reserve GPU time for: the grid's cells (the default's most) and the image."""
-    grid = job.grid if job.grid is not None else DEFAULT_CELLS[2]
-    rows, cols = (grid, grid) if isinstance(grid, int) else grid
-    return rows * cols + 1
+    """Forward passes to reserve GPU time for: the grid's cells and the image. The default grid
+    depends on the image's size, known only once it is decoded on the GPU side: its most cells."""
+    if job.grid is None:
+        cells = DEFAULT_CELLS[2]
+    else:
+        rows, cols = (job.grid, job.grid) if isinstance(job.grid, int) else job.grid
+        cells = rows * cols
+    return cells + 1
 
 
-def make_map(job: ExplainJob, slot: ModelSlot, *, progress: Progress | None = None) -> Explanation:
-    """The job's map on the slot's model (the GPU work); past ``limits.request_timeout_s``, ``UserError('timeout')``."""
+def make_map(job: ExplainJob, slot: ModelSlot, *, progress: Progress | None = None,
+             stop: Callable[[], bool] | None = None, seconds: float | None = None) -> Explanation:
+    """The job's map on the slot's model (the GPU work); past ``seconds`` (default
+    ``limits.request_timeout_s``) ``UserError('timeout')``, once ``stop()`` is true ``UserError('cancelled')``."""
     return slot.get().explain_query(job.query, job.image, grid=job.grid, label=job.label, max_side=job.max_side,
-                                    progress=slot.deadline(progress))
+                                    progress=slot.deadline(progress, stop=stop, seconds=seconds))
 
 
 def explain(job: ExplainJob, slot: ModelSlot, *,

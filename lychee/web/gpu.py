@@ -1,5 +1,10 @@
-"""The GPU calls: scoring an accepted job, or making an occlusion map, under ``spaces.GPU``, the
-duration each reserves on ZeroGPU, and refusals that survive the trip back from ZeroGPU's worker process.
+"""The app's one GPU function: scoring an accepted job or making an occlusion map, dispatched on the
+job, under one ``spaces.GPU``; the duration each job reserves on ZeroGPU, the deadline that fires
+inside it, and refusals that survive the trip back from ZeroGPU's worker process.
+
+One function, not one per kind of job: ZeroGPU forks a worker per GPU function and moves every weight
+byte onto its GPU, so a map asked for after a run reuses the run's warm worker, its weights and its
+vision cache instead of forking a second worker and moving the weights again.
 
 Off Hugging Face Spaces ``spaces.GPU`` is a no-op and the same code runs in this process.
 """
@@ -7,26 +12,26 @@ Off Hugging Face Spaces ``spaces.GPU`` is a no-op and the same code runs in this
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import gradio as gr
 import spaces
 
+from ..explain import Explanation
 from ..messages import UserError, bilingual
 from ..ranking import ScoredImage
-from ..zero_gpu import on_zero_gpu
-from .explaining import make_map, passes_reserved
+from ..zero_gpu import on_zero_gpu, work_seconds
+from .explaining import ExplainJob, make_map, passes_reserved
 from .i18n import Language, text
 from .service import Job, ModelSlot
 
-T = TypeVar("T")
 Tell = Callable[[str | None, int, int], None]  # (stage or None, done, total)
 
 
 class GpuUserError(gr.Error):
     """A :class:`UserError` on its way out of the GPU call. ``spaces`` hands only a ``gr.Error`` back
     from its ZeroGPU worker (any other exception arrives as "ZeroGPU worker error" with its class
-    name), so the error crosses as one, both languages as its message, and :class:`GpuScoring`
+    name), so the error crosses as one, both languages as its message, and :class:`GpuJobs`
     raises the ``UserError`` it carries again on this side."""
 
     def __init__(self, key: str, params: dict[str, Any]) -> None:
@@ -40,68 +45,67 @@ class GpuUserError(gr.Error):
         return UserError(self.key, **self.params)
 
 
-class GpuCall:
-    """``call(job, lang, session)``: ``work(job, tell, stopped)`` under ``spaces.GPU``, reserving the
-    time of ``passes(job)`` forward passes; ``UserError`` for a refusal, wherever it was raised.
+def forward_passes(job: Job | ExplainJob) -> int:
+    """The forward passes ``job`` reserves GPU time for: one per document, or an explanation's
+    cells and its image."""
+    return passes_reserved(job) if isinstance(job, ExplainJob) else len(job.images)
 
-    ``tell(stage, done, total)`` shows progress (``stage`` None: ``progress_text``) in the page's
-    language of the moment, ``language(session)`` (else ``lang``); ``stopped()`` is true once the
-    session cancelled the run. Both are read live, in ZeroGPU's forked worker too when they read a
-    :class:`~lychee.web.sessions.SessionBoard`. Create it before the app launches (ZeroGPU registers GPU
-    functions then)."""
 
-    def __init__(self, slot: ModelSlot, work: Callable[[Any, Tell, Callable[[], bool]], T],
-                 passes: Callable[[Any], int], *, progress_text: str = "progress_scoring",
-                 progress_unit: str = "progress_unit", language: Callable[[str], Language | None] = lambda _: None,
+class GpuJobs:
+    """``score(job, lang, session)`` and ``explain(job, lang, session)``: the job's work under the app's
+    one ``spaces.GPU`` function, reserving the time of its forward passes; ``UserError`` for a
+    refusal, wherever it was raised.
+
+    Progress is told in the page's language of the moment, ``language(session)`` (else ``lang``);
+    ``stopped(session)`` is true once the session cancelled the run. Both are read live, in ZeroGPU's
+    forked worker too when they read a :class:`~lychee.web.sessions.SessionBoard`. Create it before the
+    app launches (ZeroGPU registers GPU functions then)."""
+
+    def __init__(self, slot: ModelSlot, *, language: Callable[[str], Language | None] = lambda _: None,
                  stopped: Callable[[str], bool] = lambda _: False) -> None:
-        self.slot, self.work, self.passes = slot, work, passes
-        self.progress_text, self.progress_unit = progress_text, progress_unit
-        self.language, self.stopped = language, stopped
+        self.slot, self.language, self.stopped = slot, language, stopped
         self._on_gpu = spaces.GPU(duration=self._duration)(self.run_in_worker)
 
-    def _duration(self, job: Any, lang: Language = "en", session: str = "") -> int:
-        return self.slot.gpu_seconds(self.passes(job))
+    def _duration(self, job: Job | ExplainJob, lang: Language = "en", session: str = "") -> int:
+        return self.slot.gpu_seconds(forward_passes(job), explaining=isinstance(job, ExplainJob))
 
-    def run_in_worker(self, job: Any, lang: Language = "en", session: str = "") -> T:
-        """The function ``spaces.GPU`` runs: on ZeroGPU in a worker process forked for the GPU."""
+    def run_in_worker(self, job: Job | ExplainJob, lang: Language = "en",
+                      session: str = "") -> list[ScoredImage] | Explanation:
+        """The function ``spaces.GPU`` runs: on ZeroGPU in a worker process forked for the GPU. There the
+        job's deadline is the time reserved for it, less what a fresh worker spends moving the weights
+        and a margin, so the project's timeout reaches the user before the platform aborts the call."""
         progress = gr.Progress()
+        explaining = isinstance(job, ExplainJob)
 
         def tell(stage: str | None, done: int, total: int) -> None:
             now = self.language(session) or lang
-            progress((done, total), desc=text(f"progress_{stage}" if stage else self.progress_text, now),
-                     unit=text(self.progress_unit, now))
+            if stage is None:
+                stage = "explaining" if explaining else "scoring"
+            progress((done, total), desc=text(f"progress_{stage}", now),
+                     unit=text("progress_copies" if explaining else "progress_unit", now))
 
+        stop = lambda: self.stopped(session)  # noqa: E731
         try:
-            return self.work(job, tell, lambda: self.stopped(session))
+            seconds = work_seconds(self._duration(job), self.slot.weight_bytes) if on_zero_gpu() else None
+            if explaining:
+                return make_map(job, self.slot, progress=lambda done, total: tell(None, done, total),
+                                stop=stop, seconds=seconds)
+            return self.slot.score(job, progress=tell, stop=stop, seconds=seconds)
         except UserError as exc:
             raise GpuUserError(exc.key, exc.params) from None
 
-    def __call__(self, job: Any, lang: Language = "en", session: str = "") -> T:
+    def _call(self, job: Job | ExplainJob, lang: Language, session: str) -> Any:
         if on_zero_gpu():  # refused before it is scheduled, not by Hugging Face after it waited in the queue
-            self.slot.gpu_seconds(self.passes(job))
+            self._duration(job)
         try:
             return self._on_gpu(job, lang, session)
         except GpuUserError as exc:
             raise exc.user_error() from None
 
+    def score(self, job: Job, lang: Language = "en", session: str = "") -> list[ScoredImage]:
+        """Every document's record of an accepted job, in input order, with progress through decoding and scoring."""
+        return self._call(job, lang, session)
 
-class GpuScoring(GpuCall):
-    """Scoring an accepted :class:`~lychee.web.service.Job`: its records, in input order, with
-    progress through decoding and scoring."""
-
-    def __init__(self, slot: ModelSlot, *, language: Callable[[str], Language | None] = lambda _: None,
-                 stopped: Callable[[str], bool] = lambda _: False) -> None:
-        super().__init__(slot, lambda job, tell, stop: slot.score(job, progress=tell, stop=stop),
-                         lambda job: len(job.images), language=language, stopped=stopped)
-
-    def score_in_worker(self, job: Job, lang: Language = "en") -> list[ScoredImage]:
-        return self.run_in_worker(job, lang)
-
-
-class GpuExplaining(GpuCall):
-    """An accepted :class:`~lychee.web.explaining.ExplainJob`'s occlusion map: the image and its
-    covered copies, with the time of the largest grid it may have reserved."""
-
-    def __init__(self, slot: ModelSlot) -> None:
-        super().__init__(slot, lambda job, tell, _: make_map(job, slot, progress=lambda done, total: tell(
-            None, done, total)), passes_reserved, progress_text="progress_explaining", progress_unit="progress_copies")
+    def explain(self, job: ExplainJob, lang: Language = "en", session: str = "") -> Explanation:
+        """An accepted explain job's occlusion map: the image and its covered copies."""
+        return self._call(job, lang, session)

@@ -20,6 +20,7 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -32,9 +33,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..messages import UserError
+from ..ranking import ScoredImage
 from ..url_images import fetch_images, url_label
 from .api import with_documents
-from .gpu import GpuScoring
 from .rest import PATHS, RestError, RestRequest, document_urls_and_texts, parse_request, response
 from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
 
@@ -65,7 +66,7 @@ def authorized(request: Request, key: str | None) -> bool:
 class RestApi:
     """The rerank routes of one app: wired into its Blocks (the queued event), served by :func:`routes`."""
 
-    def __init__(self, slot: ModelSlot, score: GpuScoring) -> None:
+    def __init__(self, slot: ModelSlot, score: Callable[[Job], list[ScoredImage]]) -> None:
         self.slot = slot
         self.limits = slot.limits
         self.score = score

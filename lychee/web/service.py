@@ -301,25 +301,31 @@ class ModelSlot:
             return "❌ " + self._error.text(lang)
         return text("model_ready", lang, **self._reranker.describe())
 
-    def gpu_seconds(self, images: int) -> int:
-        """The ZeroGPU duration to reserve for scoring ``images`` (:func:`lychee.zero_gpu.gpu_seconds`),
-        at most ``limits.request_timeout_s``; ``UserError`` when it would pass ``limits.gpu_max_seconds``."""
-        # A vLLM server's weights are not moved by this process.
-        weight_bytes = getattr(self.get().backend, "weight_bytes", 0)
-        seconds = gpu_seconds(images, weight_bytes)
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights ZeroGPU moves onto a fresh worker's GPU (0 for a vLLM server's: not moved here)."""
+        return getattr(self.get().backend, "weight_bytes", 0)
+
+    def gpu_seconds(self, passes: int, *, explaining: bool = False) -> int:
+        """The ZeroGPU duration to reserve for ``passes`` forward passes (:func:`lychee.zero_gpu.gpu_seconds`):
+        one per image scored, or an explanation's cells and its image; at most ``limits.request_timeout_s``.
+        ``UserError`` (``gpu_time``, or ``gpu_time_passes`` for an explanation) when it would pass
+        ``limits.gpu_max_seconds``."""
+        seconds = gpu_seconds(passes, self.weight_bytes)
         if seconds > self.limits.gpu_max_seconds:
-            raise UserError("gpu_time", seconds=seconds, limit=self.limits.gpu_max_seconds, count=images,
-                            fit=images_within(self.limits.gpu_max_seconds, weight_bytes))
+            fit = images_within(self.limits.gpu_max_seconds, self.weight_bytes)
+            key, fit = ("gpu_time_passes", max(0, fit - 1)) if explaining else ("gpu_time", fit)
+            raise UserError(key, seconds=seconds, limit=self.limits.gpu_max_seconds, count=passes, fit=fit)
         return min(seconds, self.limits.request_timeout_s)
 
-    def score(self, job: Job, *, progress: StageProgress | None = None,
-              stop: Callable[[], bool] | None = None) -> list[ScoredImage]:
+    def score(self, job: Job, *, progress: StageProgress | None = None, stop: Callable[[], bool] | None = None,
+              seconds: float | None = None) -> list[ScoredImage]:
         """Score every image of an accepted job, in input order: the GPU work.
 
-        ``progress(stage, done, total)`` follows decoding and scoring. The next report past
-        ``limits.request_timeout_s``, or after ``stop()`` turned true, raises ``UserError``.
+        ``progress(stage, done, total)`` follows decoding and scoring. The next report past ``seconds``
+        (default ``limits.request_timeout_s``), or after ``stop()`` turned true, raises ``UserError``.
         """
-        guard = self.deadline(stop=stop)
+        guard = self.deadline(stop=stop, seconds=seconds)
 
         def report(stage: str, done: int, total: int) -> None:
             guard(done, total)
@@ -329,17 +335,20 @@ class ModelSlot:
         return self.get().score_request(job.request, job.images, texts=job.texts, labels=job.labels,
                                         stages=report)
 
-    def deadline(self, progress: Progress | None = None, *, stop: Callable[[], bool] | None = None) -> Progress:
-        """A progress callback that passes reports on to ``progress`` and, past
-        ``limits.request_timeout_s`` from now, raises ``UserError('timeout')`` instead - or
+    def deadline(self, progress: Progress | None = None, *, stop: Callable[[], bool] | None = None,
+                 seconds: float | None = None) -> Progress:
+        """A progress callback that passes reports on to ``progress`` and, past ``seconds`` (default
+        ``limits.request_timeout_s``) from now, raises ``UserError('timeout')`` instead - or
         ``UserError('cancelled')`` once ``stop()`` is true."""
-        deadline = time.monotonic() + self.limits.request_timeout_s
+        # An explicit limit is the GPU time reserved for the call: its own message, about the reservation.
+        key, seconds = ("timeout", self.limits.request_timeout_s) if seconds is None else ("gpu_timeout", seconds)
+        deadline = time.monotonic() + seconds
 
         def report(done: int, total: int) -> None:
             if stop is not None and stop():
                 raise UserError("cancelled")
             if time.monotonic() > deadline:
-                raise UserError("timeout", seconds=self.limits.request_timeout_s)
+                raise UserError(key, seconds=seconds)
             if progress:
                 progress(done, total)
 

@@ -19,6 +19,7 @@ Pure: no torch, no gradio.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -261,7 +262,8 @@ def through_store(store: ScoreStore, keys: Sequence[str], score: Callable[[list[
                   ) -> tuple[list[float | Exception], list[bool]]:
     """Each key's p(yes): the stored ones from ``store``, the others from ``score(positions)``
     (the positions in ``keys`` not stored, in order), which are then stored; and, per key,
-    whether it came from the store. An exception in ``score``'s answer is returned, not stored.
+    whether it came from the store. An exception or a non-finite p(yes) in ``score``'s answer is
+    returned, not stored.
 
     A store that fails (:class:`StoreError`: a full disk, a file removed) costs the caching
     only: it is logged and everything is scored."""
@@ -272,7 +274,7 @@ def through_store(store: ScoreStore, keys: Sequence[str], score: Callable[[list[
         found = {}
     missing = [i for i, key in enumerate(keys) if key not in found]
     fresh = dict(zip(missing, score(missing) if missing else []))
-    made = {keys[i]: p for i, p in fresh.items() if not isinstance(p, Exception)}
+    made = {keys[i]: p for i, p in fresh.items() if not isinstance(p, Exception) and math.isfinite(p)}
     try:
         store.put(made)
     except StoreError as exc:

@@ -127,19 +127,19 @@ def test_open_store_takes_a_path_a_store_or_nothing(tmp_path):
         open_store(42)
 
 
-def test_through_store_scores_only_what_is_missing_and_stores_no_exception(tmp_path):
+def test_through_store_scores_only_what_is_missing_and_stores_no_failure(tmp_path):
     store = SqliteStore(tmp_path / "scores.sqlite")
     store.put({"b": 0.2})
     asked = []
 
     def score(positions):
         asked.append(positions)
-        return [0.1 if i == 0 else ValueError("model error") for i in positions]
+        return [0.1 if i == 0 else ValueError("model error") for i in positions[:-1]] + [float("nan")]
 
-    values, from_store = through_store(store, ["a", "b", "c"], score)
-    assert asked == [[0, 2]] and from_store == [False, True, False]
-    assert values[:2] == [0.1, 0.2] and isinstance(values[2], ValueError)
-    assert store.get(["a", "b", "c"]) == {"a": 0.1, "b": 0.2}  # the failure is tried again next time
+    values, from_store = through_store(store, ["a", "b", "c", "d"], score)
+    assert asked == [[0, 2, 3]] and from_store == [False, True, False, False]
+    assert values[:2] == [0.1, 0.2] and isinstance(values[2], ValueError) and values[3] != values[3]
+    assert store.get(["a", "b", "c", "d"]) == {"a": 0.1, "b": 0.2}  # the failures are tried again next time
 
 
 WRITER = """

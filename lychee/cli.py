@@ -4,6 +4,7 @@
                                           [--threshold X|none]
                                           [--top-k K|all] [--format md|json|csv] [--output FILE] [--strict]
                                           [--backend transformers|vllm|vllm-server] [--server-url URL]
+                                          [--store FILE]
 
 Folders are walked recursively in sorted order (hidden files and folders are left out);
 files without an image extension are skipped and reported; a file with an image
@@ -12,9 +13,13 @@ decoded lazily, --chunk-size at a time, so memory stays bounded on large folders
 --documents adds documents that carry text, one JSON object a line: {"image": "shoe.jpg",
 "text": "Trail running shoe, red"}, either key optional (image paths relative to the file).
 
+--store FILE (default $LYCHEE_STORE) keeps every score in a SQLite file as it is made: a
+later run scores only what the store does not hold (the report's counts say how many were
+``scored`` and how many came ``from_store``), and a run stopped part-way resumes there.
+
 Exit codes: 0 ok; 1 --strict and at least one image failed; 2 usage error (bad
 argument, path not found, no images, empty query without --query-image, unreadable query
-image, bad LYCHEE_* variable);
+image, bad LYCHEE_* variable, a --store file that is not a lychee score store);
 3 the model could not be loaded, or no vLLM server answers (--backend vllm-server).
 
     python -m lychee calibrate LABELS.csv... [--target-precision P] [--format md|json] [--output FILE]
@@ -43,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +77,7 @@ from .settings import (
     check_top_k,
     resolve_settings,
 )
+from .store import STORE_ENV_VAR, ScoreStore, open_store
 
 CALIBRATE_HELP = """\
 Precision, recall and F1 of "score >= t" on images labelled relevant or not, and the lowest
@@ -356,6 +362,13 @@ def _add_scoring_options(command: argparse.ArgumentParser) -> None:
         help=f"the vLLM server of --backend vllm-server (default: ${SERVER_URL_ENV_VAR} or http://127.0.0.1:8000)")
 
 
+def _add_store_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--store", metavar="FILE", default=os.environ.get(STORE_ENV_VAR) or None,
+                         help=f"score store (a SQLite file, created if missing; default ${STORE_ENV_VAR}): pairs "
+                              "scored by an earlier run are not scored again, and each score is kept as it is "
+                              "made, so a run stopped part-way resumes where it stopped")
+
+
 def _grid(text: str) -> int | tuple[int, int]:
     """``N`` or ``RxC``: the form is checked here, the bounds against the image later."""
     try:
@@ -395,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scores closer than E to the best of their group are ties "
                            f"(default {DEFAULT_TIE_EPSILON:g})")
     _add_scoring_options(rank)
+    _add_store_option(rank)
     calibrate = commands.add_parser(
         "calibrate", help="find the threshold that reaches a target precision on labelled images",
         description=CALIBRATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -408,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--output", "-o", metavar="FILE", help="write the report here (default: stdout)")
     calibrate.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notices on stderr")
     _add_scoring_options(calibrate)
+    _add_store_option(calibrate)
     explain = commands.add_parser(
         "explain", help="show why an image gets its score: an occlusion map",
         description="Score copies of IMAGE with each cell of a grid blurred over; a cell's delta is how much of "
@@ -436,14 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
 def load_reranker(model: str | None, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
                   limits: Limits | None = None, min_pixels: int = protocol.MIN_PIXELS,
                   max_pixels: int = protocol.MAX_PIXELS, backend: str = "transformers",
-                  server_url: str | None = None) -> LycheeReranker:
+                  server_url: str | None = None, store: ScoreStore | None = None) -> LycheeReranker:
     """The reranker, or :class:`ModelLoadError` saying what to do when it cannot be loaded."""
     from .backends.vllm_server import ServerUnavailable
     from .reranker import LycheeReranker, default_model
 
     try:
         return LycheeReranker(model, device=device, dtype=dtype, batch_size=batch_size, limits=limits,
-                              min_pixels=min_pixels, max_pixels=max_pixels, backend=backend, server_url=server_url)
+                              min_pixels=min_pixels, max_pixels=max_pixels, backend=backend, server_url=server_url,
+                              store=store)
     except ServerUnavailable as exc:
         raise ModelLoadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - hub, disk, device and format errors all end the same way
@@ -489,10 +505,15 @@ def _check_scoring_options(args: argparse.Namespace, limits: Limits) -> None:
         check_output(args.output)
 
 
-def _load_reranker(args: argparse.Namespace, limits: Limits) -> LycheeReranker:
+def _load_reranker(args: argparse.Namespace, limits: Limits, store: ScoreStore | None = None) -> LycheeReranker:
     return load_reranker(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                          limits=limits, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                         backend=args.backend, server_url=args.server_url)
+                         backend=args.backend, server_url=args.server_url, store=store)
+
+
+def _closing(store: ScoreStore | None) -> AbstractContextManager[object]:
+    """Closes the store after the run, so its file holds every score (the write-ahead log folded in)."""
+    return nullcontext() if store is None else closing(store)
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
@@ -516,6 +537,7 @@ def _rank(args: argparse.Namespace) -> int:
         paths, skipped = collect_images(args.paths)
         document_images, document_texts = read_documents(args.documents) if args.documents else ([], [])
         texts = prepare_texts([None] * len(paths) + document_texts, limits) if args.documents else None
+        store = open_store(args.store)
     except (ValueError, DocumentsFileError) as exc:
         raise UsageError(str(exc)) from None
     for notice in request.notices + (texts.notices if texts else ()):
@@ -529,9 +551,10 @@ def _rank(args: argparse.Namespace) -> int:
     if not candidates:
         raise UsageError(f"no documents in {args.documents}")
 
-    reranker = _load_reranker(args, limits)
+    reranker = _load_reranker(args, limits, store)
     started = time.perf_counter()
-    with tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
+    with _closing(store), tqdm(total=len(paths), unit="img", desc="scoring", file=sys.stderr,
+                               disable=args.quiet) as bar:
         try:
             records = score_in_chunks(reranker, request, candidates, texts=texts, chunk_size=args.chunk_size,
                                       progress=lambda done, _: bar.update(done - bar.n))
@@ -543,7 +566,8 @@ def _rank(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{report.images} images in {report.elapsed_s:.1f} s ({report.images_per_s:.2f}/s): "
               f"{len(report.results)} ranked, {len(report.filtered_out)} filtered out, {len(report.errors)} failed, "
-              f"{len(skipped)} skipped", file=sys.stderr)
+              f"{len(skipped)} skipped" + (f"; {report.scored} scored, {report.from_store} from the store"
+                                            if store else ""), file=sys.stderr)
     return EXIT_IMAGES_FAILED if args.strict and report.errors else EXIT_OK
 
 
@@ -602,13 +626,15 @@ def _calibrate(args: argparse.Namespace) -> int:
         limits = Limits.from_env()
         _check_scoring_options(args, limits)
         labels = read_all(args.labels)
+        store = open_store(args.store)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     rows, bad = [r for r in labels.rows if r.score is not None], list(labels.bad_rows)
     unscored = [r for r in labels.rows if r.score is None]
     if unscored:
-        reranker = _load_reranker(args, limits)
-        with tqdm(total=len(unscored), unit="img", desc="scoring", file=sys.stderr, disable=args.quiet) as bar:
+        reranker = _load_reranker(args, limits, store)
+        with _closing(store), tqdm(total=len(unscored), unit="img", desc="scoring", file=sys.stderr,
+                                   disable=args.quiet) as bar:
             try:
                 scored, failed = score_label_rows(reranker, unscored, instruction=args.instruction,
                                                   chunk_size=args.chunk_size,

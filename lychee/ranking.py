@@ -32,6 +32,7 @@ from .messages import Language, Message
 from .settings import DEFAULT_TIE_EPSILON, Settings
 
 WinnerStrength = Literal["close", "clear", "dominant"]
+ScoredBy = Literal["model", "store"]  # where a score came from: a model call, or the score store
 
 CLOSE_GAP = 0.1
 DOMINANT_RATIO = 1.5
@@ -48,11 +49,13 @@ class ScoredImage:
     raw_output: str
     error: str | None = None  # why it failed, in English: the API's and the CLI's words
     failure: Message | None = field(default=None, compare=False)  # the same, said in either language
+    scored_by: ScoredBy | None = field(default=None, compare=False)  # None: it failed before reaching the model
 
     @classmethod
-    def failed(cls, index: int, source: str, failure: Message, raw_output: str = "") -> ScoredImage:
+    def failed(cls, index: int, source: str, failure: Message, raw_output: str = "",
+               scored_by: ScoredBy | None = None) -> ScoredImage:
         """A record of an image that could not be scored, and why."""
-        return cls(index, source, 0.0, raw_output, str(failure), failure)
+        return cls(index, source, 0.0, raw_output, str(failure), failure, scored_by)
 
 
 @dataclass(frozen=True)

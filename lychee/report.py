@@ -51,6 +51,8 @@ class Report:
     skipped: tuple[str, ...] = ()
     elapsed_s: float = 0.0
     query_image: str | None = None  # the name of the query image, if the query has one
+    scored: int = 0                 # documents the model scored in this run
+    from_store: int = 0             # documents whose score the score store kept from an earlier run
 
     @classmethod
     def build(cls, request: Request, records: Sequence[ScoredImage], *, model: dict[str, str] | None = None,
@@ -59,9 +61,10 @@ class Report:
         its warnings are the query's notices and ``notices`` (the documents' texts')."""
         query = request.query
         groups = ranking.partition_with(records, request.settings)
+        scored_by = [r.scored_by for r in records]
         return cls(query.text, request.settings, query.instruction, dict(model or {}), groups.results,
                    groups.filtered_out, groups.errors, query.notices + tuple(notices), tuple(skipped), elapsed_s,
-                   query.image_label)
+                   query.image_label, scored_by.count("model"), scored_by.count("store"))
 
     @property
     def query_kind(self) -> QueryKind:
@@ -101,13 +104,16 @@ class Report:
              "settings": {"score_threshold": float | null, "top_k": int | null, "instruction": str | null,
                           "normalize": bool, "tie_epsilon": float, "max_side": int},
              "model": {"backend", "model", "device", "dtype", "attention", "mode", "visual_tokens"},
-             "counts": {"images": int, "results": int, "filtered_out": int, "errors": int, "skipped": int},
+             "counts": {"images": int, "results": int, "filtered_out": int, "errors": int, "skipped": int,
+                        "scored": int, "from_store": int},
              "slots": int | null, "winner_strength": "close" | "clear" | "dominant" | null,
              "results": [record, ...], "filtered_out": [record + {"reason"}, ...], "errors": [record, ...],
              "skipped": [path, ...], "warnings": [{"code": str, "message": str}, ...],
              "elapsed_s": float, "images_per_s": float}
 
         ``record`` is ``RerankResult.to_dict()``; ``reason`` is ``below_threshold`` or ``beyond_top_k``.
+        ``scored`` counts the documents the model scored, ``from_store`` those whose score came
+        from the score store (the others failed before reaching the model).
         """
         s = self.settings
         return {
@@ -120,7 +126,8 @@ class Report:
                          "normalize": s.normalize, "tie_epsilon": s.tie_epsilon, "max_side": s.max_side},
             "model": dict(self.model),
             "counts": {"images": self.images, "results": len(self.results), "filtered_out": len(self.filtered_out),
-                       "errors": len(self.errors), "skipped": len(self.skipped)},
+                       "errors": len(self.errors), "skipped": len(self.skipped), "scored": self.scored,
+                       "from_store": self.from_store},
             "slots": self.slots,
             "winner_strength": self.winner_strength,
             "results": [r.to_dict() for r in self.results],

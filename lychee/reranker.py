@@ -22,15 +22,18 @@ from .images import ImageLoadError, ImageSource, PixelBudget, load_image, source
 from .limits import Limits
 from .messages import InputWarning, Message, Notice, UserError, printable
 from .parsing import parse_score
-from .ranking import RerankResult, ScoredImage
+from .ranking import RerankResult, ScoredBy, ScoredImage
 from .request import Query, Request, build_request, prepare_query
+from .score_keys import model_identity, pair_keys
 from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Unset, check_max_side, resolve_settings
+from .store import ScoreStore, open_store, through_store
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["logit", "generate"]
 
 LOAD_THREADS = 8  # image decoding threads at most
+Judged = tuple[float, str, Message | None, ScoredBy]  # score, raw output, error, where the score came from
 
 
 class RerankError(RuntimeError):
@@ -80,6 +83,10 @@ class LycheeReranker:
     see :mod:`lychee.backends.packing`; None: at most 32). ``vision_cache_bytes``: bound of
     the transformers backend's cache of image features that lets a new query over the same
     images skip the vision tower (None: ``$LYCHEE_VISION_CACHE_MB`` or 1 GiB; 0: off).
+    ``store``: a score store (a file path, or a :class:`~lychee.store.ScoreStore`) that keeps
+    every score made, for :meth:`score` and :meth:`rerank` on every backend: a pair scored once
+    (same model revision, dtype, pixel budget, query, instruction and document) is never scored
+    again, across runs and processes (logit mode; see :mod:`lychee.score_keys`).
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", *,
@@ -87,7 +94,8 @@ class LycheeReranker:
                  mode: Mode = "logit", batch_size: int | None = None, min_pixels: int = protocol.MIN_PIXELS,
                  max_pixels: int = protocol.MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
                  limits: Limits | None = None, vision_cache_bytes: int | None = None,
-                 engine_options: Mapping[str, object] | None = None) -> None:
+                 engine_options: Mapping[str, object] | None = None,
+                 store: str | os.PathLike | ScoreStore | None = None) -> None:
         if mode not in ("logit", "generate"):
             raise ValueError(f"mode must be 'logit' or 'generate', got {mode!r}")
         if batch_size is not None and batch_size < 1:
@@ -107,6 +115,8 @@ class LycheeReranker:
                                    vision_cache_bytes=vision_cache_bytes, server_url=server_url,
                                    engine_options=engine_options)
         self.backend: Backend = backend
+        self.store = open_store(store)
+        self._identity: str | None | Unset = UNSET  # the model's, for the store's keys: found on first use
 
     @property
     def model_id(self) -> str:
@@ -185,10 +195,10 @@ class LycheeReranker:
             source_label(s, start + i) if s is not None else text_label(t) if t else f"document {start + i + 1}"
             for i, (s, t) in enumerate(zip(images, texts))]
 
-        def failed(i: int, cause: Message, raw_output: str = "") -> ScoredImage:
+        def failed(i: int, cause: Message, raw_output: str = "", scored_by: ScoredBy | None = None) -> ScoredImage:
             log.warning("%s", printable(f"{'image' if images[i] is not None else 'document'}s[{start + i}] "
                                         f"'{names[i]}': {cause}"))
-            return ScoredImage.failed(start + i, names[i], cause, raw_output)
+            return ScoredImage.failed(start + i, names[i], cause, raw_output, scored_by)
 
         loaded: dict[int, Image.Image | None] = {}
         errors: dict[int, ScoredImage] = {}
@@ -212,9 +222,9 @@ class LycheeReranker:
             if i in errors:
                 records.append(errors[i])
                 continue
-            value, raw_output, cause = outputs[i]
-            records.append(failed(i, cause, raw_output) if cause
-                           else ScoredImage(start + i, names[i], value, raw_output))
+            value, raw_output, cause, scored_by = outputs[i]
+            records.append(failed(i, cause, raw_output, scored_by) if cause
+                           else ScoredImage(start + i, names[i], value, raw_output, scored_by=scored_by))
         return records
 
     def scored_image(self, source: ImageSource, max_side: int | None = None) -> Image.Image:
@@ -245,25 +255,58 @@ class LycheeReranker:
     def _score_loaded(self, query: str, instruction: str | None, reference: Image.Image | None,
                       loaded: dict[int, Image.Image | None],
                       lenient: bool, progress: Progress | None, *, total: int,
-                      already_done: int, texts: Sequence[str]) -> dict[int, tuple[float, str, Message | None]]:
-        def report(done: int, _: int) -> None:
-            if progress:
-                progress(already_done + done, total)
-
+                      already_done: int, texts: Sequence[str]) -> dict[int, Judged]:
+        """Each loaded document's (score, raw output, error, where the score came from), by position."""
         keys, images = list(loaded), list(loaded.values())
         if self.mode == "logit":
             messages = protocol.rerank_messages(query, instruction, query_image=reference is not None)
             documents = [texts[i] for i in keys]
-            # Backends see texts only when a document has one: an image-only call is what it always was.
-            with_texts = {"texts": documents} if any(documents) else {}
-            outputs = self.backend.relevance(messages, images, report, query_image=reference, **with_texts)
-            judged = [_relevance(p) for p in outputs]
+
+            def fresh(positions: list[int]) -> list[float | Exception]:
+                subset = [documents[j] for j in positions]
+                stored = len(keys) - len(positions)
+
+                def report(done: int, _: int) -> None:
+                    if progress:
+                        progress(already_done + stored + done, total)
+
+                # Backends see texts only when a document has one: an image-only call is what it always was.
+                with_texts = {"texts": subset} if any(subset) else {}
+                return self.backend.relevance(messages, [images[j] for j in positions], report,
+                                              query_image=reference, **with_texts)
+
+            store_keys = self._store_keys(messages, reference, images, documents)
+            if store_keys is None:
+                outputs, from_store = fresh(list(range(len(keys)))), [False] * len(keys)
+            else:
+                outputs, from_store = through_store(self.store, store_keys, fresh)
+            judged = [(*_relevance(p), "store" if stored else "model") for p, stored in zip(outputs, from_store)]
         else:
+            def report(done: int, _: int) -> None:
+                if progress:
+                    progress(already_done + done, total)
+
             outputs = self.backend.generate(protocol.generate_messages(query, instruction), images, report)
-            judged = [_parsed(text, lenient) for text in outputs]
-        if progress and not keys:
+            judged = [(*_parsed(text, lenient), "model") for text in outputs]
+        if progress and (not keys or all(by == "store" for *_, by in judged)):
             progress(total, total)
         return dict(zip(keys, judged))
+
+    def _store_keys(self, messages: list[dict], reference: Image.Image | None, images: Sequence[Image.Image | None],
+                    texts: Sequence[str]) -> list[str] | None:
+        """Each document's key in the score store, or None: no store, or a model whose identity
+        (revision, weights) cannot be known, so that no score is ever taken for another model's."""
+        if self.store is None:
+            return None
+        if self._identity is UNSET:
+            self._identity = model_identity(self.backend.name, self.model_id)
+            if self._identity is None:
+                log.warning("scores are not stored: the revision or weights of %s (%s backend) cannot be known here",
+                            display_name(self.model_id), self.backend.name)
+        if self._identity is None:
+            return None
+        return pair_keys(self._identity, backend=self.backend.name, dtype=self.backend.describe()["dtype"],
+                         budget=self._budget, messages=messages, query_image=reference, images=images, texts=texts)
 
     def explain(self, query: str | None, image: ImageSource, *, query_image: ImageSource | None = None,
                 instruction: str | None = None, grid: int | tuple[int, int] | None = None, label: str | None = None,

@@ -67,7 +67,8 @@ def test_result_follows_the_documented_schema(everything):
     assert set(everything["settings"]) == {"score_threshold", "top_k", "instruction", "normalize", "tie_epsilon",
                                            "max_side"}
     assert everything["model"]["device"] == "cpu" and everything["model"]["dtype"] == "fp32"
-    assert everything["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1, "skipped": 0}
+    assert everything["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1, "skipped": 0,
+                                   "scored": 5, "from_store": 0}
     assert everything["winner_strength"] in ("close", "clear", "dominant")
     assert everything["elapsed_s"] > 0 and everything["images_per_s"] > 0
     assert everything["warnings"] == []
@@ -218,7 +219,8 @@ def test_rerank_takes_a_query_image(client, batch, query, kind):
 
     data = call(client, batch, query=query, query_image=handle_file(str(REFERENCE)))
     assert (data["schema_version"], data["query_kind"], data["query_image"]) == (4, kind, "coffee.jpg")
-    assert data["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1, "skipped": 0}
+    assert data["counts"] == {"images": 6, "results": 5, "filtered_out": 0, "errors": 1, "skipped": 0,
+                              "scored": 5, "from_store": 0}
     assert data["settings"]["instruction"] is None  # the default for the query's kind is the protocol's
 
 
@@ -290,7 +292,8 @@ def test_rerank_urls_takes_a_text_per_document_and_text_only_documents(client, b
     urls = [data_uri(Path(p).read_bytes()) for p in batch[:2]] + ["", data_uri(Path(batch[2]).read_bytes())]
     texts = ["Black cat on a red sofa", "", "A cat <|im_end|> asleep", ""]
     data = client.predict(QUERY, urls, texts=texts, api_name="/rerank_urls")
-    assert data["counts"] == {"images": 4, "results": 4, "filtered_out": 0, "errors": 0, "skipped": 0}
+    assert data["counts"] == {"images": 4, "results": 4, "filtered_out": 0, "errors": 0, "skipped": 0,
+                              "scored": 4, "from_store": 0}
     by_index = {r["index"]: r for r in data["results"]}
     assert [by_index[i]["source"] for i in range(4)] == ["image 1", "image 2", "“A cat asleep”", "image 4"]
     assert [w["code"] for w in data["warnings"]] == ["document_control_tokens"]

@@ -109,7 +109,8 @@ def test_json_report_lists_every_input_exactly_once(capsys, tiny_checkpoint, tre
               + report["skipped"])
     assert sorted(listed) == sorted([str(p) for p in cli.collect_images([tree])[0]] + [str(tree / "notes.txt")])
     assert [r["rank"] for r in report["results"]] == [1, 2]
-    assert report["counts"] == {"images": 4, "results": 2, "filtered_out": 1, "errors": 1, "skipped": 1}
+    assert report["counts"] == {"images": 4, "results": 2, "filtered_out": 1, "errors": 1, "skipped": 1,
+                                "scored": 3, "from_store": 0}
     assert report["errors"][0]["source"].endswith("broken.jpg")
     assert report["errors"][0]["error"].startswith("not a readable image")
     assert report["model"]["device"] == "cpu" and report["settings"]["top_k"] == 2
@@ -297,7 +298,8 @@ def test_documents_rank_with_their_texts_beside_plain_image_paths(capsys, tiny_c
                                                                 tiny_reranker):
     code, report, err = rank_json(capsys, tiny_checkpoint, str(tree / "c.JPG"), "--documents", str(documents_file))
     assert code == EXIT_OK
-    assert report["counts"] == {"images": 5, "results": 4, "filtered_out": 0, "errors": 1, "skipped": 0}
+    assert report["counts"] == {"images": 5, "results": 4, "filtered_out": 0, "errors": 1, "skipped": 0,
+                                "scored": 4, "from_store": 0}
     by_index = {r["index"]: r for r in report["results"] + report["errors"]}
     assert [Path(by_index[i]["source"]).name for i in (0, 1, 3)] == ["c.JPG", "a.png", "d.webp"]
     assert by_index[2]["source"] == "“A green rectangle”"

@@ -51,7 +51,8 @@ def test_the_tool_ranks_data_uris_and_refuses_a_loopback_url_per_image(demo_url,
     images = [data_uri((image_dir / f"good{i}.png").read_bytes()) for i in range(3)]
     data = call_rerank_urls(demo_url, {"query": "a red square", "image_urls": [*images, "http://127.0.0.1/x.png"]})
     assert data["schema_version"] == 4
-    assert data["counts"] == {"images": 4, "results": 3, "filtered_out": 0, "errors": 1, "skipped": 0}
+    assert data["counts"] == {"images": 4, "results": 3, "filtered_out": 0, "errors": 1, "skipped": 0,
+                              "scored": 3, "from_store": 0}
     assert [r["source"] for r in sorted(data["results"], key=lambda r: r["index"])] == ["image 1", "image 2", "image 3"]
     (refused,) = data["errors"]
     assert refused["index"] == 3 and refused["source"] == "x.png"

@@ -145,7 +145,8 @@ def test_results_filtered_out_and_errors_share_one_rank_sequence(mixed_outcome):
     assert [(r["source"], r["rank"], r["reason"]) for r in data["filtered_out"]] == [
         ("d.png", 2, "beyond_top_k"), ("b.png", 3, "below_threshold")]
     assert [(r["source"], r["rank"]) for r in data["errors"]] == [("c.png", 4)]
-    assert data["counts"] == {"images": 4, "results": 1, "filtered_out": 2, "errors": 1, "skipped": 0}
+    assert data["counts"] == {"images": 4, "results": 1, "filtered_out": 2, "errors": 1, "skipped": 0,
+                              "scored": 0, "from_store": 0}
 
 
 def test_the_json_form_has_the_documented_keys_and_serialises(mixed_outcome):

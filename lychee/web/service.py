@@ -32,7 +32,8 @@ from ..ranking import ScoredImage
 from ..report import Report
 from ..request import Request, build_request
 from ..reranker import LycheeReranker, default_model, display_name
-from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
+from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, Unset, resolve_settings
+from ..store import ScoreStore, StoreError, open_store, server_store_path
 from ..zero_gpu import gpu_seconds, images_within, on_zero_gpu
 from .i18n import text
 
@@ -174,11 +175,14 @@ class ModelSlot:
     :class:`UserError` that says how to fix it (``LYCHEE_MODEL``, or for ``vllm-server``
     the server's address). ``backend`` (default ``$LYCHEE_BACKEND``) and ``server_url``
     (default ``$LYCHEE_VLLM_URL``) choose the engine; a vLLM server's model is the one it
-    serves unless ``model`` or ``$LYCHEE_MODEL`` names it.
+    serves unless ``model`` or ``$LYCHEE_MODEL`` names it. ``store`` (default
+    :func:`lychee.store.server_store_path`) keeps every score for every later request; a file
+    that cannot be a store is logged and the app serves without one.
     """
 
     def __init__(self, model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-                 limits: Limits | None = None, backend: str | None = None, server_url: str | None = None) -> None:
+                 limits: Limits | None = None, backend: str | None = None, server_url: str | None = None,
+                 store: str | os.PathLike | ScoreStore | None | Unset = UNSET) -> None:
         self.backend = backend or default_backend()
         self.server_url = server_url
         on_server = self.backend == "vllm-server"
@@ -187,6 +191,7 @@ class ModelSlot:
         self.device = device or os.environ.get("LYCHEE_DEVICE") or "auto"  # set but empty: the default
         self.dtype = dtype or os.environ.get("LYCHEE_DTYPE") or "auto"
         self.limits = limits or Limits.from_env()
+        self.store = server_store_path() if store is UNSET else store  # shared by every user and restart
         # Held while scoring, by every surface: LYCHEE_CONCURRENCY requests score at once, whatever
         # else (fetching their image URLs) other requests are doing meanwhile.
         self.scoring = threading.BoundedSemaphore(self.limits.concurrency)
@@ -227,7 +232,8 @@ class ModelSlot:
             self._download_weights()
             self._reranker = LycheeReranker(self.model, device=self.device, dtype=self.dtype, limits=self.limits,
                                             max_pixels=self.limits.max_visual_tokens * protocol.PATCH_PIXELS ** 2,
-                                            backend=self.backend, server_url=self.server_url)
+                                            backend=self.backend, server_url=self.server_url,
+                                            store=self._open_store())
         except UserError as exc:  # no vLLM server answers: the error names its address and the fix
             self._error = exc
             log.warning("%s", exc)
@@ -240,6 +246,13 @@ class ModelSlot:
             log.exception("could not load the model %s", self.name)
         finally:
             self._loaded.set()
+
+    def _open_store(self) -> ScoreStore | None:
+        try:
+            return open_store(self.store)
+        except StoreError as exc:  # the scores are then only not kept: no reason to refuse every request
+            log.error("%s; serving without a score store", exc)
+            return None
 
     def _download_weights(self) -> None:
         """Fetch a hub model the cache lacks into it, following the download; a failure raises

@@ -198,13 +198,15 @@ def table_note(outcome: RerankOutcome, lang: Language) -> str:
 
 
 def status_line(outcome: RerankOutcome, lang: Language) -> str:
-    """Counts, elapsed time, throughput, device, dtype and the pixel budget (visual tokens per image)."""
+    """Counts, elapsed time, throughput, device, dtype and the pixel budget (visual tokens per image),
+    and how many scores the score store kept from earlier requests, when it kept any."""
     report, model = outcome.report, outcome.report.model
-    return text("status_done", lang, images=count_text("n_images", len(outcome.job.images), lang),
+    line = text("status_done", lang, images=count_text("n_images", len(outcome.job.images), lang),
                 ranked=len(report.results), filtered=len(report.filtered_out), errors=len(report.errors),
                 elapsed=f"{report.elapsed_s:.2f}", rate=f"{report.images_per_s:.1f}",
                 device=model.get("device", "?"), dtype=model.get("dtype", "?"),
                 tokens=model.get("visual_tokens", "?"))
+    return line + (text("status_from_store", lang, count=report.from_store) if report.from_store else "")
 
 
 def _encoded_thumbnail(source: ImageSource, side: int) -> str:

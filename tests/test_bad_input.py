@@ -206,7 +206,6 @@ def test_malformed_fields_get_a_specific_bilingual_error(demo_url, api_payload, 
 @pytest.mark.parametrize("changes", [
     {"images": "a.png"},                                                        # not a list of files
     {"images": [{"foo": 1}]},                                                   # not a file record
-    {"images": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]},  # a file never uploaded
     {"top_k": "many"},
     {"max_side": "big"},
 ])
@@ -214,6 +213,12 @@ def test_malformed_files_and_numbers_are_refused_without_running(demo_url, api_p
     status, event, data = post_rerank(demo_url, payload(api_payload, **changes))
     assert (status, event) == (200, "error") and "schema_version" not in data
     assert data.strip() not in ("", "null")  # the reason reaches the client (show_error)
+
+
+def test_a_file_never_uploaded_is_refused_at_the_door(demo_url, api_payload):
+    never_uploaded = [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]
+    status, _, data = post_rerank(demo_url, payload(api_payload, images=never_uploaded))
+    assert status == 422 and "schema_version" not in data
 
 
 def test_too_few_arguments_are_refused(demo_url):

@@ -89,12 +89,13 @@ def logged(engine: Engine, log: BatchLog) -> Engine:
     copy = dataclasses.replace(engine)
     score = copy.relevance_logits
 
-    def relevance_logits(prompt: str, images: Sequence[Image.Image], query: Any = None) -> torch.Tensor:
+    def relevance_logits(prompt: str, images: Sequence[Image.Image], query: Any = None,
+                         prefix: Any = None) -> torch.Tensor:
         lengths = [text_tokens + engine.visual_tokens(image) for image in images]
         log.rows.append(len(lengths))
         log.real += sum(lengths)
         log.padded += len(lengths) * max(lengths) - sum(lengths)
-        return score(prompt, images, query)
+        return score(prompt, images, query, prefix)
 
     copy.relevance_logits = relevance_logits  # type: ignore[method-assign]
     return copy

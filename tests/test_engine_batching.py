@@ -44,9 +44,9 @@ def recording(engine: Engine, batches: list[list[int]]) -> Engine:
     text = engine.text_tokens(engine.render(protocol.rerank_messages(QUERY)))
     score = copy.relevance_logits
 
-    def relevance_logits(prompt, images, query=None):
+    def relevance_logits(prompt, images, query=None, prefix=None):
         batches.append([text + engine.visual_tokens(image) for image in images])
-        return score(prompt, images, query)
+        return score(prompt, images, query, prefix)
 
     copy.relevance_logits = relevance_logits
     return copy
@@ -99,11 +99,11 @@ def test_out_of_memory_backs_off_and_still_scores_every_image(engine, caplog):
     copy = dataclasses.replace(engine)
     score = copy.relevance_logits
 
-    def relevance_logits(prompt, images, query=None):
+    def relevance_logits(prompt, images, query=None, prefix=None):
         calls.append(len(images))
         if len(images) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return score(prompt, images, query)
+        return score(prompt, images, query, prefix)
 
     copy.relevance_logits = relevance_logits
     images = images_of([(56, 56)] * 4)

@@ -58,7 +58,7 @@ def _rerank(url: str, body: dict) -> tuple[int, dict, float]:
 
 
 def test_hanging_urls_of_many_requests_leave_the_site_answering(server, hanging_url):
-    body = {"query": "a cat", "documents": [hanging_url]}
+    body = {"query": "a cat", "documents": [{"image": hanging_url}]}
     with ThreadPoolExecutor(HANGING) as pool:
         attacks = [pool.submit(_rerank, server.url, body) for _ in range(HANGING)]
         time.sleep(1.0)
@@ -81,7 +81,7 @@ def test_hanging_urls_of_many_requests_leave_the_site_answering(server, hanging_
 
 def test_a_request_with_a_reference_image_has_one_url_deadline(server, hanging_url):
     status, answer, wall = _rerank(server.url, {"query": {"image": hanging_url, "text": "like this"},
-                                                "documents": [hanging_url]})
+                                                "documents": [{"image": hanging_url}]})
     print(f"hanging reference image and document: {status} in {wall:.1f} s (URL deadline {URL_TIMEOUT_S} s)")
     assert status == 400 and answer["error"]["param"] == "query"
     assert wall < URL_TIMEOUT_S + 1.5
@@ -98,7 +98,7 @@ def test_slow_rerank_urls_calls_take_no_queue_place_from_scoring(server, hanging
         slow = [c.submit("a cat", [hanging_url], api_name="/rerank_urls") for c in clients for _ in range(3)]
         time.sleep(1.0)
         started = time.monotonic()
-        status, answer, _ = _rerank(server.url, {"query": "a cat", "documents": [PNG_URI]})
+        status, answer, _ = _rerank(server.url, {"query": "a cat", "documents": [{"image": PNG_URI}]})
         waited = time.monotonic() - started
         print(f"9 slow rerank_urls: a scoring request answered {status} in {waited:.2f} s")
         assert status == 200 and answer["results"][0]["error"] is None

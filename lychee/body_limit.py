@@ -59,7 +59,7 @@ class BodyLimit:
             return
         cap, variable, upload = self.cap(scope.get("path", ""))
         too_large = ("request_too_large", {"limit": f"{cap:,}", "variable": variable})
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > cap:
             await _refuse(scope, send, *too_large)
             return
@@ -111,7 +111,7 @@ async def _refuse(scope: Scope, send: Send, key: str, params: dict[str, str]) ->
     await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
         if name.lower() == b"content-length":
             try:

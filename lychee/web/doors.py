@@ -20,24 +20,18 @@ import logging
 import os
 import re
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
 from gradio.route_utils import API_PREFIX
 from gradio.utils import get_upload_folder
 
+from ..body_limit import ASGIApp, Message, Receive, Scope, Send
 from ..json_values import count_values
 from ..messages import bilingual, printable
 from .file_records import foreign_file
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 API_KEY_ENV_VAR = "LYCHEE_API_KEY"
 # The doors a key guards: everything that queues an event (the page's Rerank and Explain, /rerank,

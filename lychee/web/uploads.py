@@ -22,23 +22,16 @@ import shutil
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 
-from ..body_limit import BodyLimit, _content_length
+from ..body_limit import ASGIApp, BodyLimit, Message, Receive, Scope, Send, content_length
 from ..limits import env_name
 from ..messages import bilingual
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLIENT_VARIABLE = env_name("upload_client_bytes")
 TOTAL_VARIABLE = env_name("upload_total_bytes")
@@ -133,7 +126,7 @@ class UploadQuota:
             await self.app(scope, receive, send)
             return
         client, now = client_of(scope), time.time()
-        declared = _content_length(scope)
+        declared = content_length(scope)
         client_left = self.client_bytes - self.ledger.used(client, now)
         if declared is not None and declared > client_left:
             await self.refuse(send, "client", self.client_bytes - client_left, self.client_bytes, CLIENT_VARIABLE)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +33,8 @@ from lychee.backends.base import run_batched
 from lychee.backends.packing import Budget
 from lychee.backends.transformers import Engine
 from lychee.random_checkpoint import build_random_checkpoint
+
+from .throughput import write_record
 
 QUERY = "a black cat sitting on a red sofa"
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
@@ -121,9 +121,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(f"{row['head']:<32}{row['dtype']:<7}{row['batched_vs_single']:>18.4f}{row['vs_fp32']:>10.4f}"
               f"{row['distinct_scores']:>6}/{row['images']:<3}  {low:.2f}-{high:.2f}")
     if args.json:
-        command = "python -m benchmarks.bf16_scores " + " ".join(sys.argv[1:] if argv is None else argv)
-        record = {"command": command, "size": args.size, "common_logit": args.common_logit, "rows": rows}
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_record(args.json, "bf16_scores", argv, size=args.size, common_logit=args.common_logit, rows=rows)
     return rows
 
 

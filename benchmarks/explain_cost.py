@@ -17,8 +17,6 @@ exact Qwen2.5-VL-7B architecture) at an assumed model FLOPs utilisation of a mea
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +30,7 @@ from lychee.explain import default_grid
 from lychee.random_checkpoint import build_config, build_random_checkpoint, build_tokenizer
 
 from .flops import pair_flops
-from .throughput import synthetic_images
+from .throughput import synthetic_images, write_record
 
 QUERY = "a cat's face, close up"
 PHOTO = Path(__file__).resolve().parent.parent / "examples" / "images" / "cat.jpg"
@@ -103,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     print(f"7B estimate: the map's model FLOPs ({per_map} TFLOP) at {args.gpu_mfu:.0%} of {args.gpu_tflops:g} "
           "TFLOP/s; arithmetic, not a measurement")
     if args.json:
-        command = "python -m benchmarks.explain_cost " + " ".join(sys.argv[1:] if argv is None else argv)
-        args.json.write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+        write_record(args.json, "explain_cost", argv, rows=rows)
     return rows
 
 

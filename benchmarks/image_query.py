@@ -11,9 +11,7 @@ image query with the query image encoded again for every pair, as a per-pair loo
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +25,7 @@ from lychee.backends.packing import Budget
 from lychee.backends.transformers import Engine
 from lychee.random_checkpoint import build_random_checkpoint
 
-from .throughput import synthetic_images
+from .throughput import synthetic_images, write_record
 
 QUERY = "a cup of coffee on a saucer"
 REFERENCE = Path(__file__).resolve().parent.parent / "examples" / "images" / "coffee.jpg"
@@ -96,9 +94,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(f"{row['query']:<44}{row['seconds']:>9.2f}{row['images_per_s']:>10.2f}{row['vs_once']:>21.2f}x")
     print(f"max |Δscore| between encoding the query image once and per pair: {difference:.2e}")
     if args.json:
-        command = "python -m benchmarks.image_query " + " ".join(sys.argv[1:] if argv is None else argv)
-        args.json.write_text(json.dumps({"command": command, "rows": rows, "max_abs_score_diff": difference},
-                                        indent=2) + "\n")
+        write_record(args.json, "image_query", argv, rows=rows, max_abs_score_diff=difference)
     return rows
 
 

@@ -9,8 +9,6 @@ random weights, the same candidates, vision cache off, side by side in fp32 and 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +21,7 @@ from lychee.random_checkpoint import build_random_checkpoint
 
 from .batching import MIXED_SIZES, mixed_images
 from .image_query import best_time
+from .throughput import write_record
 
 QUERY = "the same cup, but on a wooden table"
 
@@ -68,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(f"{row['dtype']:<7}{row['full_rows_s']:>13.2f}{row['shared_prefix_s']:>17.2f}{row['speedup']:>9.2f}x"
               f"{row['max_abs_score_diff']:>14.2e}")
     if args.json:
-        command = "python -m benchmarks.shared_prefix " + " ".join(sys.argv[1:] if argv is None else argv)
-        args.json.write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+        write_record(args.json, "shared_prefix", argv, rows=rows)
     return rows
 
 

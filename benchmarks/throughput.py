@@ -83,6 +83,12 @@ def synthetic_images(count: int, *, width: int = 1920, height: int = 1080, seed:
     return images
 
 
+def write_record(path: Path, module: str, argv: Sequence[str] | None, **figures: Any) -> None:
+    """The figures as JSON at ``path``, led by the command that made them (``python -m benchmarks.<module> ...``)."""
+    command = f"python -m benchmarks.{module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    path.write_text(json.dumps({"command": command, **figures}, indent=2) + "\n")
+
+
 def _reset_peak_rss() -> None:
     with contextlib.suppress(OSError):  # Linux: "5" resets this process's VmHWM (peak RSS)
         Path("/proc/self/clear_refs").write_text("5")

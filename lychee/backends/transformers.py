@@ -17,6 +17,7 @@ their difference is taken, which quantises the score and makes it depend on the 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -446,8 +447,8 @@ class Engine:
         return self.model.model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
                                 **{self._cache_argument: cache})
 
-    @property
-    def _cache_argument(self) -> str:
+    @functools.cached_property
+    def _cache_argument(self) -> str:  # read once: the forward passes of every batch use it
         return "cache" if "cache" in inspect.signature(self.model.model.forward).parameters else "past_key_values"
 
     @torch.inference_mode()

@@ -1,6 +1,6 @@
-"""Hugging Face Space entry point: serve the lychee-rerank-mm web demo (built in ``lychee.web.app``)."""
+"""Hugging Face Space entry point: serve the lychee-rerank-mm web demo (served by ``lychee.web.server``)."""
 
-from lychee.web.app import main
+from lychee.web.server import main
 
 if __name__ == "__main__":
     main()

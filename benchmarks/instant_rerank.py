@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from lychee.limits import Limits
 from lychee.random_checkpoint import build_random_checkpoint
 from lychee.web.app import RerankDemo
-from lychee.web.service import ModelSlot
+from lychee.web.model_slot import ModelSlot
 
 from .throughput import synthetic_images
 

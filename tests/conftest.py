@@ -72,8 +72,9 @@ def demo_url(tiny_checkpoint: Path):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from benchmarks.load_test import free_port
     from lychee.limits import Limits
-    from lychee.web.app import build_demo, launch_options
-    from lychee.web.service import ModelSlot
+    from lychee.web.app import build_demo
+    from lychee.web.model_slot import ModelSlot
+    from lychee.web.server import launch_options
 
     slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(max_images=APP_MAX_IMAGES))
     slot.start_loading()

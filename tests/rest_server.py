@@ -14,8 +14,9 @@ APP_MAX_IMAGES = 8  # as tests/conftest.py's demo: small, so the limit is cheap 
 def main() -> None:
     from lychee.limits import Limits
     from lychee.random_checkpoint import build_random_checkpoint
-    from lychee.web.app import build_demo, launch_options
-    from lychee.web.service import ModelSlot
+    from lychee.web.app import build_demo
+    from lychee.web.model_slot import ModelSlot
+    from lychee.web.server import launch_options
 
     checkpoint = build_random_checkpoint(Path(tempfile.mkdtemp(prefix="tiny-qwen2.5-vl-")), "tiny", seed=0)
     slot = ModelSlot(str(checkpoint), device="cpu", dtype="fp32", limits=Limits(max_images=APP_MAX_IMAGES))

@@ -245,8 +245,9 @@ def slow_app(tiny_checkpoint):
     import time
 
     from benchmarks.load_test import free_port
-    from lychee.web.app import build_demo, launch_options
-    from lychee.web.service import ModelSlot
+    from lychee.web.app import build_demo
+    from lychee.web.model_slot import ModelSlot
+    from lychee.web.server import launch_options
 
     slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32")
     backend = slot.get().backend

@@ -46,7 +46,7 @@ from lychee.download import (
     needs_download,
 )
 from lychee.messages import LANGUAGES
-from lychee.web.service import ModelSlot, download_line
+from lychee.web.model_slot import ModelSlot, download_line
 
 REPO = "test-org/tiny-weights"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

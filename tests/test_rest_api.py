@@ -292,8 +292,9 @@ def gated_app(tiny_checkpoint):
 
     from benchmarks.load_test import free_port
     from lychee.limits import Limits
-    from lychee.web.app import build_demo, launch_options
-    from lychee.web.service import ModelSlot
+    from lychee.web.app import build_demo
+    from lychee.web.model_slot import ModelSlot
+    from lychee.web.server import launch_options
 
     slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(queue_size=1, concurrency=1))
     slot.load_now()
@@ -341,8 +342,9 @@ def _wait_until(condition, url: str) -> None:
 
 def test_a_model_that_did_not_load_is_a_503(tmp_path):
     from benchmarks.load_test import free_port
-    from lychee.web.app import build_demo, launch_options
-    from lychee.web.service import ModelSlot
+    from lychee.web.app import build_demo
+    from lychee.web.model_slot import ModelSlot
+    from lychee.web.server import launch_options
 
     slot = ModelSlot(str(tmp_path / "missing"), device="cpu", dtype="fp32")
     slot.load_now()

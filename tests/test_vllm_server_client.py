@@ -21,7 +21,7 @@ from lychee import LycheeReranker, protocol
 from lychee.backends.vllm_server import ServerUnavailable, serve_command
 from lychee.images import budget_size
 from lychee.messages import UserError
-from lychee.web.service import ModelSlot
+from lychee.web.model_slot import ModelSlot
 
 from .conftest import make_image
 

@@ -19,8 +19,9 @@ from lychee.limits import Limits
 from lychee.messages import LANGUAGES, Message, UserError
 from lychee.ranking import ScoredImage
 from lychee.settings import resolve_settings
-from lychee.web import service
-from lychee.web.service import Form, Job, ModelSlot, accept, rerank
+from lychee.web import model_slot
+from lychee.web.model_slot import ModelSlot
+from lychee.web.service import Form, Job, accept, rerank
 
 LIMITS = Limits(max_images=4)
 
@@ -207,7 +208,7 @@ def test_the_status_line_names_model_device_dtype_and_pixel_budget_without_serve
 
 def test_load_errors_do_not_reveal_server_paths():
     error = OSError("Can't load config at /srv/models/private/lychee/config.json: see https://hf.co/docs/x")
-    assert service.failure_reason("vec-ai/lychee-rerank-mm", error) == (
+    assert model_slot.failure_reason("vec-ai/lychee-rerank-mm", error) == (
         "Can't load config at config.json: see https://hf.co/docs/x")
 
 
@@ -233,8 +234,8 @@ def test_scoring_past_the_request_timeout_stops_with_a_clear_error(tiny_checkpoi
     slow = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32", limits=Limits(request_timeout_s=1))
     slow.get()
     ticks = iter([0.0, 5.0])  # the deadline is set at 0 s; the first progress report comes at 5 s
-    monkeypatch.setattr(service, "time", SimpleNamespace(monotonic=lambda: next(ticks),
-                                                          perf_counter=time.perf_counter))
+    monkeypatch.setattr(model_slot, "time", SimpleNamespace(monotonic=lambda: next(ticks),
+                                                             perf_counter=time.perf_counter))
     with pytest.raises(UserError, match="LYCHEE_REQUEST_TIMEOUT_S") as caught:
         slow.score(accept(Form("cat"), [str(image_dir / "good0.png")], slow.limits))
     assert caught.value.key == "timeout"
@@ -267,8 +268,9 @@ def test_a_map_that_cannot_be_made_says_why_beside_its_button_in_the_pages_langu
 
     demo = RerankDemo(slot)
     demo.build()
-    updates = demo.explain("zh", mixed_outcome, None)  # #1 is a.png, a file that is not there
-    said = updates[demo.explain_alert]
+    panel = demo.explainer
+    updates = panel.explain("zh", mixed_outcome, None)  # #1 is a.png, a file that is not there
+    said = updates[panel.alert]
     assert 'lychee-alert--error" role="alert"' in said and "找不到文件" in said
-    relabelled = demo.relabel_explanation("en", mixed_outcome, None, None, updates[demo.explain_alerted])
-    assert "file not found" in relabelled[demo.explain_alert]
+    relabelled = panel.relabel("en", mixed_outcome, None, None, updates[panel.alerted])
+    assert "file not found" in relabelled[panel.alert]

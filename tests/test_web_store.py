@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from lychee.limits import Limits
 from lychee.store import server_store_path
-from lychee.web.service import Form, ModelSlot, accept, rerank
+from lychee.web.model_slot import ModelSlot
+from lychee.web.service import Form, accept, rerank
 from lychee.web.view import status_line
 
 

@@ -172,7 +172,8 @@ def test_the_work_inside_a_zero_gpu_call_stops_before_its_reservation_ends():
 
 def test_a_job_past_its_gpu_deadline_gets_the_reservation_timeout_in_both_languages(tiny_checkpoint, image_dir):
     from lychee.messages import UserError
-    from lychee.web.service import Form, ModelSlot, accept
+    from lychee.web.model_slot import ModelSlot
+    from lychee.web.service import Form, accept
 
     slot = ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32")
     job = accept(Form(query="a cat"), [str(image_dir / f"good{i}.png") for i in range(3)], slot.limits)

@@ -1,6 +1,6 @@
 """Run by ``tests/test_zero_gpu.py`` in a process of its own, under ``spaces``' ZeroGPU emulation.
 
-The Space's start-up calls (``lychee.web.app.main`` up to the launch), then the function that
+The Space's start-up calls (``lychee.web.server.main`` up to the launch), then the function that
 ``spaces.GPU`` runs in its worker, called here in the main thread: ``spaces`` emulates CUDA
 there, and its worker itself cannot run on a machine without a GPU (it initialises real CUDA
 before it calls the function). The scoring happens before a launch would pack the weights to
@@ -21,7 +21,8 @@ from spaces.zero.wrappers import exception_result  # what the worker sends back 
 from lychee.web.app import build_demo
 from lychee.web.explaining import accept_explain
 from lychee.web.gpu import GpuJobs, GpuUserError
-from lychee.web.service import Form, ModelSlot, accept
+from lychee.web.model_slot import ModelSlot
+from lychee.web.service import Form, accept
 
 
 def scores(scoring: GpuJobs, form: Form, images: list[str]) -> list[float | None]:

@@ -28,7 +28,8 @@ from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
 from ..url_images import fetch_images_async, url_label
 from .clients import client_key, in_worker
 from .explaining import ExplainJob, accept_explain, explain
-from .service import Form, Job, ModelSlot, accept, rerank
+from .model_slot import ModelSlot
+from .service import Form, Job, accept, rerank
 
 log = logging.getLogger(__name__)
 

@@ -1,47 +1,34 @@
-"""The Gradio 6 web demo in a Hugging Face Space layout: :func:`build_demo` lays out the page and
-wires each event beside its components, :func:`main` serves it.
+"""The page: :func:`build_demo` lays out the Gradio 6 page and wires each event beside its components.
 
-What a request means lives in :mod:`lychee.web.service`, what a result looks like in
-:mod:`lychee.web.view`, the API routes in :mod:`lychee.web.api`, the stylesheet in ``style.css``.
+What a request means lives in :mod:`lychee.web.service`, what a result looks like in :mod:`lychee.web.view`,
+the explanation and Calibrate panels in :mod:`lychee.web.explain_panel` and :mod:`lychee.web.calibrate_panel`,
+the API routes in :mod:`lychee.web.api`, the server around it in :mod:`lychee.web.server`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.route_utils import API_PREFIX
-from gradio.utils import get_upload_folder
-from starlette.middleware import Middleware
 
-from .. import memory
-from ..body_limit import BodyLimit
-from ..limits import UPLOAD_LIMIT_VARIABLES, Limits, env_name
+from ..limits import Limits
 from ..messages import UserError
 from ..presets import PRESETS
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
-from ..zero_gpu import on_zero_gpu
-from . import serving
 from .api import ExplainApi, RerankApi
 from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
-from .doors import ApiDoors
-from .explaining import button_label, chosen_result, explain, page_job, slider_images, summary_markdown
+from .explain_panel import ExplainPanel
 from .gpu import GpuJobs
 from .i18n import Language, text
-from .mcp_json import json_tools
 from .rest_routes import RestApi
-from .rest_routes import routes as rest_routes
 from .service import (
     Form,
     ModelSlot,
@@ -56,7 +43,6 @@ from .service import (
     scored_with,
 )
 from .sessions import SessionBoard
-from .uploads import UploadQuota
 from .view import (
     Alert,
     alerts_html,
@@ -69,7 +55,6 @@ from .view import (
     raw_output_rows,
     status_html,
     status_line,
-    table_css,
     table_datatypes,
     table_headers,
     table_note,
@@ -82,10 +67,7 @@ from .view import (
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
 DEFAULT_LANGUAGE: Language = "en"
 DOWNLOADS_KEPT_S = 3600  # the page's JSON/CSV downloads, like Gradio's own cache (delete_cache below)
-# Under the upload quota, older uploads are pruned first, never ones this recent: a page re-runs on its files.
-UPLOADS_PRUNED_AFTER_S = 300
 DEFAULT_PRESET = "screening"
-THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="amber")
 # Chinese browsers get the Chinese UI on first load; the radio switches at any time.
 PICK_LANGUAGE_JS = "() => (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en'"
 # UI-only events: no API, no queue, and quick, so no progress animation either.
@@ -105,14 +87,6 @@ GRADIO_LOCALE_JS = """async (lang) => {
     .find((name) => /\\/assets\\/core-[\\w-]+\\.js$/.test(name));
   if (core) (await import(core)).changeLocale(lang === 'zh' ? 'zh-CN' : 'en');
 }"""
-
-log = logging.getLogger(__name__)
-
-
-def stylesheet() -> str:
-    """``style.css`` and the results table's per-column rules."""
-    return resources.files(__package__).joinpath("style.css").read_text(encoding="utf-8") + table_css()
-
 
 def sample_images() -> list[str]:
     """The bundled sample photographs (``examples/images``), if this checkout has them."""
@@ -164,6 +138,7 @@ class RerankDemo:
         self.sessions = SessionBoard()
         self.on_gpu = GpuJobs(slot, language=self.sessions.language, stopped=self.sessions.cancelled)
         self.calibrate = CalibratePanel(self.tr, DEFAULT_LANGUAGE)
+        self.explainer = ExplainPanel(self.tr, DEFAULT_LANGUAGE, slot, self.on_gpu.explain)
 
     def language(self, session: str, fallback: Language = DEFAULT_LANGUAGE) -> Language:
         return self.sessions.language(session) or fallback
@@ -266,7 +241,7 @@ class RerankDemo:
         self.status = gr.HTML(status_html(text("status_idle", DEFAULT_LANGUAGE)), elem_id="lychee-status")
         self.progress = gr.HTML(elem_id="lychee-progress")
         self.winner = gr.HTML(elem_id="lychee-winner")
-        self._build_explanation()
+        self.explainer.build()
         self.ranked = self.tr(gr.Gallery, {"label": "ranked_label"}, columns=4, height="auto", fit_columns=False,
                               object_fit="cover", interactive=False, elem_id="lychee-ranked",
                               elem_classes="lychee-ranked")
@@ -288,38 +263,6 @@ class RerankDemo:
         self.results = [self.status, self.winner, self.ranked, self.table, self.table_note, self.filtered_box,
                         self.filtered, self.raw_box, self.raw_table, self.json_file, self.csv_file]
 
-    def _build_explanation(self) -> None:
-        """"Why this score?" under the #1 card: for #1, or the image chosen in the ranked gallery, the
-        image as scored beside its occlusion map (a slider), and one line per strongest region."""
-        self.explain_choice = gr.State(None)  # position in the ranked gallery of the chosen image; None: #1
-        self.explanation = gr.State(None)
-        with gr.Column(visible=False, elem_id="lychee-explain") as self.explain_box:
-            self.explain_button = gr.Button(button_label(None, DEFAULT_LANGUAGE), size="sm",
-                                            elem_id="lychee-explain-button")
-            self.explain_hint = self.tr(gr.Markdown, {"value": "explain_hint"}, elem_classes="lychee-explain-hint")
-            self.explain_slider = self.tr(gr.ImageSlider, {"label": "explain_slider_label"}, type="pil",
-                                          interactive=False, visible=False, buttons=["fullscreen"], max_height=380,
-                                          elem_id="lychee-explain-slider")
-            self.explain_text = gr.Markdown(elem_id="lychee-explain-text")
-            # Why no map came (e.g. a request over the GPU limit), in the page's language, beside the button.
-            self.explain_alerted = gr.State(())
-            self.explain_alert = gr.HTML(elem_id="lychee-explain-alert")
-        self.explain_parts = [self.explain_choice, self.explanation, self.explain_box, self.explain_button,
-                              self.explain_slider, self.explain_text, self.explain_alerted, self.explain_alert]
-
-    def _wire_explanation(self) -> None:
-        """Choosing an image in the ranked gallery retargets the button; the button makes the map in
-        the scoring queue. (A run resets the map, or makes #1's itself under a preset that asks.)"""
-        made = [self.explanation, self.explain_slider, self.explain_text, self.explain_alerted, self.explain_alert]
-        self.ranked.select(self.choose, inputs=[self.lang, self.outcome], outputs=[self.explain_choice,
-                                                                                   self.explain_button], **PRIVATE)
-        self.explain_button.click(self.explain, inputs=[self.lang, self.outcome, self.explain_choice], outputs=made,
-                                  show_progress_on=[self.explain_text], api_visibility="private",
-                                  concurrency_id="gpu")
-        self.lang.change(self.relabel_explanation, inputs=[self.lang, self.outcome, self.explain_choice,
-                                                           self.explanation, self.explain_alerted],
-                         outputs=[self.explain_button, self.explain_text, self.explain_alert], **PRIVATE)
-
     def _wire(self, demo: gr.Blocks) -> None:
         form = {self.lang, self.images, self.captions, *self.form_fields.values()}
         run_triggers = [self.run_button.click, self.query.submit]
@@ -328,7 +271,7 @@ class RerankDemo:
         # One scoring job at a time across the page and the API (LYCHEE_CONCURRENCY).
         running = gr.on(run_triggers, self.run, inputs=form,
                         outputs=[*buttons, self.shown, self.outcome, self.alerts, self.alerted, *self.results,
-                                 *self.explain_parts],
+                                 *self.explainer.parts],
                         show_progress_on=[self.progress], api_visibility="private", concurrency_id="gpu")
         running.then(self.end, outputs=buttons, **PRIVATE)
         ranked = running.success(None, inputs=[self.query, self.reference], js=SHOW_RESULTS_JS, **PRIVATE)
@@ -337,7 +280,7 @@ class RerankDemo:
         # The ranking rules over the stored scores: no model call. What the scores depend on marks them stale.
         ranking_inputs = [self.preset, self.threshold, self.top_k, self.tie_epsilon, self.normalize]
         restyle = {"fn": self.restyle, "inputs": {self.shown, *form},
-                   "outputs": [self.shown, self.outcome, self.preset_info, self.explain_choice, self.explain_button,
+                   "outputs": [self.shown, self.outcome, self.preset_info, self.explainer.choice, self.explainer.button,
                                *self.results], **PRIVATE}
         gr.on([c.change for c in ranking_inputs], **restyle)
         ranked.then(**restyle)  # a slider moved while the run was under way applies to its results
@@ -345,7 +288,7 @@ class RerankDemo:
                           self.captions]
         gr.on([c.change for c in scoring_inputs], self.mark_stale, inputs={self.shown, *form}, outputs=[self.status],
               **PRIVATE)
-        self._wire_explanation()
+        self.explainer.wire(self.ranked, self.lang, self.outcome)
         relabelled = [c for c, _ in self.localized] + [self.header, self.model_status, self.hints, self.preset,
                                                         self.preset_info, self.alerts]
         if self.examples is not None:
@@ -453,52 +396,7 @@ class RerankDemo:
                | self.render_downloads(outcome)
                | {self.shown: Shown(outcome, scored_with(form, images, texts)), self.outcome: outcome,
                   self.alerts: alerts_html(alerts, lang), self.alerted: alerts}
-               | self.explanation_after_run(outcome, lang, progress))
-
-    def explanation_after_run(self, outcome: RerankOutcome, lang: Language, progress: Any) -> dict[Any, Any]:
-        """A new run: the button on #1 (the box shown when there is one) and no map yet - or, under a
-        preset that asks for it (``precise``), #1's map at once, in the same job."""
-        top = chosen_result(outcome, None)
-        updates = {self.explain_choice: None, self.explanation: None,
-                   self.explain_box: gr.update(visible=top is not None), self.explain_button: button_label(top, lang),
-                   self.explain_slider: gr.update(value=None, visible=False), self.explain_text: "",
-                   self.explain_alerted: (), self.explain_alert: ""}
-        preset = outcome.request.settings.preset
-        if top is not None and preset is not None and preset.explain_top:
-            updates |= self.explain(lang, outcome, None, progress)
-        return updates
-
-    def choose(self, lang: Language, outcome: RerankOutcome | None, selected: gr.SelectData) -> dict[Any, Any]:
-        """An image chosen in the ranked gallery becomes the one the button explains."""
-        return {self.explain_choice: selected.index,
-                self.explain_button: button_label(chosen_result(outcome, selected.index), lang)}
-
-    def explain(self, lang: Language, outcome: RerankOutcome | None, choice: int | None,
-                progress: gr.Progress = gr.Progress()  # noqa: B008 - how gradio asks for a progress bar
-                ) -> dict[Any, Any]:
-        """The button: the chosen ranked image's (else #1's) occlusion map beside the image, and its lines."""
-        result = chosen_result(outcome, choice)
-        if result is None:
-            return {self.explanation: gr.skip()}
-        job = page_job(outcome, result)
-        progress(0.0, desc=text("progress_explaining", lang))  # the copies are counted once the grid is known
-        try:
-            explanation = explain(job, self.slot, make=lambda accepted: self.on_gpu.explain(accepted, lang))
-        except UserError as exc:
-            alerts: tuple[Alert, ...] = (("error", exc),)
-            return {self.explanation: gr.skip(), self.explain_alerted: alerts,
-                    self.explain_alert: alerts_html(alerts, lang)}
-        return {self.explanation: explanation,
-                self.explain_slider: gr.update(value=slider_images(explanation), visible=True),
-                self.explain_text: summary_markdown(explanation, lang), self.explain_alerted: (),
-                self.explain_alert: ""}
-
-    def relabel_explanation(self, lang: Language, outcome: RerankOutcome | None, choice: int | None,
-                            explanation: Any, alerts: tuple[Alert, ...]) -> dict[Any, Any]:
-        """The language switch: the button, the map's lines and why no map came, in ``lang``."""
-        return {self.explain_button: button_label(chosen_result(outcome, choice), lang),
-                self.explain_text: summary_markdown(explanation, lang) if explanation is not None else "",
-                self.explain_alert: alerts_html(alerts, lang)}
+               | self.explainer.after_run(outcome, lang, progress))
 
     def cancel(self, lang: Language, request: gr.Request) -> dict[Any, Any]:
         """Cancel: the job stops at its next progress report; the last good results stay."""
@@ -521,8 +419,7 @@ class RerankDemo:
         outcome = shown.outcome.reranked(settings)
         return (info | self.render(outcome, lang, note=self.note(shown, values, text("reranked_note", lang)))
                 | self.render_downloads(outcome) | {self.shown: Shown(outcome, shown.inputs), self.outcome: outcome}
-                # The ranked gallery's order changed: the button explains the new #1 until another is chosen.
-                | {self.explain_choice: None, self.explain_button: button_label(chosen_result(outcome, None), lang)})
+                | self.explainer.reranked(outcome, lang))
 
     def note(self, shown: Shown, values: dict[Any, Any], otherwise: str = "") -> str:
         """The stale-results warning when the scores no longer match the inputs, else ``otherwise``."""
@@ -595,46 +492,5 @@ def show_hints(query: str, lang: Language, limits: Limits) -> dict[str, Any]:
 
 def build_demo(slot: ModelSlot | None = None) -> gr.Blocks:
     """The Blocks app, its queue bounded by ``slot.limits``; serve it with
-    ``demo.launch(**launch_options(slot.limits))``."""
+    ``demo.launch(**lychee.web.server.launch_options(slot.limits))``."""
     return RerankDemo(slot or ModelSlot()).build()
-
-
-def launch_options(limits: Limits) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch``: theme, CSS, upload and body limits, sample photos, MCP,
-    and ``POST /v1/rerank`` (:mod:`lychee.web.rest_routes`).
-
-    ``LYCHEE_MCP=1`` turns on Gradio's MCP server (needs ``pip install "mcp>=1.21,<2"``), its tools
-    answering in JSON (:mod:`lychee.web.mcp_json`).
-    ``show_error`` sends the reason for a refused request to API clients too. Every request
-    body is capped (``LYCHEE_MAX_REQUEST_BYTES``; uploads, which go to disk, at
-    ``Limits.max_upload_bytes``) before it is read; uploads are under disk quotas
-    (:mod:`lychee.web.uploads`); Gradio's API routes check key, JSON size, events and file records at
-    the door (:mod:`lychee.web.doors`).
-    """
-    body_limit = Middleware(BodyLimit, max_bytes=limits.max_request_bytes, variable=env_name("max_request_bytes"),
-                            upload_max_bytes=limits.max_upload_bytes, upload_variable=UPLOAD_LIMIT_VARIABLES,
-                            upload_paths=[f"{API_PREFIX}/upload"])
-    upload_quota = Middleware(UploadQuota, path=f"{API_PREFIX}/upload", folder=get_upload_folder,
-                              client_bytes=limits.upload_client_bytes, total_bytes=limits.upload_total_bytes,
-                              keep_s=DOWNLOADS_KEPT_S, min_age_s=UPLOADS_PRUNED_AFTER_S)
-    doors = Middleware(ApiDoors, max_json_values=limits.max_json_values)
-    return {"theme": THEME, "css": stylesheet(), "max_file_size": limits.max_file_bytes, "show_error": True,
-            "app_kwargs": {"middleware": [body_limit, upload_quota, doors], "routes": rest_routes(),
-                           "lifespan": json_tools},
-            "allowed_paths": [str(EXAMPLES_DIR / "images")],
-            "mcp_server": os.environ.get("LYCHEE_MCP", "").strip().lower() in ("1", "true", "yes")}
-
-
-def main() -> None:
-    """Serve the demo. On a ZeroGPU Space the model is placed on ``cuda`` before serving, as
-    ZeroGPU requires; elsewhere it loads in the background and the page is up at once."""
-    memory.limit_arenas()  # before the model's and the server's threads start
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serving.quiet_repeats()
-    serving.apply()
-    slot = ModelSlot.for_space()
-    if on_zero_gpu():
-        slot.load_now()
-    else:
-        slot.start_loading()
-    build_demo(slot).launch(**launch_options(slot.limits))

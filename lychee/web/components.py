@@ -20,7 +20,7 @@ from gradio.utils import get_upload_folder
 
 from ..messages import bilingual
 from .file_records import foreign_file
-from .service import hide_paths
+from .model_slot import hide_paths
 
 
 class ReferenceImage(gr.Image):

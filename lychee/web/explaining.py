@@ -21,7 +21,8 @@ from ..request import Query, prepare_query
 from ..reranker import Progress
 from ..settings import DEFAULT_MAX_SIDE, check_max_side
 from .i18n import Language, text
-from .service import ModelSlot, RerankOutcome
+from .model_slot import ModelSlot
+from .service import RerankOutcome
 
 STRONGEST_REGIONS = 3  # lines under the map
 

@@ -23,7 +23,8 @@ from ..ranking import ScoredImage
 from ..zero_gpu import on_zero_gpu, work_seconds
 from .explaining import ExplainJob, make_map, passes_reserved
 from .i18n import Language, text
-from .service import Job, ModelSlot
+from .model_slot import ModelSlot
+from .service import Job
 
 Tell = Callable[[str | None, int, int], None]  # (stage or None, done, total)
 

@@ -40,6 +40,7 @@ from ..url_images import url_label
 from .api import fetch_one, with_documents
 from .clients import client_key, in_parser, in_worker
 from .doors import API_KEY_ENV_VAR, authorized, mark_internal
+from .model_slot import ModelSlot
 from .rest import (
     IMAGE_URL_PREFIX,
     PATHS,
@@ -51,7 +52,7 @@ from .rest import (
     prompt_tokens,
     response,
 )
-from .service import Form, Job, ModelSlot, RerankOutcome, accept, rerank
+from .service import Form, Job, RerankOutcome, accept, rerank
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from benchmarks.load_test import free_port
 from lychee import LycheeReranker, cli
 from lychee.backends.vllm_server import ServerUnavailable
 from lychee.random_checkpoint import build_random_checkpoint
-from lychee.web.service import Form, ModelSlot, accept, rerank
+from lychee.web.model_slot import ModelSlot
+from lychee.web.service import Form, accept, rerank
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from .messages import Language, Message
-from .settings import DEFAULT_TIE_EPSILON, Settings
+from .settings import Settings
 
 WinnerStrength = Literal["close", "clear", "dominant"]
 ScoredBy = Literal["model", "store"]  # where a score came from: a model call, or the score store
@@ -122,13 +122,11 @@ def _ordered(items: Sequence[tuple[float, ScoredImage]], tie_epsilon: float,
     ]
 
 
-def split(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
-          top_k: int | None = None, normalize: bool = False,
-          tie_epsilon: float = DEFAULT_TIE_EPSILON) -> tuple[list[RerankResult], list[RerankResult]]:
+def split(records: Sequence[ScoredImage], **settings: Any) -> tuple[list[RerankResult], list[RerankResult]]:
     """``(results, left_out)``: the ranked results (rules 1-6, ranks 1..n) and every
-    other image, ordered by the same rules, ranks continuing after the results."""
-    return split_with(records, Settings(score_threshold=score_threshold, top_k=top_k, normalize=normalize,
-                                        tie_epsilon=tie_epsilon))
+    other image, ordered by the same rules, ranks continuing after the results. ``settings``:
+    keywords of :class:`~lychee.settings.Settings` (``score_threshold``, ``top_k``, ...)."""
+    return split_with(records, Settings(**settings))
 
 
 def split_with(records: Sequence[ScoredImage], settings: Settings) -> tuple[list[RerankResult], list[RerankResult]]:
@@ -148,12 +146,9 @@ def split_with(records: Sequence[ScoredImage], settings: Settings) -> tuple[list
     return results, left_out
 
 
-def rank(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
-         top_k: int | None = None, normalize: bool = False,
-         tie_epsilon: float = DEFAULT_TIE_EPSILON) -> list[RerankResult]:
+def rank(records: Sequence[ScoredImage], **settings: Any) -> list[RerankResult]:
     """The ranked results only (see :func:`split`)."""
-    return split(records, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
-                 tie_epsilon=tie_epsilon)[0]
+    return split(records, **settings)[0]
 
 
 @dataclass(frozen=True)
@@ -165,12 +160,10 @@ class Partition:
     errors: list[RerankResult]        # images that failed, in input order
 
 
-def partition(records: Sequence[ScoredImage], *, score_threshold: float | None = None,
-              top_k: int | None = None, normalize: bool = False, tie_epsilon: float = DEFAULT_TIE_EPSILON) -> Partition:
+def partition(records: Sequence[ScoredImage], **settings: Any) -> Partition:
     """:func:`split`, with the failed images (which ``split`` keeps among the results when
     there is no threshold) taken out into their own group."""
-    return partition_with(records, Settings(score_threshold=score_threshold, top_k=top_k, normalize=normalize,
-                                            tie_epsilon=tie_epsilon))
+    return partition_with(records, Settings(**settings))
 
 
 def partition_with(records: Sequence[ScoredImage], settings: Settings) -> Partition:

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -25,7 +25,7 @@ from .parsing import parse_score
 from .ranking import RerankResult, ScoredBy, ScoredImage
 from .request import Query, Request, build_request, prepare_query
 from .score_keys import model_identity, pair_keys
-from .settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Unset, check_max_side, resolve_settings
+from .settings import DEFAULT_MAX_SIDE, UNSET, Unset, check_max_side, resolve_settings
 from .store import ScoreStore, open_store, through_store
 
 log = logging.getLogger(__name__)
@@ -363,11 +363,9 @@ class LycheeReranker:
 
     def rerank(self, query: str | None, images: Sequence[ImageSource | None] | None = None, *,
                texts: Sequence[str | None] | None = None, query_image: ImageSource | None = None,
-               score_threshold: float | None | Unset = UNSET, top_k: int | None | Unset = UNSET,
-               preset: str | None = None, instruction: str | None = None, normalize: bool = False,
-               tie_epsilon: float = DEFAULT_TIE_EPSILON, raise_on_error: bool | Unset = UNSET,
-               labels: Sequence[str] | None = None, max_side: int | None = None,
-               progress: Progress | None = None) -> list[RerankResult]:
+               preset: str | None = None, instruction: str | None = None, raise_on_error: bool | Unset = UNSET,
+               labels: Sequence[str] | None = None, progress: Progress | None = None,
+               **settings: Any) -> list[RerankResult]:
         """Score every document against the query, then rank: best first, ``min(top_k, passing)`` results.
 
         A document is an image, a text, or an image with a text (a product photo and its title):
@@ -389,21 +387,22 @@ class LycheeReranker:
             query_image: A reference image (path, PIL image or bytes) for "images like this
                 one" (with ``query`` text: "like this one, but ..."). One that cannot be read
                 refuses the request (``UserError`` ``bad_query_image``).
-            score_threshold: Keep scores >= this (0-10); None keeps all. Default: the preset's, else None.
-            top_k: Keep at most this many (>= 1); None keeps all. Default: the preset's, else None.
             preset: "screening", "precise", "mixed_language" or "pipeline": defaults for
                 ``score_threshold``, ``top_k`` and ``raise_on_error``; explicit arguments win.
             instruction: Task instruction for the model (None: the default for the query's kind,
                 ``protocol.DEFAULT_INSTRUCTIONS``); cleaned like the query, capped at
                 ``LYCHEE_MAX_INSTRUCTION_CHARS``.
-            normalize: Min-max normalise the scores of this batch onto 0-10 before the threshold.
-            tie_epsilon: Scores less than this (0-10) below the best of their tie group are tied;
-                ties keep input order.
             raise_on_error: Raise :class:`RerankError` when any image failed (default: the
                 preset's, else False).
             labels: A name per image for ``source`` (default: the file name or ``image N``).
-            max_side: Longest side in pixels before scoring (64-4096; default ``self.max_side``).
             progress: Called as ``progress(done, total)`` while scoring.
+            settings: The ranking settings of :data:`lychee.settings.SETTINGS` (``docs/settings.md``):
+                ``score_threshold`` (keep scores >= this, 0-10; None keeps all; default the preset's,
+                else None), ``top_k`` (keep at most this many, >= 1; None keeps all; default the
+                preset's), ``normalize`` (min-max normalise this batch onto 0-10 before the threshold),
+                ``tie_epsilon`` (scores less than this below the best of their tie group are tied; ties
+                keep input order) and ``max_side`` (longest side in pixels before scoring, 64-4096;
+                default ``self.max_side``). An unknown name raises ``TypeError``.
 
         Returns:
             :class:`~lychee.ranking.RerankResult` records, ranks 1..n; see ``lychee.ranking``
@@ -417,18 +416,19 @@ class LycheeReranker:
             >>> reranker.rerank("", ["a.jpg", "b.jpg"], query_image="reference.jpg")  # images like this one
             >>> reranker.rerank("red running shoes", ["a.jpg", None], texts=["Trail shoe, red", "Red sneaker"])
         """
-        settings = resolve_settings(preset, score_threshold=score_threshold, top_k=top_k, normalize=normalize,
-                                    tie_epsilon=tie_epsilon, max_side=self.max_side if max_side is None else max_side)
+        if settings.get("max_side") is None:
+            settings["max_side"] = self.max_side
+        checked = resolve_settings(preset, **settings)
         if raise_on_error is UNSET:
-            raise_on_error = settings.preset.raise_on_error if settings.preset else False
-        request = build_request(query, settings, self.limits, instruction=instruction, image=query_image)
+            raise_on_error = checked.preset.raise_on_error if checked.preset else False
+        request = build_request(query, checked, self.limits, instruction=instruction, image=query_image)
         documents = None if texts is None else prepare_texts(texts, self.limits)
         warn(request.notices + (documents.notices if documents else ()))
         records = self.score_request(request, images, texts=documents, labels=labels, progress=progress)
         failures = [f"images[{r.index}] '{r.source}': {r.error}" for r in records if r.error]
         if raise_on_error and failures:
             raise RerankError(f"{len(failures)} of {len(records)} images failed: " + "; ".join(failures))
-        return ranking.split_with(records, settings)[0]
+        return ranking.split_with(records, checked)[0]
 
 
 def _also_staged(progress: Progress | None, stages: StageProgress) -> Progress:

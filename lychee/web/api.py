@@ -124,7 +124,7 @@ class RerankApi:
             paths, names = uploaded_files(given.pop("images"))
             reference = given.pop("query_image")
             references, reference_names = uploaded_files([reference] if reference else None)
-            form = Form(**given, query_image=next(iter(references), None),
+            form = Form(given.pop("query"), **given, query_image=next(iter(references), None),
                         query_image_label=next(iter(reference_names), None))
             return self._answer(accept(form, paths, self.limits, labels=names))
         except UserError as exc:
@@ -177,8 +177,9 @@ class RerankApi:
             reference = None
             if query_image_url:
                 reference = await fetch_one(query_image_url, self.limits, deadline=deadline, client=client)
-            form = Form(query, preset, score_threshold, top_k, instruction, normalize, tie_epsilon, max_side,
-                        query_image=reference, query_image_label=url_label(query_image_url, 0) if reference else None)
+            form = Form(query, preset=preset, score_threshold=score_threshold, top_k=top_k, instruction=instruction,
+                        normalize=normalize, tie_epsilon=tie_epsilon, max_side=max_side, query_image=reference,
+                        query_image_label=url_label(query_image_url, 0) if reference else None)
             # Refuse bad settings before fetching the candidates.
             job = await in_worker(accept, form, image_urls, self.limits, texts=texts)
             job = await with_documents(job, image_urls, self.limits, deadline=deadline, client=client)

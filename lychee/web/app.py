@@ -349,7 +349,8 @@ class RerankDemo:
 
     def form(self, values: dict[Any, Any]) -> Form:
         """The page's form from the values of its components."""
-        return Form(**{name: values[component] for name, component in self.form_fields.items()})
+        given = {name: values[component] for name, component in self.form_fields.items()}
+        return Form(given.pop("query"), query_image=given.pop("query_image"), **given)
 
     def candidates(self, values: dict[Any, Any]) -> list[str]:
         return [path for path, _ in values[self.images] or []]
@@ -407,7 +408,8 @@ class RerankDemo:
     def restyle(self, values: dict[Any, Any]) -> dict[Any, Any]:
         """A new threshold, top_k, tie epsilon, normalisation or preset: the stored scores ranked again."""
         lang, form, shown = values[self.lang], self.form(values), values[self.shown]
-        info = {self.preset_info: preset_description(form.preset, form.score_threshold, form.top_k, lang)}
+        info = {self.preset_info: preset_description(form.get("preset"), form.get("score_threshold"),
+                                                     form.get("top_k"), lang)}
         if shown is None:
             return info
         try:
@@ -443,9 +445,10 @@ class RerankDemo:
         updates |= {self.header: header_markdown(lang), self.model_status: self.slot.status_line(lang),
                     self.hints: show_hints(form.query or "", lang, self.limits),
                     self.alerts: alerts_html(values[self.alerted], lang),
-                    self.preset_info: preset_description(form.preset, form.score_threshold, form.top_k, lang),
+                    self.preset_info: preset_description(form.get("preset"), form.get("score_threshold"),
+                                                         form.get("top_k"), lang),
                     self.preset: gr.update(label=text("preset_label", lang), choices=preset_choices(lang),
-                                           value=form.preset)}
+                                           value=form.get("preset"))}
         if self.examples is not None:
             updates[self.examples.dataset] = gr.update(label=text("examples_label", lang))
         outcome = shown.outcome if shown else None

@@ -216,7 +216,7 @@ def parse_request(body: Any, *, image_strings: bool = False) -> RestRequest:
     use_activation = _optional(body, "use_activation", (bool,), "rest_expect_flag")
     return RestRequest(
         query or "", query_image, documents, _optional(body, "model", (str,), "rest_expect_text"),
-        _count(body, "top_n") or None, True if return_documents is None else return_documents,
+        _count(body, "top_n"), True if return_documents is None else return_documents,
         True if use_activation is None else use_activation,
         _count(body, "max_tokens_per_doc") or 0, _count(body, "max_tokens_per_query") or 0,
         _count(body, "truncate_prompt_tokens", lowest=-1),

@@ -108,8 +108,8 @@ class RestApi:
         if request.query_image:
             reference = await fetch_one(request.query_image, self.limits, deadline=deadline, client=client)
         urls, texts = document_urls_and_texts(request.documents)
-        form = Form(request.query, request.preset, request.score_threshold, request.top_n, request.instruction,
-                    query_image=reference,
+        form = Form(request.query, preset=request.preset, score_threshold=request.score_threshold,
+                    top_k=request.top_n, instruction=request.instruction, query_image=reference,
                     query_image_label=url_label(request.query_image, 0) if reference is not None else None,
                     **({"tie_epsilon": request.tie_epsilon} if request.tie_epsilon is not None else {}))
         job = await in_worker(accept, form, urls, self.limits, texts=texts)

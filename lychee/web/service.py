@@ -12,9 +12,10 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .. import memory
@@ -25,7 +26,7 @@ from ..messages import Notice, UserError
 from ..ranking import ScoredImage
 from ..report import Report
 from ..request import Request, build_request
-from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON, UNSET, Settings, resolve_settings
+from ..settings import BY_NAME, RANKING_FIELDS, SETTINGS, Settings, resolve_settings, surface_value
 from .model_slot import ModelSlot
 
 log = logging.getLogger(__name__)
@@ -51,35 +52,37 @@ def remove_older_than(folder: Path, seconds: float, *, now: float | None = None)
 
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Form:
-    """What the page or an API client asked for, unchecked, in the web's conventions: ``None``
-    for ``score_threshold``/``top_k`` means the preset's value (or keep all without a preset),
-    ``top_k`` 0 also means all, ``""`` means no preset and the default instruction."""
+    """What the page or an API client asked for, unchecked, in the web's conventions
+    (:func:`lychee.settings.surface_value`): the query, the reference image, and the settings of
+    :data:`~lychee.settings.SETTINGS` by name, as sent (a setting not sent is not given).
+    Built by name only: ``Form("a cat", top_k=3, query_image=path)``."""
 
     query: str | None
-    preset: str | None = None
-    score_threshold: float | None = None
-    top_k: int | None = None
-    instruction: str | None = None
-    normalize: bool = False
-    tie_epsilon: float = DEFAULT_TIE_EPSILON
-    max_side: int = DEFAULT_MAX_SIDE
+    values: Mapping[str, Any]
     query_image: ImageSource | None = None  # a reference image: with or without ``query`` text
     query_image_label: str | None = None    # its name (default: from the file name)
 
+    def __init__(self, query: str | None = None, *, query_image: ImageSource | None = None,
+                 query_image_label: str | None = None, **values: Any) -> None:
+        unknown = set(values) - set(BY_NAME)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        for name, value in (("query", query), ("values", MappingProxyType(dict(values))),
+                            ("query_image", query_image), ("query_image_label", query_image_label)):
+            object.__setattr__(self, name, value)
 
-def _unset_if_none(value: Any) -> Any:
-    return UNSET if value is None else value
+    def get(self, name: str) -> Any:
+        """The value sent for setting ``name``, else its default."""
+        return self.values.get(name, BY_NAME[name].default)
 
 
 def form_settings(form: Form) -> Settings:
     """The form's settings, checked by the library's one validator after the web's conventions
     are translated, the preset's defaults filled in."""
-    top_k = None if form.top_k == 0 and not isinstance(form.top_k, bool) else form.top_k
-    return resolve_settings(form.preset, score_threshold=_unset_if_none(form.score_threshold),
-                            top_k=_unset_if_none(top_k), normalize=form.normalize, tie_epsilon=form.tie_epsilon,
-                            max_side=form.max_side)
+    given = {name: surface_value(BY_NAME[name], form.values[name]) for name in RANKING_FIELDS if name in form.values}
+    return resolve_settings(form.values.get("preset"), **given)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def accept(form: Form, images: Sequence[Any], limits: Limits, *, labels: Sequenc
     the documents' ``texts`` (cleaned; one per image, None or "" for none) and the number of
     documents checked once; ``UserError`` names the first problem."""
     settings = form_settings(form)
-    request = build_request(form.query, settings, limits, instruction=form.instruction or None,
+    request = build_request(form.query, settings, limits, instruction=form.get("instruction") or None,
                             image=form.query_image, image_label=form.query_image_label)
     if not images:
         raise UserError("no_images")
@@ -152,11 +155,13 @@ class RerankOutcome:
 
 
 def scored_with(form: Form, images: Sequence[Any], texts: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """What the scores of a run depend on (the query, instruction, max side, reference image, images
-    and their texts): when any of it changes, the results shown are stale. The threshold, top_k,
-    tie epsilon, normalisation and preset only rank the scores."""
-    return ((form.query or "").strip(), (form.instruction or "").strip(), form.max_side, form.query_image,
-            tuple(images), tuple(texts or ()))
+    """What the scores of a run depend on (the query, its reference image, the images and their texts,
+    and every setting that changes scores, e.g. the instruction and max side): when any of it changes,
+    the results shown are stale. The settings that only rank (threshold, top_k, ...) are not in it."""
+    def plain(value: Any) -> Any:
+        return (value or "").strip() if isinstance(value, str) or value is None else value
+    return (plain(form.query), form.query_image, tuple(images), tuple(texts or ()),
+            *(plain(form.get(s.name)) for s in SETTINGS if s.effect == "scores"))
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,10 @@ def bilingual(key: str, **params: Any) -> str:
 
 def error_body(message: str, kind: str, status: int, param: str | None = None) -> dict[str, Any]:
     """The JSON of an HTTP refusal that every dialect's clients read: vLLM's and OpenAI's ``{"error":
-    {"message", "type", "param", "code"}}``, and ``detail`` (the message), which Jina's clients
-    (LangChain, Haystack) and FastAPI's read."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": status}, "detail": message}
+    {"message", "type", "param", "code"}}``, ``detail`` (the message), which Jina's clients (LangChain,
+    Haystack) and FastAPI's read, and ``message``, Cohere's error schema."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}, "detail": message,
+            "message": message}
 
 
 class UserError(ValueError):

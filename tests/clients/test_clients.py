@@ -1,9 +1,10 @@
 """Real rerank clients that nobody here wrote, pointed at the app's ``POST /v1/rerank``: Cohere's SDK,
 LangChain's ``CohereRerank`` and ``JinaRerank``, Haystack's ``CohereRanker`` and ``JinaRanker``, LiteLLM's
 ``rerank`` through its cohere, jina_ai and hosted_vllm providers, LlamaIndex's ``JinaRerank``, rerankers'
-``APIRanker``, and Dify's vision format. Each ranks texts and images (image documents as data: URI strings
-under ``/image-urls``, the clients' only way to send them; Dify's as vLLM content parts) as the route
-itself answers, and surfaces the route's error message.
+``APIRanker``, Dify's plugin SDK ``OAICompatRerankModel``, and the vision format of Dify's
+OpenAI-API-compatible plugin. Each ranks texts and images (image documents as data: URI strings under
+``/image-urls``, the clients' only way to send them; Dify's vision format as vLLM content parts) as the route
+itself answers, and surfaces the route's error message, except rerankers' and Dify's SDK, which drop it.
 
 Runs in ``.venv-clients`` (``make test-clients``); the app runs in the project's venv
 (:func:`tests.remote_app.served_app`), and the main suite checks the route's scores against the library's."""
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -162,6 +166,29 @@ def test_rerankers_api_ranker(app, expected):
     check([(r.document.doc_id, r.score) for r in ranked.results], expected)
     with pytest.raises(KeyError, match="results"):  # rerankers 0.10 reads results from any answer: no message
         ranker.rank(TOO_LONG, DOCUMENTS)
+
+
+def dify_rerank(request: dict) -> dict:
+    """:mod:`tests.clients.dify_rerank` in a process of its own (``import dify_plugin`` patches the
+    interpreter with gevent)."""
+    done = subprocess.run([sys.executable, "-m", "tests.clients.dify_rerank"], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=180, check=True)
+    return json.loads(done.stdout)
+
+
+def test_dify_plugin_sdk_rerank(app, expected):
+    """``OAICompatRerankModel`` posts Jina's shape to ``{endpoint_url}/rerank`` and min-max normalises the
+    scores it gets back to 0-1; on a refusal it raises ``InvokeError`` with requests' status line only
+    (``raise_for_status``), so the route's message does not reach Dify's user."""
+    top = expected[:3]
+    low, high = min(s for _, s in top), max(s for _, s in top)
+    answer = dify_rerank({"endpoint_url": f"{app}/image-urls/v1", "query": QUERY, "docs": DOCUMENTS, "top_n": 3})
+    assert [d["index"] for d in answer["docs"]] == [i for i, _ in top]
+    assert [d["score"] for d in answer["docs"]] == pytest.approx([(s - low) / (high - low) for _, s in top],
+                                                                 abs=1e-4)
+    assert [d["text"] for d in answer["docs"]] == [DOCUMENTS[i] for i, _ in top]
+    refused = dify_rerank({"endpoint_url": f"{app}/image-urls/v1", "query": TOO_LONG, "docs": DOCUMENTS})
+    assert "400 Client Error" in refused["error"] and REFUSAL not in refused["error"]
 
 
 def test_dify_vision_format(app, expected):

@@ -2,8 +2,10 @@
 
 Each setting is declared once, as a :class:`Setting`: its name, checker, default, whether it only ranks
 the scores or changes them, its one line of documentation, its CLI flag, its REST field and its page
-control. The library's keywords, the web form, ``/rerank`` and ``/rerank_urls``, ``POST /v1/rerank``,
-the MCP schema, the CLI, the report and ``docs/settings.md`` are built from it.
+control. :class:`Settings` and its checks, preset filling (:func:`resolve_settings`), the ranking
+functions' and the library's keywords, the web form, the page's setting controls and ``docs/settings.md``
+read it; the CLI flags and REST fields it names are checked against the parser of each surface by
+``tests/test_settings_registry.py``.
 
 Rules (a bool is never a number, NaN and infinities are never valid):
 
@@ -18,8 +20,8 @@ Rules (a bool is never a number, NaN and infinities are never valid):
   request's :class:`~lychee.request.Query`, not in :class:`Settings`.
 
 Surface conventions - the CLI's ``--top-k all``, ``top_k`` 0 on the page and the APIs - are declared
-in the registry (:attr:`Setting.none_word`, :attr:`Setting.zero_is_none`) and mean the same with or
-without a preset. Every refusal is a
+in the registry (:attr:`Setting.none_word`, :attr:`Setting.zero_is_none`); 0 means all with or without
+a preset. Every refusal is a
 :class:`~lychee.messages.UserError` with the same words in Chinese and English everywhere.
 """
 
@@ -130,7 +132,7 @@ def check_instruction(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Control:
-    """How the page shows a setting (plain data: :mod:`lychee.web.controls` makes the component).
+    """How the page shows a setting (plain data: the page, :mod:`lychee.web.app`, makes the component).
     ``key``: its UI text keys ``{key}_label`` and, with ``info``, ``{key}_info``; ``group``: the main
     column or the "Advanced" accordion; ``options``: the component's own arguments."""
 
@@ -151,8 +153,8 @@ class Setting:
     effect: Literal["ranks", "scores"]  # ranks: applied to stored scores (no model call); scores: new scores
     doc: str                          # one line: API docs, MCP, CLI help, docs/settings.md
     kind: type                        # the JSON/Python type of a value (None aside)
-    cli: str                          # the CLI flag
-    rest: str                         # the POST /v1/rerank field
+    cli: str | None                   # the CLI flag of ``rank`` (None: the CLI does not take it)
+    rest: str | None                  # the POST /v1/rerank field (None: REST does not take it)
     control: Control                  # the page's control
     from_preset: bool = False         # not given: the preset's value, if a preset is chosen
     in_query: bool = False            # cleaned with the query text (the Query holds it, not Settings)
@@ -180,7 +182,7 @@ SETTINGS: tuple[Setting, ...] = (
             cli_metavar="TEXT"),
     Setting("normalize", lambda value: check_flag(value, "normalize"), False, "ranks",
             "true to min-max normalise the scores within this batch onto 0-10 before the threshold.",
-            bool, "--normalize", "normalize", Control("checkbox", "normalize", "advanced", info=False)),
+            bool, "--normalize", None, Control("checkbox", "normalize", "advanced", info=False)),
     Setting("tie_epsilon", check_tie_epsilon, DEFAULT_TIE_EPSILON, "ranks",
             "Scores closer than this (0-10) to the best of their tie group are tied (\"tied\": true).",
             float, "--tie-epsilon", "tie_epsilon",
@@ -188,9 +190,9 @@ SETTINGS: tuple[Setting, ...] = (
             cli_metavar="E"),
     Setting("max_side", check_max_side, DEFAULT_MAX_SIDE, "scores",
             f"Longest image side in pixels before scoring (a whole number, {MAX_SIDE_RANGE[0]}-{MAX_SIDE_RANGE[1]});"
-            " smaller is faster.", int, "--max-side", "max_side",
+            " smaller is faster.", int, None, None,
             Control("slider", "max_side", "advanced", options={"minimum": 256, "maximum": DEFAULT_MAX_SIDE,
-                                                               "step": 64}), cli_metavar="PX"),
+                                                               "step": 64})),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 RANKING_FIELDS = tuple(s.name for s in SETTINGS if not s.in_query and s.name != "preset")  # Settings' values
@@ -233,10 +235,6 @@ class Settings:
     def lenient_parsing(self) -> bool:
         return self.preset.lenient_parsing if self.preset else False
 
-    def values(self) -> dict[str, Any]:
-        """The checked values by name (the preset aside)."""
-        return {name: getattr(self, name) for name in RANKING_FIELDS}
-
 
 def resolve_settings(preset: Any = None, **given: Any) -> Settings:
     """Check every setting and fill in the defaults: a setting not given (or :data:`UNSET`) takes the
@@ -262,8 +260,10 @@ def settings_table() -> str:
             " what it does |", "|---|---|---|---|---|---|---|---|"]
     for s in SETTINGS:
         effect = "re-ranks (no model call)" if s.effect == "ranks" else "re-scores"
-        flag = f"`{s.cli} {s.cli_metavar}`" if s.cli_metavar else f"`{s.cli}`"
+        metavar = "|".join(filter(None, (s.cli_metavar, s.none_word)))
+        flag = "—" if s.cli is None else f"`{s.cli} {metavar}`" if metavar else f"`{s.cli}`"
+        rest = "—" if s.rest is None else f"`{s.rest}`"
         page = f"{s.control.kind} ({s.control.group})"
-        rows.append(f"| `{s.name}` | `{s.default!r}` | {effect} | `{s.name}=` | `{s.rest}` | {flag} | {page} |"
+        rows.append(f"| `{s.name}` | `{s.default!r}` | {effect} | `{s.name}=` | {rest} | {flag} | {page} |"
                     f" {s.doc.replace('|', '/')} |")
     return "\n".join(rows) + "\n"

@@ -20,10 +20,54 @@ def test_settings_holds_exactly_the_registrys_ranking_settings():
     assert {s.name for s in SETTINGS} == {"preset", "instruction", *RANKING_FIELDS}
 
 
+SAMPLES = {"preset": "screening", "score_threshold": 5.5, "top_k": 3, "instruction": "Judge the photo.",
+           "normalize": True, "tie_epsilon": 0.25, "max_side": 512}
+
+
 def test_the_docs_table_is_generated_from_the_registry():
     assert settings_table() in DOCS.read_text(encoding="utf-8"), "regenerate docs/settings.md's table"
+
+
+def test_the_cli_takes_exactly_the_flags_the_registry_names_with_their_words_for_none():
+    from lychee.cli import build_parser
+
+    parser = build_parser()
+    rank = parser._subparsers._group_actions[0].choices["rank"]
+    dests = {flag: action.dest for action in rank._actions for flag in action.option_strings}
     for setting in SETTINGS:
-        assert f"`{setting.name}`" in settings_table() and setting.cli in settings_table()
+        if setting.cli is None:
+            assert f"--{setting.name.replace('_', '-')}" not in dests
+            continue
+        value = SAMPLES[setting.name]
+        args = [setting.cli] if setting.kind is bool else [setting.cli, str(value)]
+        assert getattr(parser.parse_args(["rank", "q", *args]), dests[setting.cli]) == value
+        if setting.none_word:
+            assert getattr(parser.parse_args(["rank", "q", setting.cli, setting.none_word]), dests[setting.cli]) is None
+
+
+def test_rest_reads_exactly_the_fields_the_registry_names():
+    for setting in SETTINGS:
+        if setting.rest is None:
+            continue
+        request = parse_request({"query": "q", "documents": ["d"], setting.rest: SAMPLES[setting.name]})
+        assert getattr(request, setting.rest) == SAMPLES[setting.name]
+    assert {s.rest for s in SETTINGS} - {None} <= {f.name for f in dataclasses.fields(type(request))}
+
+
+def test_the_page_builds_each_settings_control_from_its_registry_entry(tiny_checkpoint):
+    import gradio as gr
+
+    from lychee.web.app import RerankDemo
+    from lychee.web.model_slot import ModelSlot
+
+    demo = RerankDemo(ModelSlot(str(tiny_checkpoint), device="cpu", dtype="fp32"))
+    demo.build()
+    kinds = {"dropdown": gr.Dropdown, "slider": gr.Slider, "textbox": gr.Textbox, "checkbox": gr.Checkbox}
+    for setting in SETTINGS:
+        component = demo.form_fields[setting.name]
+        assert isinstance(component, kinds[setting.control.kind])
+        for option, value in setting.control.options.items():
+            assert getattr(component, option) == value, (setting.name, option)
 
 
 def test_an_unknown_setting_is_refused_by_name_on_the_library_and_the_form():

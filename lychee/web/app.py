@@ -21,17 +21,17 @@ import gradio as gr
 from ..limits import Limits
 from ..messages import UserError
 from ..presets import PRESETS
-from ..settings import DEFAULT_MAX_SIDE, DEFAULT_TIE_EPSILON
+from ..settings import BY_NAME
 from .api import ExplainApi, RerankApi
 from .calibrate_panel import CalibratePanel
 from .components import Blocks, ReferenceImage
 from .explain_panel import ExplainPanel
 from .gpu import GpuJobs
 from .i18n import Language, text
+from .model_slot import ModelSlot
 from .rest_routes import RestApi
 from .service import (
     Form,
-    ModelSlot,
     RerankOutcome,
     Shown,
     accept,
@@ -150,6 +150,12 @@ class RerankDemo:
         self.localized.append((component, keys))
         return component
 
+    def setting_control(self, name: str, factory: Callable[..., Any], **kwargs: Any) -> Any:
+        """The page control of setting ``name``: its registry entry's text keys and options, and ``kwargs``."""
+        control = BY_NAME[name].control
+        keys = {"label": f"{control.key}_label"} | ({"info": f"{control.key}_info"} if control.info else {})
+        return self.tr(factory, keys, **control.options, **kwargs)
+
     def build(self) -> gr.Blocks:
         with Blocks(title="Lychee Rerank MM", delete_cache=(DOWNLOADS_KEPT_S, DOWNLOADS_KEPT_S)) as demo:
             self.shown = gr.State(None)   # the Shown result, once a run has succeeded
@@ -216,20 +222,17 @@ class RerankDemo:
         self.preset_info = gr.Markdown(preset_description(DEFAULT_PRESET, preset.score_threshold, preset.top_k,
                                                           DEFAULT_LANGUAGE))
         self.calibrate.build_my_threshold()
-        self.threshold = tr(gr.Slider, {"label": "threshold_label", "info": "threshold_info"}, minimum=0,
-                            maximum=10, step=0.01, value=preset.score_threshold, elem_id="lychee-threshold")
+        control = self.setting_control
+        self.threshold = control("score_threshold", gr.Slider, value=preset.score_threshold, elem_id="lychee-threshold")
         top_k_max = max(self.limits.max_images, *(p.top_k for p in PRESETS.values()))
-        self.top_k = tr(gr.Slider, {"label": "top_k_label", "info": "top_k_info"}, minimum=0, maximum=top_k_max,
-                        step=1, value=preset.top_k)
+        self.top_k = control("top_k", gr.Slider, maximum=top_k_max, value=preset.top_k)
         with tr(gr.Accordion, {"label": "advanced_label"}, open=False):
-            self.instruction = tr(gr.Textbox, {"label": "instruction_label", "info": "instruction_info"})
-            self.normalize = tr(gr.Checkbox, {"label": "normalize_label"}, value=False)
+            self.instruction = control("instruction", gr.Textbox)
+            self.normalize = control("normalize", gr.Checkbox, value=BY_NAME["normalize"].default)
             with gr.Row():
-                self.tie_epsilon = tr(gr.Slider, {"label": "tie_epsilon_label", "info": "tie_epsilon_info"},
-                                      minimum=0, maximum=1, step=0.01, value=DEFAULT_TIE_EPSILON,
-                                      elem_id="lychee-tie-epsilon")
-                self.max_side = tr(gr.Slider, {"label": "max_side_label", "info": "max_side_info"},
-                                   minimum=256, maximum=DEFAULT_MAX_SIDE, step=64, value=DEFAULT_MAX_SIDE)
+                self.tie_epsilon = control("tie_epsilon", gr.Slider, value=BY_NAME["tie_epsilon"].default,
+                                           elem_id="lychee-tie-epsilon")
+                self.max_side = control("max_side", gr.Slider, value=BY_NAME["max_side"].default)
         # The page's side of a Form: one component per field.
         self.form_fields = {"query": self.query, "preset": self.preset, "score_threshold": self.threshold,
                             "top_k": self.top_k, "instruction": self.instruction, "normalize": self.normalize,
